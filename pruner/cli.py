@@ -11,12 +11,15 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
 from pathlib import Path
 
 from .data import CORPORA
+
+PLUGIN_MODULES = ("eval_cli", "export_cli", "accel_cli")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -58,21 +61,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default=None, help="JSON file for the record and the perplexities")
     _add_ppl_args(p)
 
-    e = sub.add_parser("eval", help="evaluate a model (perplexity, and zero-shot tasks where available)")
-    _add_model_args(e)
-    e.add_argument("--report", default=None, help="JSON file for the results")
-    _add_ppl_args(e)
-
     i = sub.add_parser("info", help="print a model's architecture summary (per-layer widths, parameters)")
     _add_model_args(i)
+    i.set_defaults(func=cmd_info)
+    p.set_defaults(func=cmd_prune)
+    # Sub-commands that live in their own modules register themselves here (one file each, so that the
+    # evaluation, export and training layers do not all edit this file).
+    for name in PLUGIN_MODULES:
+        try:
+            mod = importlib.import_module(f".{name}", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.{name}":
+                raise
+            continue
+        mod.register(sub, _add_model_args, _add_ppl_args)
     return ap
 
 
-def _log(msg: str) -> None:
+def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _perplexities(model, tok, args) -> list[dict]:
+def perplexities(model, tok, args) -> list[dict]:
     from .perplexity import format_perplexity, perplexity
 
     out = []
@@ -81,16 +91,16 @@ def _perplexities(model, tok, args) -> list[dict]:
     for w in [int(x) for x in str(args.ppl_windows).split(",") if x.strip()]:
         r = perplexity(model, tok, args.ppl_dataset, args.ppl_split, window=w, max_tokens=args.ppl_max_tokens,
                        bos=args.ppl_bos)
-        _log(f"perplexity {format_perplexity(r)} in {r['seconds']:.1f} s")
+        log(f"perplexity {format_perplexity(r)} in {r['seconds']:.1f} s")
         out.append(r)
     return out
 
 
-def _write_report(path, data: dict) -> None:
+def write_report(path, data: dict) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(data, indent=1))
-        _log(f"report written to {path}")
+        log(f"report written to {path}")
 
 
 def cmd_prune(args) -> int:
@@ -98,7 +108,7 @@ def cmd_prune(args) -> int:
     from .prune import PruneConfig, Pruner
 
     if args.out and Path(args.out).exists() and any(Path(args.out).iterdir()) and not args.force:
-        _log(f"error: '{args.out}' exists and is not empty (use --force to overwrite)")
+        log(f"error: '{args.out}' exists and is not empty (use --force to overwrite)")
         return 2
     custom = [float(x) for x in args.custom.split(",")] if args.custom else None
     cfg = PruneConfig(target=args.target, method=args.method, criterion=args.criterion, amplitude=args.amplitude,
@@ -106,50 +116,39 @@ def cmd_prune(args) -> int:
                       calibration=args.calibration, n_windows=args.n_windows, window=args.window,
                       batch_size=args.batch_size, seed=args.seed)
     t = time.perf_counter()
-    model, tok = load_model(args.model, device=args.device, dtype=args.dtype, progress=_log)
-    _log(f"loaded {args.model} in {time.perf_counter() - t:.1f} s: {describe(model)['params']['total']:,} parameters")
+    model, tok = load_model(args.model, device=args.device, dtype=args.dtype, progress=log)
+    log(f"loaded {args.model} in {time.perf_counter() - t:.1f} s: {describe(model)['params']['total']:,} parameters")
     pruner = Pruner(model, tok, cfg)
     target = pruner.target_params()
-    _log(f"target {target:,} parameters ({target / pruner.origin.params['total']:.1%} of the original); "
+    log(f"target {target:,} parameters ({target / pruner.origin.params['total']:.1%} of the original); "
          f"calibration {cfg.n_windows} × {cfg.window} tokens of '{cfg.calibration}' per sub-step")
 
     def progress(rec):
-        _log(f"  step {rec.index + 1:3d}: {rec.params_total:,} params ({rec.fraction_of_original:.1%}), "
+        log(f"  step {rec.index + 1:3d}: {rec.params_total:,} params ({rec.fraction_of_original:.1%}), "
              f"importance {rec.seconds_importance:.1f} s, surgery {rec.seconds_surgery:.2f} s"
              + (f", calib loss {rec.calibration_loss:.3f}" if rec.calibration_loss is not None else ""))
 
     try:
         record = pruner.run(progress=progress)
     except KeyboardInterrupt:
-        _log("interrupted: the model keeps the completed sub-steps")
+        log("interrupted: the model keeps the completed sub-steps")
         record = pruner.record
         record.stopped = "cancelled"
-    _log(f"done: {record.final_params['total']:,} parameters "
+    log(f"done: {record.final_params['total']:,} parameters "
          f"({record.final_params['total'] / record.original_params['total']:.2%} of the original) "
          f"in {len(record.steps)} sub-steps, {record.seconds_total:.1f} s")
-    ppl = _perplexities(model, tok, args)
+    ppl = perplexities(model, tok, args)
     if args.out:
         save_pruned(model, tok, args.out, record=record, overwrite=args.force)
-        _log(f"saved to {args.out}")
-    _write_report(args.report, {"record": record.to_dict(), "perplexity": ppl, "model": describe(model)})
-    return 0
-
-
-def cmd_eval(args) -> int:
-    from .io import describe, load_model
-
-    model, tok = load_model(args.model, device=args.device, dtype=args.dtype, progress=_log)
-    info = describe(model)
-    _log(f"{args.model}: {info['params']['total']:,} parameters")
-    report = {"model": info, "source": str(args.model), "perplexity": _perplexities(model, tok, args)}
-    _write_report(args.report, report)
+        log(f"saved to {args.out}")
+    write_report(args.report, {"record": record.to_dict(), "perplexity": ppl, "model": describe(model)})
     return 0
 
 
 def cmd_info(args) -> int:
     from .io import describe, load_model
 
-    model, _ = load_model(args.model, device=args.device, dtype=args.dtype, progress=_log)
+    model, _ = load_model(args.model, device=args.device, dtype=args.dtype, progress=log)
     print(json.dumps(describe(model), indent=1))
     return 0
 
@@ -161,9 +160,8 @@ def main(argv=None) -> int:
     from .io import ModelLoadError
 
     args = build_parser().parse_args(argv)
-    handler = {"prune": cmd_prune, "eval": cmd_eval, "info": cmd_info}[args.command]
     try:
-        return handler(args)
+        return args.func(args)
     except (UnsupportedArchitectureError, AllocationError, DataError, ModelLoadError, FileExistsError, ValueError) as exc:
-        _log(f"error: {exc}")
+        log(f"error: {exc}")
         return 2

@@ -190,7 +190,7 @@ def save_pruned(model: nn.Module, tokenizer, out_dir, record=None, overwrite: bo
     Refuses to overwrite an existing non-empty folder unless ``overwrite``. Written to a temporary folder
     first and moved into place, so a failure never leaves a half-written model.
     """
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
 
     from .prune import origin_of
 
@@ -204,7 +204,10 @@ def save_pruned(model: nn.Module, tokenizer, out_dir, record=None, overwrite: bo
     tmp.mkdir(parents=True)
     try:
         model.config.save_pretrained(tmp)
-        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        if getattr(model.config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)  # tied to model.embed_tokens.weight: stored once
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         meta = {
