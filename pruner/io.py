@@ -318,7 +318,8 @@ def _materialize_buffers(model: nn.Module, config) -> None:
         if any(b.is_meta for b in module.buffers(recurse=False)):
             parent_name, _, attr = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, attr, type(module)(config=config, device="cpu"))
+            with torch.device("cpu"):
+                setattr(parent, attr, type(module)(config=config))
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:
         raise ModelLoadError(f"Some tensors were not loaded: {leftover[:5]}")
