@@ -178,16 +178,17 @@ def measure_importance(
                 mods = {**a, **m}
                 w = layer_widths_of(layer, adapter, geo)
                 if criterion == "taylor":
-                    e = {k: (mod.weight * mod.weight.grad).abs() for k, mod in mods.items()}
-                    eb = {k: (mod.bias * mod.bias.grad).abs() if mod.bias is not None and mod.bias.grad is not None else None
-                          for k, mod in mods.items()}
+                    # float32 products: bf16 sums over millions of elements would lose the ranking
+                    e = {k: (mod.weight.float() * mod.weight.grad.float()).abs() for k, mod in mods.items()}
+                    eb = {k: (mod.bias.float() * mod.bias.grad.float()).abs()
+                          if mod.bias is not None and mod.bias.grad is not None else None for k, mod in mods.items()}
                 elif criterion == "magnitude":
-                    e = {k: mod.weight.abs() for k, mod in mods.items()}
-                    eb = {k: mod.bias.abs() if mod.bias is not None else None for k, mod in mods.items()}
+                    e = {k: mod.weight.float().abs() for k, mod in mods.items()}
+                    eb = {k: mod.bias.float().abs() if mod.bias is not None else None for k, mod in mods.items()}
                 else:
                     norm = {k: act_sq[(li, k)].sqrt() for k in ("q", "o", "gate", "down")}
                     src = {"q": "q", "k": "q", "v": "q", "o": "o", "gate": "gate", "up": "gate", "down": "down"}
-                    e = {k: mod.weight.abs() * norm[src[k]][None, :].to(mod.weight.dtype) for k, mod in mods.items()}
+                    e = {k: mod.weight.float().abs() * norm[src[k]][None, :] for k, mod in mods.items()}
                     eb = {}
                 g, c = _unit_scores_from_elementwise(geo, w.num_kv_heads, e, eb)
                 group_scores.append(g)

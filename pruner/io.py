@@ -203,7 +203,7 @@ def save_pruned(model: nn.Module, tokenizer, out_dir, record=None, overwrite: bo
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        model.config.save_pretrained(tmp)
+        _save_config(model, tmp)
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         if getattr(model.config, "tie_word_embeddings", False):
             state.pop("lm_head.weight", None)  # tied to model.embed_tokens.weight: stored once
@@ -230,6 +230,23 @@ def save_pruned(model: nn.Module, tokenizer, out_dir, record=None, overwrite: bo
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _save_config(model: nn.Module, folder: Path) -> None:
+    """Write config.json with the model's global widths; when transformers' validation refuses them (a head
+    count that does not divide the hidden size), write the original widths instead — the per-layer widths in
+    pruned_widths.json are what :func:`load_pruned` uses either way."""
+    import copy
+
+    try:
+        model.config.save_pretrained(folder)
+    except Exception:  # huggingface_hub's StrictDataclassClassValidationError wraps the ValueError
+        cfg = copy.deepcopy(model.config)
+        geo = geometry(model)
+        heads = cfg.hidden_size // geo.head_dim  # the unpruned head count of a standard config
+        cfg.num_attention_heads = heads
+        cfg.num_key_value_heads = max(1, heads // geo.n_rep)
+        cfg.save_pretrained(folder)
 
 
 def _resize_linear(lin: nn.Linear, out_f: int, in_f: int) -> nn.Linear:

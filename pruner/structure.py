@@ -196,7 +196,10 @@ def build_cut(model: nn.Module, cuts: dict[int, LayerCut], adapter: Adapter | No
 
 def apply_patch(model: nn.Module, patch: dict, adapter: Adapter | None = None) -> dict:
     """Swap in the modules of a patch; returns the inverse patch (the old modules), usable to undo."""
+    from .prune import origin_of
+
     adapter = adapter or adapter_for(model)
+    origin_of(model)  # record the unpruned widths before the first cut
     layers = adapter.layers(model)
     inverse = {}
     for li, new in patch.items():

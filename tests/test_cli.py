@@ -17,8 +17,8 @@ import pruner
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_cli(*args, timeout=300):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+def run_cli(*args, timeout=300, **env_extra):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env_extra}
     return subprocess.run([sys.executable, "-m", "pruner", *args], capture_output=True, text=True, timeout=timeout,
                           env=env, cwd=ROOT)
 
@@ -72,6 +72,11 @@ def test_bad_input_gives_a_clear_message(tiny_folder, args, message):
 def test_unknown_model_source():
     r = run_cli("info", "--model", "./definitely/not/here")
     assert r.returncode == 2 and "No such model folder" in r.stderr
+
+
+def test_unreachable_hub_id():
+    r = run_cli("info", "--model", "someorg/no-such-model", HF_HUB_OFFLINE="1")
+    assert r.returncode == 2 and "could not be fetched" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_unsupported_architecture_folder(tmp_path):

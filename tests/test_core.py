@@ -448,3 +448,13 @@ def test_perplexity_matches_a_manual_computation(tiny_tokenizer):
         pruner.perplexity(model, tiny_tokenizer, text="")
     s = pruner.format_perplexity(pruner.perplexity(model, tiny_tokenizer, "wikitext2", "test", window=32, max_tokens=256))
     assert "wikitext2 test" in s and "32-token windows" in s
+
+
+def test_save_when_the_widest_layer_has_a_head_count_that_does_not_divide_hidden(tiny_tokenizer, tmp_path):
+    model = tiny_model()  # hidden 64, 8 heads / 4 KV groups
+    cut = {i: LayerCut([0, 1, 2], list(range(96))) for i in range(4)}  # every layer: 6 heads (64 % 6 != 0)
+    apply_patch(model, build_cut(model, cut))
+    ids = random_windows(1, 12)
+    out = pruner.save_pruned(model, tiny_tokenizer, tmp_path / "m")
+    loaded, _ = pruner.load_model(str(out))
+    torch.testing.assert_close(logits(loaded, ids), logits(model, ids), rtol=0, atol=0)
