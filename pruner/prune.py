@@ -182,6 +182,18 @@ class Pruner:
         self.record = self._new_record()
 
     # ------------------------------------------------------------------ setup and checks
+    def configure(self, config: PruneConfig, calibration_text: str | None = None) -> None:
+        """Replace the settings for the next sub-steps (validated first; nothing changes on error)."""
+        old = self.config
+        self.config = config
+        try:
+            self._validate_config()
+        except ValueError:
+            self.config = old
+            raise
+        self.calibration_text = calibration_text
+        self.record.config = config.to_dict()
+
     def _validate_config(self) -> None:
         c = self.config
         if c.criterion not in CRITERIA:

@@ -1,0 +1,105 @@
+"""End to end in a real browser: the studio on a tiny model, driven by Playwright in headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                       reason=f"{CHROMIUM} is absent: run scripts/setup.sh --browser (Debian package chromium)"),
+]
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def studio_url():
+    import app
+    from tests.test_session import tiny_model, tiny_tokenizer
+
+    app.STARTUP.update(source="tiny", model=tiny_model(), tok=tiny_tokenizer())
+    port = free_port()
+    app.demo.queue(default_concurrency_limit=1)
+    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, css=app.CSS)
+    yield f"http://127.0.0.1:{port}/"
+    app.demo.close()
+
+
+def plot_data(page, elem_id: str):
+    """The Plotly figure (data and layout) rendered inside a gr.Plot."""
+    page.wait_for_selector(f"#{elem_id} .js-plotly-plot", state="attached", timeout=30_000)
+    return page.evaluate(
+        """id => { const gd = document.querySelector('#' + id + ' .js-plotly-plot');
+                   return gd ? {data: gd.data, layout: gd.layout} : null; }""", elem_id)
+
+
+def params_count(page) -> int:
+    text = page.locator("#summary").inner_text()
+    return int(re.search(r"([\d,]+) parameters", text).group(1).replace(",", ""))
+
+
+def wait_status(page, pattern: str, timeout: float = 60_000) -> None:
+    page.wait_for_function("p => { const e = document.querySelector('#status');"
+                           " return e !== null && new RegExp(p).test(e.innerText); }", arg=pattern, timeout=timeout)
+
+
+def test_measure_move_a_slider_and_prune(studio_url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.goto(studio_url)
+        wait_status(page, "Ready")
+        p0 = params_count(page)
+        assert plot_data(page, "layer-heatmap")["data"] == []  # nothing measured yet
+
+        page.click("#measure")
+        wait_status(page, "Measured")
+        layer = plot_data(page, "layer-heatmap")["data"][0]
+        assert len(layer["z"]) == 3 and layer["x"] == ["step 1 (next)"]
+        unit = plot_data(page, "unit-heatmap")["data"]
+        assert len(unit) == 2 and len(unit[0]["z"]) == 3
+        planned = len(plot_data(page, "alloc-heatmap")["data"][0]["x"])
+        assert planned >= 1
+
+        # move the target slider down (a drag ends with a release event): the preview plans more steps
+        box = page.locator("#target input[type=range]").bounding_box()
+        page.mouse.click(box["x"] + box["width"] * 0.2, box["y"] + box["height"] / 2)
+        page.wait_for_function(
+            "n => { const gd = document.querySelector('#alloc-heatmap .js-plotly-plot');"
+            " return gd && gd.data.length && gd.data[0].x.length > n; }", arg=planned, timeout=30_000)
+
+        page.click("#step-btn")
+        wait_status(page, "Step 1 done", timeout=120_000)
+        assert params_count(page) < p0
+        layer = plot_data(page, "layer-heatmap")["data"][0]
+        assert layer["x"] == ["step 1"]  # the measurement the step used
+        alloc = plot_data(page, "alloc-heatmap")
+        assert len(alloc["layout"]["shapes"]) == 2  # taken │ preview separator after one step
+        traj = plot_data(page, "trajectory")["data"][0]
+        assert len(traj["x"]) == 2 and traj["x"][1] < traj["x"][0]
+        assert "perplexity" in page.locator("#metrics").inner_text()
+
+        page.get_by_role("tab", name="Architecture").click()
+        arch = plot_data(page, "arch")["data"]
+        removed = sum(arch[1]["x"]) + sum(arch[3]["x"])  # KV groups and channels removed
+        assert removed > 0
+
+        page.get_by_role("tab", name="Studio").click()
+        page.click("#undo")
+        wait_status(page, "Undid step 1")
+        assert params_count(page) == p0
+        browser.close()

@@ -1,0 +1,224 @@
+"""StudioSession on a tiny random Llama with an offline BPE tokenizer (seconds, no default-model cache)."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from functools import lru_cache
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from pruner import load_model
+from pruner.data import load_text
+from pruner.session import SessionError, StudioSession, StudioSettings
+from pruner.structure import count_parameters, layer_widths
+
+
+@lru_cache(maxsize=1)
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE (320 tokens) trained in memory on a few KB of Wikipedia text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator([load_text("wiki")[:8000]], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="</s>")
+
+
+def tiny_model(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512,
+                      tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_settings(**kw) -> StudioSettings:
+    base = dict(target=0.85, step=0.05, amplitude=0.05, n_windows=4, window=32, batch_size=4, ppl_window=64,
+                ppl_tokens=512, max_new_tokens=6)
+    return StudioSettings(**{**base, **kw})
+
+
+def tiny_session(**kw) -> StudioSession:
+    return StudioSession(tiny_model(), tiny_tokenizer(), name="tiny", settings=tiny_settings(**kw))
+
+
+def state(model) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+
+
+def test_measure_is_cached_and_fills_the_importance_columns():
+    s = tiny_session()
+    assert s.importance_columns() == ([], [])
+    imp = s.measure()
+    assert s.measure() is imp  # cached: same model, same settings
+    assert imp.tokens == 4 * 32
+    labels, cols = s.importance_columns()
+    assert labels == ["step 1 (next)"] and cols == [imp.layer_importance]
+    s.configure(tiny_settings(seed=1))  # another calibration sample: the cache no longer applies
+    assert not s.has_current_importance()
+    sec, source = s.estimate_seconds()
+    assert sec > 0 and "measured in this session" in source
+
+
+def test_preview_plans_to_the_target_without_touching_the_model():
+    s = tiny_session()
+    with pytest.raises(SessionError, match="Measure importance first"):
+        s.preview()
+    s.measure()
+    before = state(s.model)
+    p = s.preview()
+    assert same_state(before, state(s.model))
+    assert p.reached and len(p.params) >= 2
+    assert all(a > b for a, b in zip(p.params, p.params[1:], strict=False))
+    target = 0.85 * s.pruner.origin.params["total"]
+    assert p.params[-1] <= target + 0.001 * s.pruner.origin.params["total"]
+    assert len(p.attention) == len(p.mlp) == len(p.allocated) == len(p.params)
+    assert all(len(row) == 3 for row in p.mlp)
+    # a smaller budget needs more steps; a lower target too
+    assert len(s.preview(tiny_settings(step=0.02)).params) > len(p.params)
+    assert len(s.preview(tiny_settings(target=0.7)).params) > len(p.params)
+
+
+def test_budget_for_steps_gives_about_that_many_steps():
+    s = tiny_session()
+    s.measure()
+    for n in (2, 5):
+        delta = s.budget_for_steps(n, 0.8)
+        planned = len(s.preview(tiny_settings(target=0.8, step=delta, amplitude=0.0)).params)
+        assert n <= planned <= n + 2
+
+
+def test_step_eval_undo_reset():
+    s = tiny_session()
+    p0 = count_parameters(s.model)["total"]
+    original = state(s.original)
+    w0 = layer_widths(s.model)
+    rec = s.step()
+    assert rec.params_total < p0 and s.steps_taken == 1
+    ev = s.quick_eval("The history of")
+    assert ev.params == rec.params_total and ev.perplexity["window"] == 64 and ev.perplexity["perplexity"] > 1
+    assert ev.tokens_per_s > 0 and isinstance(ev.generation, str) and isinstance(ev.original_generation, str)
+    assert [p.step for p in s.trajectory] == [0, 1]
+    assert s.trajectory[0].params == p0 and s.trajectory[1].params == rec.params_total
+    alloc, attn, mlp = s.sparsity_history()
+    assert len(alloc) == 1 and max(mlp[0]) > 0
+    s.undo()
+    assert layer_widths(s.model) == w0 and s.steps_taken == 0 and [p.step for p in s.trajectory] == [0]
+    with pytest.raises(SessionError, match="Nothing to undo"):
+        s.undo()
+    s.step()
+    s.reset()
+    assert layer_widths(s.model) == w0 and count_parameters(s.model)["total"] == p0 and s.trajectory == []
+    assert same_state(original, state(s.original))  # the original is never pruned
+
+
+def test_a_failed_step_leaves_the_model_as_it_was(monkeypatch):
+    s = tiny_session()
+    s.measure()
+    before = state(s.model)
+
+    def broken(*a, **k):
+        raise RuntimeError("surgery failed")
+
+    monkeypatch.setattr("pruner.prune.build_cut", broken)
+    with pytest.raises(RuntimeError, match="surgery failed"):
+        s.step()
+    assert same_state(before, state(s.model)) and s.steps_taken == 0
+    assert not s.busy  # the session is usable again
+
+
+def test_cancel_during_a_run_keeps_the_model_intact():
+    s = tiny_session()
+    before = state(s.model)
+    run = s.run_to_target(prompt="The")
+    first = next(run)
+    assert "measuring importance" in first.message
+    with pytest.raises(SessionError, match="busy"):
+        s.step()  # one task at a time per session
+    s.cancel()
+    rest = list(run)
+    assert rest[-1].done and "Cancelled" in rest[-1].message
+    assert same_state(before, state(s.model)) and s.steps_taken == 0 and not s.busy
+
+
+def test_run_to_target_streams_every_step_and_meets_the_target():
+    s = tiny_session()
+    updates = list(s.run_to_target(prompt="The", evaluate_every=1))
+    steps = [u for u in updates if u.evaluation is not None]
+    assert len(steps) == s.steps_taken >= 2
+    assert updates[-1].done and "Target reached" in updates[-1].message
+    total0 = s.pruner.origin.params["total"]
+    assert count_parameters(s.model)["total"] <= 0.85 * total0 + 0.001 * total0
+    assert [p.step for p in s.trajectory] == list(range(s.steps_taken + 1))
+    with pytest.raises(SessionError, match="already at or below"):
+        s.step()
+
+
+def test_custom_and_uploaded_calibration_settings_are_validated():
+    s = tiny_session()
+    with pytest.raises(SessionError, match="one final sparsity per layer"):
+        s.configure(tiny_settings(method="custom", custom=[0.1]))
+    with pytest.raises(SessionError, match="upload"):
+        s.configure(tiny_settings(calibration="uploaded file"))
+    s.configure(tiny_settings(method="custom", custom=[0.0, 0.3, 0.3], calibration="uploaded file",
+                              calibration_text=load_text("stories")[:20000]))
+    rec = s.step()
+    assert rec.allocated_sparsity[0] == 0.0 and rec.allocated_sparsity[1] > 0
+
+
+def test_uniform_baseline_overlays_without_touching_the_working_model():
+    s = tiny_session(target=0.9)
+    before = state(s.model)
+    updates = list(s.run_uniform_baseline())
+    assert updates[-1].done
+    assert same_state(before, state(s.model))
+    params = [p.params for p in s.baseline]
+    assert len(params) >= 2 and params == sorted(params, reverse=True)
+
+
+def test_export_zip_and_report_round_trip(tmp_path):
+    s = tiny_session()
+    s.step()
+    s.quick_eval("The")
+    z = s.export_zip(tmp_path)
+    with zipfile.ZipFile(z) as f:
+        names = set(f.namelist())
+        f.extractall(tmp_path / "x")
+    assert {"pruned-model/model.safetensors", "pruned-model/pruned_widths.json",
+            "pruned-model/pruning_record.json", "pruned-model/studio_report.json"} <= names
+    model, _ = load_model(tmp_path / "x" / "pruned-model", device="cpu", progress=None)
+    assert layer_widths(model) == layer_widths(s.model)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    torch.testing.assert_close(model(ids).logits, s.model(ids).logits)
+    report = json.loads(s.export_report(tmp_path).read_text())
+    assert len(report["record"]["steps"]) == 1 and report["trajectory"][1]["step"] == 1
+    assert "wikitext2 test, 64-token windows" in report["quick_perplexity_settings"]
+
+
+def test_summary_names_device_and_parameters():
+    s = tiny_session()
+    md = s.summary_markdown()
+    assert "cpu" in md and "3 layers" in md and f"{count_parameters(s.model)['total']:,} parameters" in md
+    assert "calibration tokens per sub-step" in s.cost_markdown()
+
+
+def test_zero_shot_table_for_pruned_and_original(tmp_path, monkeypatch):
+    pytest.importorskip("pruner.evaluation")
+    monkeypatch.setenv("ADAPT_PRUNER_CACHE", str(tmp_path))  # keep the results cache out of the user's
+    s = tiny_session()
+    assert StudioSession.zero_shot_available() and "arc_easy" in StudioSession.zero_shot_tasks()
+    table = s.zero_shot(["arc_easy"], 4, with_original=True)
+    assert set(table["model"]) == {"pruned (0 steps)", "original"}
+    assert set(table["metric"].dropna()) <= {"acc", "acc_norm", "acc_norm/acc"}  # the last names the average
+    with pytest.raises(SessionError, match="at least one task"):
+        s.zero_shot([], 4)

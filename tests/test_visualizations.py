@@ -1,0 +1,113 @@
+"""Every figure function: the plotted data equals the input, axes and labels are right."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import visualizations as viz
+from pruner.structure import LayerWidths
+
+
+def test_layer_importance_heatmap_is_layers_by_steps():
+    cols = [[0.1, 0.5, 0.2], [0.15, 0.4, 0.3]]  # two measurements of three layers
+    fig = viz.layer_importance_heatmap(cols, ["step 1", "step 2"])
+    hm = fig.data[0]
+    assert [list(r) for r in hm.z] == [[0.1, 0.15], [0.5, 0.4], [0.2, 0.3]]
+    assert list(hm.x) == ["step 1", "step 2"] and list(hm.y) == [0, 1, 2]
+    assert fig.layout.yaxis.title.text == "decoder layer" and fig.layout.yaxis.autorange == "reversed"
+    assert "cos" in fig.layout.title.text
+    assert list(viz.layer_importance_heatmap(cols).data[0].x) == ["step 1", "step 2"]
+    many = [[0.9] + [0.1 + 0.01 * i for i in range(29)]]  # an outlier layer saturates the colour scale
+    hm = viz.layer_importance_heatmap(many).data[0]
+    assert hm.zmax < 0.9 and hm.zmin == 0.1 and [r[0] for r in hm.z] == many[0]
+    norm = viz.layer_importance_heatmap([[-1.0, 1.0, 0.0]], normalised=True)
+    assert norm.data[0].zmid == 0 and "normalised" in norm.layout.title.text
+    with pytest.raises(ValueError):
+        viz.layer_importance_heatmap(cols, ["only one"])
+
+
+def test_empty_figures_say_what_to_do():
+    assert len(viz.layer_importance_heatmap([]).data) == 0
+    assert "Measure importance" in viz.layer_importance_heatmap([]).layout.annotations[0].text
+    assert "Measure importance" in viz.unit_importance_heatmap([], []).layout.annotations[0].text
+    assert "prune step" in viz.trajectory_figure([], []).layout.annotations[0].text
+    assert len(viz.allocated_sparsity_heatmap([], []).data) == 0
+    assert len(viz.loss_curve([], []).data) == 0
+
+
+def test_bin_scores_and_unit_matrix():
+    assert viz.bin_scores([1, 5, 3, 7], 2) == [6.0, 2.0]  # ranked high → low, then averaged
+    assert viz.bin_scores([1, 5, 3, 7], 2, sort=False) == [3.0, 5.0]
+    assert viz.bin_scores([2.0], 4) == [2.0]
+    m = viz.unit_score_matrix([[1.0, 3.0], [2.0, 2.0, 2.0]])  # relative to each layer's mean, padded
+    assert m == [[0.5, 1.5, None], [1.0, 1.0, 1.0]]
+    assert viz.unit_score_matrix([[1.0, 3.0]], relative=False) == [[1.0, 3.0]]
+
+
+def test_unit_importance_heatmap_groups_and_binned_channels():
+    groups = [[1.0, 3.0], [4.0, 4.0]]
+    channels = [list(np.arange(1, 9, dtype=float)), list(np.arange(1, 5, dtype=float))]
+    fig = viz.unit_importance_heatmap(groups, channels, n_bins=4, note="measured before step 2")
+    g, c = fig.data
+    assert [list(r) for r in g.z] == viz.unit_score_matrix(groups)
+    assert [list(r) for r in c.z] == viz.unit_score_matrix(channels, 4)
+    assert list(g.x) == ["g0", "g1"] and list(c.x) == ["b1", "b2", "b3", "b4"] and list(g.y) == [0, 1]
+    assert c.z[0][0] > c.z[0][-1]  # ranked high → low
+    assert fig.layout.xaxis.title.text == "KV" and "ranked high → low" in fig.layout.xaxis2.title.text
+    assert "taylor" in fig.layout.title.text and "step 2" in fig.layout.title.text
+    with pytest.raises(ValueError):
+        viz.unit_importance_heatmap(groups, channels[:1])
+
+
+def test_allocated_sparsity_heatmap_attention_and_mlp():
+    attn = [[0.0, 1 / 3], [1 / 3, 1 / 3], [1 / 3, 2 / 3]]  # 3 steps × 2 layers
+    mlp = [[0.05, 0.1], [0.1, 0.2], [0.15, 0.3]]
+    alloc = [[0.05, 0.1], [0.1, 0.2], [0.15, 0.31]]
+    fig = viz.allocated_sparsity_heatmap(attn, mlp, ["1", "2", "3"], n_done=1, allocated=alloc)
+    a, m = fig.data
+    assert [list(r) for r in a.z] == [[0.0, 1 / 3, 1 / 3], [1 / 3, 1 / 3, 2 / 3]]
+    assert [list(r) for r in m.z] == [[0.05, 0.1, 0.15], [0.1, 0.2, 0.3]]
+    assert np.allclose(np.array(m.customdata, dtype=float), np.array(alloc).T)
+    assert a.zmin == 0 and a.zmax == 1 and list(a.x) == ["1", "2", "3"]
+    assert len(fig.layout.shapes) == 2 and fig.layout.shapes[0].x0 == 0.5  # taken │ preview separator
+    assert "steps 1–1 taken, 2–3 previewed" in fig.layout.title.text
+    titles = [an.text for an in fig.layout.annotations]
+    assert any("attention" in t for t in titles) and any("MLP" in t for t in titles)
+    assert fig.layout.yaxis.title.text == "decoder layer"
+    assert len(viz.allocated_sparsity_heatmap(attn, mlp, n_done=3).layout.shapes) == 0
+    with pytest.raises(ValueError):
+        viz.allocated_sparsity_heatmap(attn, mlp[:2])
+
+
+def test_architecture_figure_kept_and_removed():
+    orig = [LayerWidths(9, 3, 1536), LayerWidths(9, 3, 1536)]
+    cur = [{"num_heads": 6, "num_kv_heads": 2, "intermediate_size": 1000}, LayerWidths(9, 3, 1400)]
+    fig = viz.architecture_figure(orig, cur)
+    kept_g, removed_g, kept_c, removed_c = fig.data
+    assert list(kept_g.x) == [2, 3] and list(removed_g.x) == [1, 0]
+    assert list(kept_c.x) == [1000, 1400] and list(removed_c.x) == [536, 136]
+    assert list(kept_g.y) == [0, 1] and fig.layout.barmode == "stack"
+    assert fig.layout.xaxis.title.text == "KV groups" and fig.layout.xaxis2.title.text == "channels"
+    with pytest.raises(ValueError):
+        viz.architecture_figure(orig, cur[:1])
+
+
+def test_trajectory_figure_with_uniform_overlay():
+    fig = viz.trajectory_figure([134_000_000, 120_000_000], [18.0, 25.0], "perplexity (wikitext2 test, 256)",
+                                [134_000_000, 120_000_000], [18.0, 31.0], steps=[0, 1])
+    ada, uni = fig.data
+    assert list(ada.x) == [134.0, 120.0] and list(ada.y) == [18.0, 25.0] and list(ada.text) == ["0", "1"]
+    assert list(uni.x) == [134.0, 120.0] and list(uni.y) == [18.0, 31.0] and uni.name == "uniform baseline"
+    assert fig.layout.xaxis.title.text == "parameters (millions)"
+    assert "wikitext2 test, 256" in fig.layout.title.text and fig.layout.yaxis.type == "log"
+    assert fig.layout.yaxis.title.text.startswith("perplexity")
+    assert len(viz.trajectory_figure([1_000_000], [3.0]).data) == 1
+    with pytest.raises(ValueError):
+        viz.trajectory_figure([1, 2], [3.0])
+
+
+def test_loss_curve():
+    fig = viz.loss_curve([1, 2, 3], [3.0, 2.5, 2.2], stage_starts=[2])
+    assert list(fig.data[0].x) == [1, 2, 3] and list(fig.data[0].y) == [3.0, 2.5, 2.2]
+    assert fig.layout.xaxis.title.text == "optimiser step" and len(fig.layout.shapes) == 1

@@ -1,0 +1,36 @@
+"""Shared look of the studio's figures."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+FONT = dict(family="Inter, system-ui, sans-serif", size=12)
+HEIGHT = 420
+ATTN_COLOR = "#3b6fb6"
+MLP_COLOR = "#d9822b"
+REMOVED_COLOR = "#d5d8dc"
+ADAPTIVE_COLOR = "#c0392b"
+UNIFORM_COLOR = "#7f8c8d"
+
+
+def base_layout(fig: go.Figure, title: str, height: int = HEIGHT, top: int = 60) -> go.Figure:
+    """Apply the common title, font, margins and background."""
+    fig.update_layout(
+        title=dict(text=title, x=0.01, xanchor="left", font=dict(size=14)),
+        font=FONT,
+        height=height,
+        margin=dict(l=60, r=20, t=top, b=50),
+        plot_bgcolor="white",
+        paper_bgcolor="white",
+    )
+    return fig
+
+
+def empty_figure(title: str, message: str, height: int = HEIGHT) -> go.Figure:
+    """A blank figure with a centred hint (used before there is data)."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                       font=dict(size=13, color="#666"))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return base_layout(fig, title, height)
