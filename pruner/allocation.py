@@ -152,3 +152,51 @@ def sparsity_of(geo: Geometry, original: Sequence[LayerWidths], widths: Sequence
         pw = w.num_kv_heads * geo.params_per_group + w.intermediate_size * geo.params_per_channel
         out.append(1.0 - pw / po)
     return out
+
+
+def plan_widths_by_score(
+    geo: Geometry,
+    original: Sequence[LayerWidths],
+    current: Sequence[LayerWidths],
+    sparsity: Sequence[float],
+    group_scores: Sequence,
+    channel_scores: Sequence,
+    min_channels: int = 1,
+    multiple: int = 1,
+) -> tuple[list[LayerWidths], list[int]]:
+    """Like :func:`plan_widths`, but each layer meets its parameter budget by removing its units of lowest
+    score *per parameter*, KV groups and MLP channels ranked together (``PruneConfig(attention="score")``).
+
+    The split between attention and MLP inside a layer then follows the measured importance instead of
+    being proportional. A KV group is only removed when that does not undershoot the layer's budget by more
+    than half a group; at least one group and ``max(min_channels, multiple)`` channels stay.
+    """
+    floor_ch = max(min_channels, multiple, 1)
+    G, C = geo.params_per_group, geo.params_per_channel
+    widths, floored = [], []
+    for li, (orig, cur, s) in enumerate(zip(original, current, sparsity, strict=True)):
+        budget = (1.0 - s) * (orig.num_kv_heads * G + orig.intermediate_size * C)
+        kv, ch = cur.num_kv_heads, cur.intermediate_size
+        params = kv * G + ch * C
+        gs = sorted(float(x) / G for x in group_scores[li])
+        cs = sorted(float(x) / C for x in channel_scores[li])
+        gi = ci = 0
+        groups_open = True
+        while params > budget:
+            can_g = groups_open and kv > 1
+            can_c = ch > floor_ch
+            if not can_g and not can_c:
+                floored.append(li)
+                break
+            take_group = can_g and (not can_c or gs[gi] <= cs[ci])
+            if take_group:
+                if params - G < budget - G / 2:
+                    groups_open = False
+                    continue
+                kv, params, gi = kv - 1, params - G, gi + 1
+            else:
+                ch, params, ci = ch - 1, params - C, ci + 1
+        if multiple > 1:
+            ch = max((ch // multiple) * multiple, floor_ch)
+        widths.append(LayerWidths(kv * geo.n_rep, kv, min(ch, cur.intermediate_size)))
+    return widths, floored

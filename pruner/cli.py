@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=float, default=0.02, help="Δ: mean sparsity added per sub-step")
     p.add_argument("--max-sparsity", type=float, default=0.99)
     p.add_argument("--multiple", type=int, default=1, help="round MLP widths down to a multiple of this")
+    p.add_argument("--attention", choices=["proportional", "score"], default="score",
+                   help="how a layer's budget is split: proportional (attention and MLP share s_l) or score "
+                        "(lowest Taylor score per parameter first, groups and channels ranked together)")
     p.add_argument("--custom", default=None, help="comma-separated final per-layer sparsities (method custom)")
     p.add_argument("--calibration", default="wiki", help=f"calibration corpus: {', '.join(CORPORA)} or a text file")
     p.add_argument("--n-windows", type=int, default=32)
@@ -112,7 +115,7 @@ def cmd_prune(args) -> int:
         return 2
     custom = [float(x) for x in args.custom.split(",")] if args.custom else None
     cfg = PruneConfig(target=args.target, method=args.method, criterion=args.criterion, amplitude=args.amplitude,
-                      step=args.step, max_sparsity=args.max_sparsity, multiple=args.multiple, custom=custom,
+                      step=args.step, max_sparsity=args.max_sparsity, attention=args.attention, multiple=args.multiple, custom=custom,
                       calibration=args.calibration, n_windows=args.n_windows, window=args.window,
                       batch_size=args.batch_size, seed=args.seed)
     t = time.perf_counter()

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .adapters import adapter_for
-from .allocation import AllocationError, allocate_sparsity, plan_widths, sparsity_of
+from .allocation import AllocationError, allocate_sparsity, plan_widths, plan_widths_by_score, sparsity_of
 from .data import calibration_windows
 from .importance import CRITERIA, Importance, measure_importance
 from .structure import LayerCut, LayerWidths, apply_patch, build_cut, count_parameters, geometry, layer_widths
@@ -45,6 +45,11 @@ class PruneConfig:
     min_channels: int = 1  # floor for MLP channels (a layer also keeps ≥ 1 KV group)
     multiple: int = 1  # round MLP widths down to a multiple of this (e.g. 8 or 64)
     custom: list[float] | None = None  # final per-layer sparsities for method="custom"
+    # how a layer's budget is split between KV groups and MLP channels: "score" removes the units of lowest
+    # score per parameter first (groups and channels ranked together); "proportional" makes attention and MLP
+    # share s_l as in the reference code. Measured on the default model at 80 %: WikiText-2 test perplexity
+    # 50.3 (score) vs 91.3 (proportional), 512-token windows (README).
+    attention: str = "score"
     calibration: str = "wiki"  # corpus name or text file
     n_windows: int = 32  # the paper uses 512 × 64 per sub-step; 32 × 128 is CPU-friendly
     window: int = 128
@@ -202,6 +207,8 @@ class Pruner:
             raise ValueError(f"Unknown method '{c.method}': use adaptive, uniform or custom")
         if not 0 < c.step <= 0.5:
             raise ValueError(f"The per-step budget must lie in (0, 0.5], got {c.step}")
+        if c.attention not in ("proportional", "score"):
+            raise ValueError(f"Unknown attention policy '{c.attention}': use proportional or score")
         if c.amplitude < 0:
             raise ValueError(f"The amplitude A must be ≥ 0, got {c.amplitude}")
         if c.n_windows < 1 or c.window < 2 or c.batch_size < 1:
@@ -281,7 +288,13 @@ class Pruner:
         alloc = allocate_sparsity(self.sparsity, importance.layer_importance_norm, c.step * fraction,
                                   c.amplitude * fraction, c.method, c.max_sparsity, c.custom)
         widths_now = layer_widths(self.model, self.adapter)
-        widths, floored = plan_widths(self.geo, self.origin.widths, widths_now, alloc.sparsity, c.min_channels, c.multiple)
+        if c.attention == "score":
+            widths, floored = plan_widths_by_score(self.geo, self.origin.widths, widths_now, alloc.sparsity,
+                                                   importance.group_scores, importance.channel_scores,
+                                                   c.min_channels, c.multiple)
+        else:
+            widths, floored = plan_widths(self.geo, self.origin.widths, widths_now, alloc.sparsity, c.min_channels,
+                                          c.multiple)
         return alloc, widths, floored, self._params_of(widths)
 
     def _fraction_for_target(self, importance: Importance, target: int) -> float:

@@ -32,7 +32,7 @@ def assert_same_state(model, state):
 
 
 def config(**kw):
-    base = dict(target=0.75, n_windows=4, window=32, batch_size=4, calibration="wikitext2")
+    base = dict(target=0.75, n_windows=4, window=32, batch_size=4, calibration="wikitext2", attention="proportional")
     return pruner.PruneConfig(**{**base, **kw})
 
 
@@ -458,3 +458,23 @@ def test_save_when_the_widest_layer_has_a_head_count_that_does_not_divide_hidden
     out = pruner.save_pruned(model, tiny_tokenizer, tmp_path / "m")
     loaded, _ = pruner.load_model(str(out))
     torch.testing.assert_close(logits(loaded, ids), logits(model, ids), rtol=0, atol=0)
+
+
+def test_score_policy_removes_the_lowest_score_per_parameter_first(tiny_tokenizer):
+    from pruner.allocation import plan_widths_by_score
+
+    model = tiny_model()
+    geo = geometry(model)
+    w = layer_widths(model)
+    ch_scores = [torch.ones(96, dtype=torch.float64) for _ in range(4)]
+    important = [torch.full((4,), 1e6, dtype=torch.float64) for _ in range(4)]
+    plan, _ = plan_widths_by_score(geo, w, w, [0.2] * 4, important, ch_scores)
+    assert all(p.num_kv_heads == 4 for p in plan)  # attention too valuable: only channels go
+    budget = 0.8 * (4 * geo.params_per_group + 96 * geo.params_per_channel)
+    assert all(abs(geo.layer_prunable_params(p) - budget) <= geo.params_per_channel for p in plan)
+    cheap = [torch.full((4,), 1e-9, dtype=torch.float64) for _ in range(4)]
+    plan, _ = plan_widths_by_score(geo, w, w, [0.2] * 4, cheap, ch_scores)
+    assert all(p.num_kv_heads < 4 for p in plan)  # cheap groups go first
+    p = pruner.Pruner(model, tiny_tokenizer, config(target=0.8, attention="score"))
+    rec = p.run()
+    assert abs(rec.final_params["total"] / rec.original_params["total"] - 0.8) <= 0.02
