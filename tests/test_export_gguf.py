@@ -1,0 +1,139 @@
+"""GGUF export: per-layer metadata, llama.cpp tensor conventions, tokenizer, read back and next-token agreement."""
+
+from __future__ import annotations
+
+import json
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from conftest import random_windows, tiny_model
+
+from pruner.export import ExportError, export_gguf, load_gguf_model, read_gguf
+from pruner.export.gguf import _gguf_tensors, permute_qk, unpermute_qk, write_gguf
+from pruner.structure import LayerCut, apply_patch, build_cut, layer_widths
+
+
+def uneven(arch: str):
+    model = tiny_model(arch)
+    apply_patch(model, build_cut(model, {
+        0: LayerCut([0, 2, 3], list(range(0, 96, 2))),
+        2: LayerCut([1], list(range(96))),
+        3: LayerCut([0, 1, 2, 3], [5, 7, 11, 40, 41, 90]),
+    }))
+    return model
+
+
+def test_permutation_is_invertible():
+    w = torch.randn(6 * 8, 5)
+    p = permute_qk(w, 6)
+    assert not torch.equal(p, w)
+    torch.testing.assert_close(unpermute_qk(p, 6), w, rtol=0, atol=0)
+    # llama.cpp pairs dimension j with j + head_dim/2 of the HF layout as rows 2j, 2j+1 of each head
+    torch.testing.assert_close(p[:8:2], w[:4], rtol=0, atol=0)
+    torch.testing.assert_close(p[1:8:2], w[4:8], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_f32_gguf_round_trip_metadata_and_tensors(tmp_path, arch, tiny_tokenizer):
+    model = uneven(arch)
+    path = tmp_path / "m.gguf"
+    info = write_gguf(model, tiny_tokenizer, path, dtype="f32")
+    arch = {"llama": "deci", "qwen2": "qwen2"}[arch]  # llama.cpp's Llama with per-layer widths is "deci"
+    assert info["arch"] == arch and info["uniform"] is False
+    back = read_gguf(path)
+    meta = back["metadata"]
+    widths = layer_widths(model)
+    assert meta["general.architecture"] == arch
+    assert meta[f"{arch}.attention.head_count"] == [w.num_heads for w in widths] == [6, 8, 2, 8]
+    assert meta[f"{arch}.attention.head_count_kv"] == [w.num_kv_heads for w in widths]
+    assert meta[f"{arch}.feed_forward_length"] == [w.intermediate_size for w in widths] == [48, 96, 96, 6]
+    assert meta[f"{arch}.attention.key_length"] == meta[f"{arch}.rope.dimension_count"] == 8
+    assert meta[f"{arch}.block_count"] == 4 and meta[f"{arch}.embedding_length"] == 64
+    assert meta["general.file_type"] == gguf.LlamaFileType.ALL_F32
+    expected = _gguf_tensors(model, arch)
+    assert {k: v["shape"] for k, v in back["tensors"].items()} == {k: tuple(v.shape) for k, v in expected.items()}
+    assert ("blk.0.attn_q.bias" in back["tensors"]) == (arch == "qwen2")
+    reader = gguf.GGUFReader(str(path))
+    for t in reader.tensors:  # values equal exactly (f32), q/k in llama.cpp's permuted layout for llama
+        np.testing.assert_array_equal(np.asarray(t.data).reshape(expected[t.name].shape), expected[t.name].numpy())
+    q = expected["blk.3.attn_q.weight"]
+    hf_q = model.model.layers[3].self_attn.q_proj.weight.detach()
+    assert torch.equal(q, permute_qk(hf_q, 8) if arch == "deci" else hf_q)
+    rebuilt = load_gguf_model(path)
+    ids = random_windows(2, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(ids).logits, model(ids).logits)
+
+
+def test_tokenizer_metadata_from_hf_bpe(tmp_path, tiny_tokenizer):
+    model = uneven("llama")
+    write_gguf(model, tiny_tokenizer, tmp_path / "m.gguf", dtype="f16")
+    meta = read_gguf(tmp_path / "m.gguf")["metadata"]
+    assert meta["tokenizer.ggml.model"] == "gpt2"
+    tokens = meta["tokenizer.ggml.tokens"]
+    assert len(tokens) == model.config.vocab_size
+    vocab = tiny_tokenizer.get_vocab()
+    assert all(tokens[i] == t for t, i in vocab.items())
+    merges = json.loads(tiny_tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    assert len(meta["tokenizer.ggml.merges"]) == len(merges) > 0
+    assert meta["tokenizer.ggml.bos_token_id"] == tiny_tokenizer.bos_token_id
+    assert meta["tokenizer.ggml.eos_token_id"] == tiny_tokenizer.eos_token_id
+    types = meta["tokenizer.ggml.token_type"]
+    assert types[tiny_tokenizer.eos_token_id] == gguf.TokenType.CONTROL
+    assert types[len(vocab)] == gguf.TokenType.UNUSED  # padding up to the model's vocabulary size
+
+
+def test_uniform_llama_gguf_matches_transformers_loader(tmp_path):
+    """transformers' GGUF loader undoes llama.cpp's q/k permutation: equal logits prove the convention."""
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model("llama", tie_word_embeddings=True)
+    assert write_gguf(model, None, tmp_path / "u.gguf", dtype="f32")["arch"] == "llama"
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="u.gguf", dtype=torch.float32).eval()
+    ids = random_windows(2, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-5)
+    assert "output.weight" not in read_gguf(tmp_path / "u.gguf")["tensors"]  # tied: stored once
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+def test_export_gguf_folder_card_and_agreement(tmp_path, tiny_tokenizer, dtype):
+    model = uneven("llama")
+    summary = export_gguf(model, tiny_tokenizer, tmp_path / "out", dtype=dtype)
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert files == ["README.md", f"out-{dtype}.gguf"]
+    back = read_gguf(summary["path"])
+    kinds = {v["type"] for k, v in back["tensors"].items() if k.endswith("_norm.weight")}
+    assert kinds == {"F32"}  # 1-D tensors stay float32
+    assert back["tensors"]["blk.0.attn_q.weight"]["type"] == dtype.upper()
+    assert summary["verify"]["agreement"] == 1.0 and summary["verify"]["prompts"] == 10
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "library_name: gguf" in card and "deci.attention.head_count" in card
+    with pytest.raises(FileExistsError):
+        export_gguf(model, tiny_tokenizer, tmp_path / "out", dtype=dtype)
+
+
+def test_unknown_gguf_dtype_is_refused(tmp_path):
+    with pytest.raises(ExportError, match="f32, f16, bf16"):
+        write_gguf(uneven("llama"), None, tmp_path / "m.gguf", dtype="q4_0")
+
+
+def test_cli_exports_a_saved_pruned_folder(tmp_path, tiny_tokenizer):
+    from pruner.cli import main
+    from pruner.io import save_pruned
+
+    save_pruned(uneven("llama"), tiny_tokenizer, tmp_path / "pruned")
+    assert main(["export", "--model", str(tmp_path / "pruned"), "--format", "gguf", "--gguf-dtype", "f32",
+                 "--out", str(tmp_path / "g")]) == 0
+    assert main(["export", "--model", str(tmp_path / "pruned"), "--format", "gguf", "--out", str(tmp_path / "g")]) == 2
+    assert main(["export", "--model", str(tmp_path / "pruned"), "--format", "hf", "--out", str(tmp_path / "h"),
+                 "--no-verify"]) == 0
+    assert (tmp_path / "h" / "modeling_adapt_pruned.py").is_file() and (tmp_path / "h" / "tokenizer.json").is_file()
+    # an exported folder can be exported again (read with this package's code, not the folder's)
+    assert main(["export", "--model", str(tmp_path / "h"), "--format", "gguf", "--out", str(tmp_path / "g2"),
+                 "--no-verify"]) == 0
+    first = read_gguf(tmp_path / "g" / "g-f32.gguf")["tensors"]
+    again = read_gguf(tmp_path / "g2" / "g2-f16.gguf")["tensors"]
+    assert {k: v["shape"] for k, v in first.items()} == {k: v["shape"] for k, v in again.items()}

@@ -1,0 +1,264 @@
+"""Portable Hugging Face export: round trip in an environment that cannot import ``pruner``, safety rules, card."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import random_windows, tiny_model
+from safetensors.torch import load_file, save_file
+
+from pruner.export import ExportError, check_folder, export_hf, model_card, model_facts, refuse_pickles
+from pruner.export.hf import load_exported
+from pruner.structure import LayerCut, apply_patch, build_cut, layer_widths
+
+ARCHS = ("llama", "qwen2", "mistral")
+
+
+def uneven(arch: str):
+    """A tiny model pruned to different widths per layer (and one layer left whole, so the widest is the original)."""
+    model = tiny_model(arch)
+    apply_patch(model, build_cut(model, {
+        0: LayerCut([0, 2, 3], list(range(0, 96, 2))),
+        2: LayerCut([1], list(range(96))),
+        3: LayerCut([0, 1, 2, 3], [5, 7, 11, 40, 41, 90]),
+    }))
+    return model
+
+
+def clean_env(tmp_path) -> dict:
+    """An environment where ``pruner`` cannot be imported (no PYTHONPATH; run from an empty folder)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "hf_modules"))
+    return env
+
+
+STRANGER = r"""
+import json, os, sys
+try:
+    import pruner
+    sys.exit("pruner is importable here; the test would prove nothing")
+except ImportError:
+    pass
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+results = {}
+for folder in sys.argv[1:]:
+    ref = load_file(folder + ".ref.safetensors")
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, use_safetensors=True).eval()
+    with torch.no_grad():
+        logits = model(ref["ids"]).logits
+    prompt = ref["ids"][:1, :6]
+    with_cache = model.generate(prompt, max_new_tokens=10, do_sample=False, use_cache=True)
+    without = model.generate(prompt, max_new_tokens=10, do_sample=False, use_cache=False)
+    if os.path.exists(folder + "/tokenizer_config.json"):
+        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+        results[folder + ":tokens"] = tok("hello world").input_ids
+    results[folder] = {"class": type(model).__name__, "max_diff": float((logits - ref["logits"]).abs().max()),
+                       "with_cache": with_cache[0].tolist(), "without_cache": without[0].tolist(),
+                       "expected": ref["generated"][0].tolist()}
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def stranger_results(tmp_path_factory, tiny_tokenizer):
+    """Export the three architectures, then load them all in one subprocess that cannot import pruner."""
+    root = tmp_path_factory.mktemp("export_hf")
+    models, folders = {}, []
+    for arch in ARCHS:
+        model = uneven(arch)
+        folder = root / arch
+        export_hf(model, tiny_tokenizer if arch == "llama" else None, folder)
+        ids = random_windows(2, 20, seed=3)
+        with torch.no_grad():
+            logits = model(ids).logits
+            generated = model.generate(ids[:1, :6], max_new_tokens=10, do_sample=False, use_cache=True)
+        save_file({"ids": ids, "logits": logits, "generated": generated}, str(folder) + ".ref.safetensors")
+        models[arch], folders = model, [*folders, str(folder)]
+    empty = root / "cwd"
+    empty.mkdir()
+    proc = subprocess.run([sys.executable, "-c", STRANGER, *folders], cwd=empty, env=clean_env(root),
+                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out[str(root / "llama") + ":tokens"] == tiny_tokenizer("hello world").input_ids
+    return {arch: out[str(root / arch)] for arch in ARCHS}, root, models
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_stranger_loads_same_logits_and_generates(stranger_results, arch):
+    results, _, _ = stranger_results
+    r = results[arch]
+    assert r["class"] == f"AdaptPruned{ {'llama': 'Llama', 'qwen2': 'Qwen2', 'mistral': 'Mistral'}[arch]}ForCausalLM"
+    assert r["max_diff"] < 1e-5
+    assert r["with_cache"] == r["without_cache"] == r["expected"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_config_carries_per_layer_widths(stranger_results, arch):
+    _, root, models = stranger_results
+    cfg = json.loads((root / arch / "config.json").read_text())
+    widths = layer_widths(models[arch])
+    assert cfg["model_type"] == f"adapt_pruned_{arch}"
+    assert cfg["num_attention_heads_per_layer"] == [w.num_heads for w in widths] == [6, 8, 2, 8]
+    assert cfg["num_key_value_heads_per_layer"] == [w.num_kv_heads for w in widths]
+    assert cfg["intermediate_size_per_layer"] == [w.intermediate_size for w in widths] == [48, 96, 96, 6]
+    assert set(cfg["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
+    assert sorted(p.name for p in (root / arch).glob("*.py")) == ["configuration_adapt_pruned.py", "modeling_adapt_pruned.py"]
+    assert not [p for p in (root / arch).iterdir() if p.suffix in (".bin", ".pt", ".pkl")]
+
+
+def test_uniform_widths_export_plain_architecture(tmp_path):
+    model = tiny_model("llama")
+    apply_patch(model, build_cut(model, {i: LayerCut([1, 3], list(range(64))) for i in range(4)}))
+    summary = export_hf(model, None, tmp_path / "out")
+    assert summary["remote_code"] is False
+    assert not list((tmp_path / "out").glob("*.py"))
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["model_type"] == "llama" and "auto_map" not in cfg
+    assert (cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["intermediate_size"]) == (4, 2, 64)
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()  # no trust_remote_code
+    ids = random_windows(2, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+
+
+def test_uniform_widths_the_stock_config_rejects_use_remote_code(tmp_path):
+    """6 heads do not divide hidden size 64: the stock Llama config refuses that, the adapt_pruned one does not."""
+    model = tiny_model("llama")
+    apply_patch(model, build_cut(model, {i: LayerCut([0, 1, 3], list(range(64))) for i in range(4)}))
+    summary = export_hf(model, None, tmp_path / "out")
+    assert summary["remote_code"] is True and summary["verify"]["max_abs_logit_diff"] < 1e-5
+
+
+def test_mismatched_folder_is_refused(tmp_path):
+    model = uneven("llama")
+    export_hf(model, None, tmp_path / "ok", verify=False)
+    cfg_path = tmp_path / "ok" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["intermediate_size_per_layer"][1] -= 8
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ExportError, match="do not match config.json"):
+        check_folder(tmp_path / "ok")
+    with pytest.raises(ExportError, match="do not match"):
+        load_exported(tmp_path / "ok")
+    from pruner.cli import main
+
+    assert main(["export", "--model", str(tmp_path / "ok"), "--format", "hf", "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_weights_missing_a_tensor_are_refused(tmp_path):
+    export_hf(uneven("qwen2"), None, tmp_path / "ok", verify=False)
+    weights = tmp_path / "ok" / "model.safetensors"
+    state = load_file(str(weights))
+    del state["model.layers.2.self_attn.k_proj.bias"]
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with pytest.raises(ExportError, match="missing"):
+        check_folder(tmp_path / "ok")
+
+
+def test_never_overwrites_without_force(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    model = uneven("llama")
+    with pytest.raises(FileExistsError, match="--force"):
+        export_hf(model, None, out)
+    assert (out / "keep.txt").read_text() == "mine"
+    export_hf(model, None, out, force=True, verify=False)
+    assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
+    assert not list(tmp_path.glob("*tmp*"))  # no staging folder left behind
+
+
+def test_pickle_only_source_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ExportError, match="pickle"):
+        refuse_pickles(tmp_path)
+    from pruner.cli import main
+
+    assert main(["export", "--model", str(tmp_path), "--format", "hf", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_load_exported_returns_stock_class_with_same_logits(stranger_results):
+    _, root, models = stranger_results
+    model, _ = load_exported(root / "qwen2")
+    assert type(model).__name__ == "Qwen2ForCausalLM"
+    assert layer_widths(model) == layer_widths(models["qwen2"])
+    ids = random_windows(2, 16, seed=5)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, models["qwen2"](ids).logits)
+
+
+def test_per_layer_config_validation():
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+
+    from pruner.export.remote_code.configuration_adapt_pruned import AdaptPrunedLlamaConfig
+
+    base = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4, head_dim=8,
+                intermediate_size=96, vocab_size=320)
+    ok = AdaptPrunedLlamaConfig(**base, num_attention_heads_per_layer=[6, 8], num_key_value_heads_per_layer=[3, 4],
+                                intermediate_size_per_layer=[10, 96])
+    assert ok.num_attention_heads_per_layer == [6, 8]
+    with pytest.raises(StrictDataclassClassValidationError, match="entries"):
+        AdaptPrunedLlamaConfig(**base, num_attention_heads_per_layer=[6], num_key_value_heads_per_layer=[3, 4],
+                               intermediate_size_per_layer=[10, 96])
+    with pytest.raises(StrictDataclassClassValidationError, match="multiple"):
+        AdaptPrunedLlamaConfig(**base, num_attention_heads_per_layer=[5, 8], num_key_value_heads_per_layer=[3, 4],
+                               intermediate_size_per_layer=[10, 96])
+
+
+def test_model_card_format(stranger_results):
+    _, root, models = stranger_results
+    card = (root / "llama" / "README.md").read_text()
+    front = card.split("---")[1]
+    for key in ("license:", "tags:", "library_name: transformers", "pipeline_tag: text-generation"):
+        assert key in front
+    assert "| 3 | 8 | 4 | 6 |" in card  # layer 3: 8 heads, 4 KV heads, 6 MLP channels
+    assert "trust_remote_code=True" in card
+    record = {"config": {"method": "adaptive", "criterion": "taylor", "target": 0.9, "n_windows": 8, "window": 64,
+                         "calibration": "wiki"}, "steps": [{"calibration_loss": 3.25}], "seconds_total": 12.0}
+    report = {"perplexity": [{"perplexity": 21.5, "dataset": "wikitext2", "split": "test", "window": 512,
+                              "bos": False, "tokens_scored": 4096}],
+              "zero_shot": {"tasks": {"arc_easy": {"acc": 0.5, "acc_norm": 0.45, "acc_norm_stderr": 0.02,
+                                                   "metric_used": "acc_norm", "n": 200}},
+                            "average": {"value": 0.45, "metric": "acc_norm where available"}}}
+    card = model_card(model_facts(models["llama"]), fmt="hf", source="HuggingFaceTB/SmolLM2-135M-Instruct",
+                      base_model="HuggingFaceTB/SmolLM2-135M-Instruct", record=record, report=report)
+    assert "license: apache-2.0" in card and "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+    assert "| wikitext2 | test | 512 | no | 4,096 | 21.50 |" in card
+    assert "| arc_easy | acc_norm | 0.4500 | 0.0200 | 200 |" in card
+    assert "Adapt-Pruner layer-wise adaptive allocation" in card and "- criterion: `taylor`" in card
+
+
+def test_push_without_token_says_so(tmp_path, monkeypatch):
+    from pruner.export.hub import push_to_hub
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))
+    with pytest.raises(ExportError, match="no Hugging Face token"):
+        push_to_hub(tmp_path, "someone/model")
+
+
+def test_load_model_reads_an_exported_folder_with_the_projects_code(tmp_path, tiny_tokenizer):
+    """`pruner.load_model` recognises a portable export (model_type adapt_pruned_*) and loads it."""
+    import pruner
+
+    model = uneven("llama")
+    out = tmp_path / "exp"
+    export_hf(model, tiny_tokenizer, out)
+    loaded, _ = pruner.load_model(str(out))
+    assert layer_widths(loaded) == layer_widths(model)
+    ids = random_windows(1, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
