@@ -66,3 +66,16 @@ def arch(request):
 
 def random_windows(n: int = 8, length: int = 24, seed: int = 0, vocab: int = TINY["vocab_size"]) -> torch.Tensor:
     return torch.randint(0, vocab, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+def uneven_model(arch: str = "llama"):
+    """A tiny model pruned to different widths per layer (one layer left whole, so the widest is the original)."""
+    from pruner.structure import LayerCut, apply_patch, build_cut
+
+    model = tiny_model(arch)
+    apply_patch(model, build_cut(model, {
+        0: LayerCut([0, 2, 3], list(range(0, 96, 2))),
+        2: LayerCut([1], list(range(96))),
+        3: LayerCut([0, 1, 2, 3], [5, 7, 11, 40, 41, 90]),
+    }))
+    return model

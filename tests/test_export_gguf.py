@@ -8,21 +8,15 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from conftest import random_windows, tiny_model
+from conftest import random_windows, tiny_model, uneven_model
 
 from pruner.export import ExportError, export_gguf, load_gguf_model, read_gguf
 from pruner.export.gguf import _gguf_tensors, permute_qk, unpermute_qk, write_gguf
-from pruner.structure import LayerCut, apply_patch, build_cut, layer_widths
+from pruner.structure import layer_widths
 
 
 def uneven(arch: str):
-    model = tiny_model(arch)
-    apply_patch(model, build_cut(model, {
-        0: LayerCut([0, 2, 3], list(range(0, 96, 2))),
-        2: LayerCut([1], list(range(96))),
-        3: LayerCut([0, 1, 2, 3], [5, 7, 11, 40, 41, 90]),
-    }))
-    return model
+    return uneven_model(arch)
 
 
 def test_permutation_is_invertible():

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import random_windows, tiny_model
+from conftest import random_windows, tiny_model, uneven_model
 from safetensors.torch import load_file, save_file
 
 from pruner.export import ExportError, check_folder, export_hf, model_card, model_facts, refuse_pickles
@@ -20,14 +20,7 @@ ARCHS = ("llama", "qwen2", "mistral")
 
 
 def uneven(arch: str):
-    """A tiny model pruned to different widths per layer (and one layer left whole, so the widest is the original)."""
-    model = tiny_model(arch)
-    apply_patch(model, build_cut(model, {
-        0: LayerCut([0, 2, 3], list(range(0, 96, 2))),
-        2: LayerCut([1], list(range(96))),
-        3: LayerCut([0, 1, 2, 3], [5, 7, 11, 40, 41, 90]),
-    }))
-    return model
+    return uneven_model(arch)
 
 
 def clean_env(tmp_path) -> dict:
