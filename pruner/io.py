@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .adapters import UnsupportedArchitectureError, adapter_for, adapter_for_config
+from .adapters import adapter_for, adapter_for_config
 from .data import package_dir
 from .structure import LayerWidths, count_parameters, geometry, is_uniform, layer_widths, sync_config
 
@@ -282,10 +282,7 @@ def load_pruned(folder, device=None, dtype=None):
         raise ModelLoadError(f"'{folder}' is not a readable pruned-model folder: {exc}") from exc
     if meta.get("format") != FORMAT:
         raise ModelLoadError(f"'{folder}/{WIDTHS_FILE}' has format {meta.get('format')!r}, expected {FORMAT!r}")
-    try:
-        adapter = adapter_for_config(config)
-    except UnsupportedArchitectureError:
-        raise
+    adapter = adapter_for_config(config)  # UnsupportedArchitectureError names what is supported
     widths = [LayerWidths(**w) for w in meta["layers"]]
     if len(widths) != config.num_hidden_layers:
         raise ModelLoadError(

@@ -28,7 +28,7 @@ from torch import nn
 from .adapters import adapter_for
 from .allocation import AllocationError, allocate_sparsity, plan_widths, plan_widths_by_score, sparsity_of
 from .data import calibration_windows
-from .importance import CRITERIA, Importance, measure_importance
+from .importance import CRITERIA, Cancelled, Importance, measure_importance
 from .structure import LayerCut, LayerWidths, apply_patch, build_cut, count_parameters, geometry, layer_widths
 
 
@@ -331,8 +331,6 @@ class Pruner:
                 "allocation. " + " ".join(alloc.notes())
             )
         if should_stop is not None and should_stop():
-            from .importance import Cancelled
-
             raise Cancelled("cancelled before the cut")
         cuts = {}
         for li, (w, now) in enumerate(zip(widths, widths_now, strict=True)):
@@ -402,8 +400,6 @@ class Pruner:
         A cancel (``should_stop`` returning True) ends the run after the last completed step, with
         ``record.stopped == "cancelled"``; completed steps are kept.
         """
-        from .importance import Cancelled
-
         target = self.target_params()  # validates before touching anything
         tol = max(1, int(0.001 * self.origin.params["total"]))
         t0 = time.perf_counter()

@@ -90,17 +90,7 @@ def layer_widths(model: nn.Module, adapter: Adapter | None = None) -> list[Layer
     """Read every decoder layer's widths from its weight shapes (the source of truth)."""
     adapter = adapter or adapter_for(model)
     geo = geometry(model, adapter)
-    out = []
-    for layer in adapter.layers(model):
-        lin = adapter.attn_linears(layer)
-        out.append(
-            LayerWidths(
-                num_heads=lin["q"].out_features // geo.head_dim,
-                num_kv_heads=lin["k"].out_features // geo.head_dim,
-                intermediate_size=adapter.mlp_linears(layer)["gate"].out_features,
-            )
-        )
-    return out
+    return [layer_widths_of(layer, adapter, geo) for layer in adapter.layers(model)]
 
 
 def count_parameters(model: nn.Module, adapter: Adapter | None = None) -> dict[str, int]:
