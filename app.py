@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -25,10 +27,13 @@ try:  # ZeroGPU Spaces: GPU work must run inside functions decorated with spaces
     import spaces
 
     gpu = spaces.GPU(duration=120)
+    gpu_long = spaces.GPU(duration=600)  # training and Adapt-Accel
 except ImportError:  # anywhere else: nothing to wrap
 
     def gpu(fn):
         return fn
+
+    gpu_long = gpu
 
 
 log = logging.getLogger("studio")
@@ -68,6 +73,13 @@ with it; a short sample, so compare it only with itself), generation speed and a
 prompt next to the original model's."""
 
 
+EXPLAIN_TRAIN = """**Recovery training** fine-tunes the pruned model (AdamW, one warmup–stable–decay learning-rate schedule per
+round, gradient clipping 1.0) on the shipped corpora (wiki, c4, stories; paragraphs overlapping the WikiText-2
+test set are removed, so the quick perplexity stays honest). Optional distillation mixes in the KL divergence to
+the original model's predictions. **Adapt-Accel** (the paper's recipe) prunes a share of the parameters per
+stage and trains in between, with more tokens for later stages (share 2k/(N(N+1))); the trajectory shows every
+stage going up (pruned) and down (trained). Cancel keeps the last completed stage."""
+
 # ---------------------------------------------------------------------------------------------- views
 def _settings(target, amplitude, step, criterion, method, custom, corpus, upload, n_windows, window, seed,
               ppl_tokens, new_tokens) -> StudioSettings:
@@ -90,6 +102,22 @@ def _settings(target, amplitude, step, criterion, method, custom, corpus, upload
                           method=method, custom=values, calibration=corpus, calibration_text=text,
                           n_windows=int(n_windows), window=int(window), seed=int(seed or 0),
                           ppl_tokens=int(ppl_tokens), max_new_tokens=int(new_tokens))
+
+
+def _train_settings(settings: StudioSettings, tokens, lr, distill, stages, accel_tokens) -> StudioSettings:
+    """Add the training controls' values to the settings."""
+    try:
+        lr = float(lr)
+    except (TypeError, ValueError) as exc:
+        raise SessionError(f"The learning rate must be a number, got {lr!r}") from exc
+    return replace(settings, train_tokens=int(tokens), lr=lr, distill=float(distill), stages=int(stages),
+                   accel_tokens=int(accel_tokens))
+
+
+def _loss_figure(s: StudioSession):
+    log_ = s.train_log
+    return viz.loss_curve(list(range(1, len(log_.losses) + 1)), log_.losses,
+                          stage_starts=[i + 1 for i in log_.starts], stage_labels=log_.labels)
 
 
 def _alloc_figure(s: StudioSession, settings: StudioSettings | None):
@@ -132,7 +160,10 @@ def _views(s: StudioSession | None, settings: StudioSettings | None = None) -> d
         arch_fig: viz.architecture_figure(s.original_widths(), s.current_widths()),
         traj_fig: viz.trajectory_figure([p.params for p in traj], [p.perplexity for p in traj], s.trajectory_label(),
                                         [p.params for p in base] or None, [p.perplexity for p in base] or None,
-                                        steps=[p.step for p in traj]),
+                                        steps=[p.step for p in traj], recovery=s.recovery,
+                                        accel_start=(s.accel_start.params, s.accel_start.perplexity)
+                                        if s.accel_start else None),
+        loss_fig: _loss_figure(s),
         metrics: ev.summary() if ev else "No evaluation yet: take a step or press “Evaluate now”.",
         gen_orig: ev.original_generation if ev else "",
         gen_pruned: ev.generation if ev else "",
@@ -256,6 +287,44 @@ def run_handler(s, prompt, every, *controls):
         yield {status: _fail(exc), **(_views(s, None) if s is not None else {})}
 
 
+def _stream(s: StudioSession, updates, settings: StudioSettings, every: float = 0.5):
+    """Page updates for a stream of :class:`Progress`: the loss curve alone for training steps (at most one
+    update per ``every`` seconds), everything otherwise."""
+    last = 0.0
+    for p in updates:
+        if p.kind == "train_step":
+            now = time.monotonic()
+            if now - last >= every:
+                last = now
+                yield {status: p.message, loss_fig: _loss_figure(s)}
+        else:
+            yield {status: p.message, **_views(s, settings)}
+
+
+@gpu_long
+def train_handler(s, prompt, *values):
+    if s is None:
+        yield {status: "The model is still loading."}
+        return
+    try:
+        settings = _train_settings(_settings(*values[5:]), *values[:5])
+        yield from _stream(s, s.train(settings=settings, prompt=prompt), settings)
+    except Exception as exc:  # noqa: BLE001
+        yield {status: _fail(exc), **(_views(s, None) if s is not None else {})}
+
+
+@gpu_long
+def accel_handler(s, prompt, *values):
+    if s is None:
+        yield {status: "The model is still loading."}
+        return
+    try:
+        settings = _train_settings(_settings(*values[5:]), *values[:5])
+        yield from _stream(s, s.run_accel(settings, prompt=prompt), settings)
+    except Exception as exc:  # noqa: BLE001
+        yield {status: _fail(exc), **(_views(s, None) if s is not None else {})}
+
+
 def cancel_handler(s):
     if s is not None:
         s.cancel()
@@ -313,6 +382,15 @@ def export_handler(s):
         return {status: _fail(exc)}
 
 
+def train_cost_handler(s, *values):
+    if s is None:
+        return {}
+    try:
+        return {train_cost: s.train_cost_markdown(_train_settings(_settings(*values[5:]), *values[:5]))}
+    except Exception as exc:  # noqa: BLE001
+        return {train_cost: _fail(exc)}
+
+
 def custom_table(s):
     """Per-layer final sparsity (%) for a custom schedule, pre-filled with the adaptive plan's last column."""
     import pandas as pd
@@ -328,12 +406,16 @@ def custom_table(s):
 
 
 @gpu
-def zero_shot_handler(s, tasks, limit, with_original):
+def zero_shot_handler(s, tasks, limit, with_original, with_baseline):
     try:
         _need(s)
         yield {status: f"Zero-shot evaluation on {', '.join(tasks)} ({int(limit)} examples each) …"}
-        table = s.zero_shot(tasks, int(limit), with_original=with_original)
-        yield {status: "Zero-shot evaluation done.", zs_table: table}
+        table = None
+        for msg, table in s.iter_zero_shot(tasks, int(limit), with_original=with_original,
+                                           with_baseline=with_baseline):
+            yield {status: msg, **({zs_table: table, zs_fig: viz.accuracy_bars(table.to_dict("records"))}
+                                   if table is not None else {})}
+        yield {status: "Zero-shot evaluation done." if table is not None else "Nothing evaluated."}
     except Exception as exc:  # noqa: BLE001
         yield {status: _fail(exc)}
 
@@ -393,6 +475,23 @@ with gr.Blocks(title="Adapt-Pruner Studio") as demo:
                     new_tokens = gr.Slider(4, 64, 24, step=4, label="generated tokens")
                 every = gr.Slider(1, 10, 1, step=1, label="during a run, evaluate every n-th step")
                 eval_btn = gr.Button("Evaluate now", size="sm")
+            with gr.Accordion("Recovery training · Adapt-Accel", open=False, elem_id="train-box"):
+                with gr.Row():
+                    train_tokens = gr.Slider(1024, 262_144, 16_384, step=1024, label="tokens per Train round",
+                                             elem_id="train-tokens")
+                    lr = gr.Dropdown(["3e-5", "1e-4", "3e-4", "1e-3"], value="1e-4", label="peak learning rate",
+                                     allow_custom_value=True)
+                distill = gr.Slider(0, 1, 0, step=0.05, label="distillation weight",
+                                    info="0 = language-model loss only; 1 = KL to the original model only")
+                train_cost = gr.Markdown(elem_id="train-cost")
+                train_btn = gr.Button("Train", elem_id="train-btn")
+                with gr.Row():
+                    stages = gr.Slider(1, 12, 5, step=1, label="Adapt-Accel stages", elem_id="stages")
+                    accel_tokens = gr.Slider(4096, 1_048_576, 32_768, step=4096, label="Adapt-Accel tokens (all stages)",
+                                             elem_id="accel-tokens")
+                accel_btn = gr.Button("Run Adapt-Accel", variant="primary", elem_id="accel-btn")
+                gr.Markdown("Adapt-Accel prunes from the current size to the **target** above, with the schedule's "
+                            "amplitude, criterion and calibration.", elem_classes="explain")
         with gr.Column(scale=3):
             with gr.Tabs():
                 with gr.Tab("Studio"):
@@ -416,6 +515,11 @@ with gr.Blocks(title="Adapt-Pruner Studio") as demo:
                         gen_orig = gr.Textbox(label="original model", lines=3, interactive=False, elem_id="gen-orig")
                         gen_pruned = gr.Textbox(label="pruned model", lines=3, interactive=False,
                                                 elem_id="gen-pruned")
+                    with gr.Row():
+                        with gr.Column():
+                            loss_fig = gr.Plot(elem_id="loss-curve", show_label=False)
+                        with gr.Column():
+                            gr.Markdown(EXPLAIN_TRAIN, elem_classes="explain")
                 with gr.Tab("Architecture"):
                     arch_fig = gr.Plot(elem_id="arch", show_label=False)
                     gr.Markdown(EXPLAIN_ARCH, elem_classes="explain")
@@ -426,9 +530,12 @@ with gr.Blocks(title="Adapt-Pruner Studio") as demo:
                         zs_tasks = gr.CheckboxGroup(StudioSession.zero_shot_tasks(), value=["arc_easy", "piqa"],
                                                     label="tasks")
                         zs_limit = gr.Slider(10, 500, 50, step=10, label="examples per task")
-                        zs_orig = gr.Checkbox(True, label="also the original model")
-                    zs_btn = gr.Button("Evaluate zero-shot")
-                    zs_table = gr.Dataframe(label="results", interactive=False)
+                        with gr.Column(min_width=160):
+                            zs_orig = gr.Checkbox(True, label="also the original model")
+                            zs_base = gr.Checkbox(True, label="also the uniform baseline (once it has run)")
+                    zs_btn = gr.Button("Evaluate zero-shot", elem_id="zs-btn")
+                    zs_fig = gr.Plot(elem_id="zs-bars", show_label=False)
+                    zs_table = gr.Dataframe(label="results", interactive=False, elem_id="zs-table")
                 with gr.Tab("Export"):
                     gr.Markdown("Download the pruned model (a folder that `pruner.load_model` and this studio load "
                                 "back) and the run's report (settings, every step's importance, allocation and "
@@ -440,8 +547,9 @@ with gr.Blocks(title="Adapt-Pruner Studio") as demo:
 
     controls = [target, amplitude, step, criterion, method, custom, corpus, upload, n_windows, window, seed,
                 ppl_tokens, new_tokens]
+    train_controls = [train_tokens, lr, distill, stages, accel_tokens]
     everything = [state, status, summary, layer_fig, unit_fig, alloc_fig, alloc_md, arch_fig, traj_fig, metrics,
-                  gen_orig, gen_pruned, cost]
+                  gen_orig, gen_pruned, cost, loss_fig, train_cost]
 
     demo.load(start_session, None, everything, **HEAVY)
     load_btn.click(load_handler, [source], everything, **HEAVY)
@@ -454,13 +562,17 @@ with gr.Blocks(title="Adapt-Pruner Studio") as demo:
     eval_btn.click(eval_handler, [state, prompt, *controls], everything, **HEAVY)
     baseline_btn.click(baseline_handler, [state, *controls], everything, **HEAVY)
     export_btn.click(export_handler, [state], [status, zip_file, report_file], **HEAVY)
-    zs_btn.click(zero_shot_handler, [state, zs_tasks, zs_limit, zs_orig], [status, zs_table], **HEAVY)
+    train_btn.click(train_handler, [state, prompt, *train_controls, *controls], everything, **HEAVY)
+    accel_btn.click(accel_handler, [state, prompt, *train_controls, *controls], everything, **HEAVY)
+    zs_btn.click(zero_shot_handler, [state, zs_tasks, zs_limit, zs_orig, zs_base], [status, zs_table, zs_fig], **HEAVY)
     fill_custom.click(custom_table, [state], [custom], **LIGHT)
     n_steps.release(steps_to_budget, [state, n_steps, target], [step], **LIGHT)
     for c in (target, amplitude, step, n_windows, window):
         c.release(preview_handler, [state, *controls], [alloc_fig, alloc_md, cost], **LIGHT)
     for c in (criterion, method, corpus, custom):
         c.change(preview_handler, [state, *controls], [alloc_fig, alloc_md, cost], **LIGHT)
+    for c in (train_tokens, stages, accel_tokens, target, step, n_windows, window):
+        c.release(train_cost_handler, [state, *train_controls, *controls], [train_cost], **LIGHT)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,6 +38,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--ppl-window", type=int, default=0, help="also WikiText-2 test perplexity at this window")
+    ap.add_argument("--ppl-max-tokens", type=int, default=None, help="perplexity on the first N tokens (default all)")
     ap.add_argument("--efficiency", action="store_true", help="also measure speed and memory (first = reference)")
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/eval_suite.json")
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
             entry["average"] = average(entry["tasks"])
             out.write_text(json.dumps(report, indent=1))
         if args.ppl_window:
-            ppl = perplexity(model, tok, "wikitext2", "test", window=args.ppl_window)
+            ppl = perplexity(model, tok, "wikitext2", "test", window=args.ppl_window, max_tokens=args.ppl_max_tokens)
             entry["perplexity"] = ppl
             log(f"{source} perplexity {format_perplexity(ppl)}")
         if args.efficiency:

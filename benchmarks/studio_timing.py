@@ -1,13 +1,14 @@
 """Studio timing: launch → first importance heatmap, and one prune step including its quick evaluation.
 
     .venv/bin/python benchmarks/studio_timing.py [--model default] [--steps 2] [--out benchmarks/results/studio_timing_session.json]
-    .venv/bin/python benchmarks/studio_timing.py --browser [--screenshots assets/screenshots]
+    .venv/bin/python benchmarks/studio_timing.py --browser [--screenshots assets/screenshots] [--accel]
 
 Session mode times the library path the UI handlers take (imports, model load from the cache, importance
 measurement, figures; then ``step`` + ``quick_eval`` + figures). Browser mode starts ``app.py`` as a subprocess,
 drives it in headless Chromium (Playwright) and times what a visitor sees: from the process start to the first
 heatmap on screen, and from a click on "Prune one step" to its evaluation on screen; with ``--screenshots`` it
-saves PNGs of the page along the way. Both write JSON with the settings and the machine's load average.
+saves PNGs of the page along the way; with ``--accel`` it goes on with a Train round (default 16,384 tokens),
+Adapt-Accel to the target (5 stages, 32,768 tokens) and the zero-shot comparison, and times each. Both write JSON with the settings and the machine's load average.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def browser_timing(model: str, steps: int, shots: Path | None) -> dict:
+def browser_timing(model: str, steps: int, shots: Path | None, accel: bool = False) -> dict:
     """Start app.py, drive it in headless Chromium, time what the page shows."""
     from playwright.sync_api import sync_playwright
 
@@ -139,6 +140,32 @@ def browser_timing(model: str, steps: int, shots: Path | None) -> dict:
                 page.get_by_role("tab", name="Architecture").click()
                 page.wait_for_timeout(800)
                 page.screenshot(path=str(shots / "studio_architecture.png"), full_page=False)
+                page.get_by_role("tab", name="Studio").click()
+            if accel:  # a Train round, then Adapt-Accel to the target, then the zero-shot comparison
+                page.get_by_text("Recovery training · Adapt-Accel").click()
+                t1 = time.perf_counter()
+                page.click("#train-btn")
+                wait_status("Training done")
+                out["seconds_train_round"] = time.perf_counter() - t1
+                out["train_status"] = page.locator("#status").inner_text()
+                t1 = time.perf_counter()
+                page.click("#accel-btn")
+                wait_status("Adapt-Accel done", timeout=1_800_000)
+                out["seconds_adapt_accel"] = time.perf_counter() - t1
+                out["adapt_accel_status"] = page.locator("#status").inner_text()
+                print(f"train round {out['seconds_train_round']:.0f} s; Adapt-Accel {out['seconds_adapt_accel']:.0f} s",
+                      flush=True)
+                page.wait_for_timeout(800)
+                if shots:
+                    page.screenshot(path=str(shots / "studio_adapt_accel.png"), full_page=True)
+                page.get_by_role("tab", name="Evaluate").click()
+                t1 = time.perf_counter()
+                page.click("#zs-btn")
+                wait_status("Zero-shot evaluation done", timeout=1_800_000)
+                out["seconds_zero_shot"] = time.perf_counter() - t1
+                page.wait_for_timeout(800)
+                if shots:
+                    page.screenshot(path=str(shots / "studio_evaluate.png"), full_page=False)
             browser.close()
     finally:
         proc.terminate()
@@ -153,12 +180,14 @@ def main() -> None:
     p.add_argument("--prompt", default="The capital of France is")
     p.add_argument("--browser", action="store_true", help="time the real app in headless Chromium instead")
     p.add_argument("--screenshots", type=Path, default=None, help="browser mode: save PNGs here")
+    p.add_argument("--accel", action="store_true",
+                   help="browser mode: then a Train round, Adapt-Accel to the target and the zero-shot comparison")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args()
     if a.browser:
         if a.screenshots:
             a.screenshots.mkdir(parents=True, exist_ok=True)
-        result = {"mode": "browser", **browser_timing(a.model, a.steps, a.screenshots)}
+        result = {"mode": "browser", **browser_timing(a.model, a.steps, a.screenshots, a.accel)}
     else:
         result = {"mode": "session", **session_timing(a.model, a.steps, a.prompt)}
     result.update(model=a.model, machine=machine(), command=" ".join(sys.argv))

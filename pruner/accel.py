@@ -272,6 +272,7 @@ def iter_accel(
     data: PackedData | None = None,
     resume: AccelState | None = None,
     should_stop: Callable[[], bool] | None = None,
+    calibration_text: str | None = None,
 ) -> Iterator[dict]:
     """Run Adapt-Accel on ``model`` in place, yielding events (JSON-friendly dicts):
 
@@ -287,7 +288,9 @@ def iter_accel(
     * ``done``: ``report`` (everything above, JSON-serialisable).
 
     ``resume`` (from :func:`load_checkpoint`, with the checkpoint's model) continues after its last stage.
-    With distillation (``config.train.distill_weight > 0``) pass the unpruned ``teacher``.
+    With distillation (``config.train.distill_weight > 0``) pass the unpruned ``teacher``. ``calibration_text``
+    replaces the shipped calibration corpus (a user's text). An error inside a stage restores the model to the
+    end of the last completed stage before it propagates.
     """
     cfg = config or AccelConfig()
     acc = accelerator or make_accelerator(cfg.train.mixed_precision)
@@ -311,77 +314,83 @@ def iter_accel(
 
     for st in plan[state.completed_stages:]:
         k = st["stage"]
-        snap = _snapshot(model)  # the last completed stage, restored on cancel
-        rec: dict = {"stage": k, "start_params": count_parameters(model)["total"], **st}
-        t_stage = time.perf_counter()
-        cancelled = False
-        # ---------------- prune (main process), then every rank applies the same cut
-        prune_cfg = copy.deepcopy(cfg.prune)
-        prune_cfg.target = st["target_params"]
-        prune_cfg.seed = cfg.prune.seed + 1000 * k  # a fresh calibration sample per stage and sub-step
-        steps_out = []
-        stopped = ""
-        tol = max(1, int(0.001 * original))
-        if acc.is_main_process and count_parameters(model)["total"] > st["target_params"] + tol:
-            pruner = Pruner(model, tokenizer, prune_cfg, keep_history=0)
-            if state.sparsity is not None:
-                pruner.sparsity = list(state.sparsity)
-            for srec in pruner.iter_run(should_stop):
-                steps_out.append(srec.to_dict())
-                yield {"event": "prune_step", "stage": k, "record": steps_out[-1]}
-            stopped = pruner.record.stopped
-            state_sparsity = list(pruner.sparsity)
-        else:
-            state_sparsity = state.sparsity
-        shared = _broadcast(acc, {"groups": origin_of(model).kept_groups, "channels": origin_of(model).kept_channels,
-                                  "sparsity": state_sparsity, "stopped": stopped})
-        if not acc.is_main_process:
-            apply_kept_units(model, shared["groups"], shared["channels"])
-        if shared["stopped"] == "cancelled":
-            cancelled = True
-        else:
-            state_sparsity = shared["sparsity"]
-            params = count_parameters(model)
-            ppl = _evaluate(model, tokenizer, cfg, acc)
-            rec["prune"] = {"params": params["total"], "fraction": params["total"] / original,
-                            "sub_steps": len(steps_out), "steps": steps_out, "perplexity": ppl,
-                            "seconds": time.perf_counter() - t_stage,
-                            "widths": [w.to_dict() for w in layer_widths(model)], "sparsity": state_sparsity}
-            yield {"event": "pruned", "stage": k, "params": params["total"], "fraction": params["total"] / original,
-                   "widths": rec["prune"]["widths"], "sparsity": state_sparsity, "perplexity": ppl,
-                   "steps": steps_out}
-            # ---------------- train on the stage's token share (optimiser state reset)
-            train_state = copy.deepcopy(state.train)
-            done = None
-            losses_before = len(train_state.losses)
-            for ev in iter_train(model, tokenizer, st["tokens"], cfg.train, accelerator=acc, data=data,
-                                 teacher=teacher, schedule=schedule, state=train_state, should_stop=should_stop,
-                                 stage=k):
-                if ev["event"] == "train_step":
-                    yield ev
-                else:
-                    done = ev
-            cancelled = done["cancelled"]
-        if cancelled:
+        snap = _snapshot(model)  # the last completed stage, restored on cancel or error
+        try:
+            rec: dict = {"stage": k, "start_params": count_parameters(model)["total"], **st}
+            t_stage = time.perf_counter()
+            cancelled = False
+            # ---------------- prune (main process), then every rank applies the same cut
+            prune_cfg = copy.deepcopy(cfg.prune)
+            prune_cfg.target = st["target_params"]
+            prune_cfg.seed = cfg.prune.seed + 1000 * k  # a fresh calibration sample per stage and sub-step
+            steps_out = []
+            stopped = ""
+            tol = max(1, int(0.001 * original))
+            if acc.is_main_process and count_parameters(model)["total"] > st["target_params"] + tol:
+                pruner = Pruner(model, tokenizer, prune_cfg, keep_history=0, calibration_text=calibration_text)
+                if state.sparsity is not None:
+                    pruner.sparsity = list(state.sparsity)
+                for srec in pruner.iter_run(should_stop):
+                    steps_out.append(srec.to_dict())
+                    yield {"event": "prune_step", "stage": k, "record": steps_out[-1]}
+                stopped = pruner.record.stopped
+                state_sparsity = list(pruner.sparsity)
+            else:
+                state_sparsity = state.sparsity
+            shared = _broadcast(acc, {"groups": origin_of(model).kept_groups, "channels": origin_of(model).kept_channels,
+                                      "sparsity": state_sparsity, "stopped": stopped})
+            if not acc.is_main_process:
+                apply_kept_units(model, shared["groups"], shared["channels"])
+            if shared["stopped"] == "cancelled":
+                cancelled = True
+            else:
+                state_sparsity = shared["sparsity"]
+                params = count_parameters(model)
+                ppl = _evaluate(model, tokenizer, cfg, acc)
+                rec["prune"] = {"params": params["total"], "fraction": params["total"] / original,
+                                "sub_steps": len(steps_out), "steps": steps_out, "perplexity": ppl,
+                                "seconds": time.perf_counter() - t_stage,
+                                "widths": [w.to_dict() for w in layer_widths(model)], "sparsity": state_sparsity}
+                yield {"event": "pruned", "stage": k, "params": params["total"], "fraction": params["total"] / original,
+                       "widths": rec["prune"]["widths"], "sparsity": state_sparsity, "perplexity": ppl,
+                       "steps": steps_out}
+                # ---------------- train on the stage's token share (optimiser state reset)
+                train_state = copy.deepcopy(state.train)
+                done = None
+                losses_before = len(train_state.losses)
+                for ev in iter_train(model, tokenizer, st["tokens"], cfg.train, accelerator=acc, data=data,
+                                     teacher=teacher, schedule=schedule, state=train_state, should_stop=should_stop,
+                                     stage=k):
+                    if ev["event"] == "train_step":
+                        yield ev
+                    else:
+                        done = ev
+                cancelled = done["cancelled"]
+            if cancelled:
+                _restore(model, snap)
+                yield {"event": "cancelled", "stage": state.completed_stages,
+                       "message": f"cancelled during stage {k}: the model is back at the end of stage "
+                                  f"{state.completed_stages}"}
+                return
+            optimizer_state = done.pop("optimizer_state")
+            ppl_after = _evaluate(model, tokenizer, cfg, acc, final=(k == plan[-1]["stage"]))
+            rec["train"] = {"steps": done["steps"], "tokens": done["tokens"], "seconds": done["seconds"],
+                            "tokens_per_s": done["tokens_per_s"], "mean_loss": done["mean_loss"],
+                            "losses": train_state.losses[losses_before:], "lrs": train_state.lrs[losses_before:],
+                            "peak_memory_bytes": done["peak_memory_bytes"], "peak_memory_kind": done["peak_memory_kind"],
+                            "perplexity": ppl_after}
+            rec["seconds"] = time.perf_counter() - t_stage
+            yield {"event": "trained", "stage": k, "losses": rec["train"]["losses"], "lrs": rec["train"]["lrs"],
+                   "tokens": done["tokens"], "tokens_per_s": done["tokens_per_s"], "perplexity": ppl_after}
+            state.train = train_state
+            state.sparsity = state_sparsity
+            state.stages.append(rec)
+            state.completed_stages = k
+        except BaseException:
+            # an error (or the consumer closing this generator) mid-stage: back to the last completed stage
             _restore(model, snap)
-            yield {"event": "cancelled", "stage": state.completed_stages,
-                   "message": f"cancelled during stage {k}: the model is back at the end of stage "
-                              f"{state.completed_stages}"}
-            return
-        optimizer_state = done.pop("optimizer_state")
-        ppl_after = _evaluate(model, tokenizer, cfg, acc, final=(k == plan[-1]["stage"]))
-        rec["train"] = {"steps": done["steps"], "tokens": done["tokens"], "seconds": done["seconds"],
-                        "tokens_per_s": done["tokens_per_s"], "mean_loss": done["mean_loss"],
-                        "losses": train_state.losses[losses_before:], "lrs": train_state.lrs[losses_before:],
-                        "peak_memory_bytes": done["peak_memory_bytes"], "peak_memory_kind": done["peak_memory_kind"],
-                        "perplexity": ppl_after}
-        rec["seconds"] = time.perf_counter() - t_stage
-        yield {"event": "trained", "stage": k, "losses": rec["train"]["losses"], "lrs": rec["train"]["lrs"],
-               "tokens": done["tokens"], "tokens_per_s": done["tokens_per_s"], "perplexity": ppl_after}
-        state.train = train_state
-        state.sparsity = state_sparsity
-        state.stages.append(rec)
-        state.completed_stages = k
+            raise
+        del snap
         if out_dir is not None:
             if acc.is_main_process:
                 path = save_checkpoint(Path(out_dir) / "checkpoints" / f"stage_{k:02d}", model, tokenizer, state,
@@ -389,7 +398,6 @@ def iter_accel(
                 _prune_old_checkpoints(Path(out_dir) / "checkpoints", cfg.keep_checkpoints)
                 yield {"event": "checkpoint", "stage": k, "path": str(path)}
             acc.wait_for_everyone()
-        del snap
 
     mem, kind = peak_memory(acc.device)
     report = {

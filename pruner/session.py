@@ -48,6 +48,8 @@ UPLOADED = "uploaded file"
 PRIOR_TOKENS_PER_S = {"cpu": {"taylor": 256.0, "magnitude": 500.0, "activation": 480.0},
                       "gpu": {"taylor": 20000.0, "magnitude": 50000.0, "activation": 50000.0}}
 PRIOR_MODEL_PARAMS = 134_515_008
+# Training (forward + backward + AdamW, 4 × 256 tokens per step, fp32): about the Taylor rate on the same CPU.
+PRIOR_TRAIN_TOKENS_PER_S = {"cpu": 250.0, "gpu": 30000.0}
 
 
 class SessionError(RuntimeError):
@@ -75,6 +77,23 @@ class StudioSettings:
     ppl_window: int = 256
     ppl_tokens: int = 2048
     max_new_tokens: int = 24
+    # recovery training (Train button and Adapt-Accel)
+    train_tokens: int = 16_384  # tokens of one "Train" round
+    lr: float = 1e-4  # peak learning rate (one WSD schedule per round / per Adapt-Accel run)
+    distill: float = 0.0  # weight of the distillation loss from the original model (0 = LM loss only)
+    train_seq_len: int = 256
+    train_batch: int = 4
+    train_data: str = "wiki,c4,stories"  # shipped corpora; never the evaluation text (wikitext2 test)
+    stages: int = 5  # Adapt-Accel stages
+    accel_tokens: int = 32_768  # Adapt-Accel training tokens over all stages
+
+    def train_config(self, max_len: int | None = None):
+        """The training part as a :class:`pruner.train.TrainConfig`."""
+        from .train import TrainConfig
+
+        seq = int(self.train_seq_len) if not max_len else min(int(self.train_seq_len), int(max_len))
+        return TrainConfig(lr=float(self.lr), distill_weight=float(self.distill), seq_len=seq,
+                           batch_size=int(self.train_batch), data=self.train_data, seed=int(self.seed))
 
     def prune_config(self, base: PruneConfig | None = None) -> PruneConfig:
         """The schedule part as a :class:`PruneConfig` (other fields kept from ``base``)."""
@@ -143,6 +162,36 @@ class Progress:
     record: StepRecord | None = None
     evaluation: Evaluation | None = None
     done: bool = False
+    kind: str = ""  # "train_step": only the loss curve changed (a light update for the UI)
+
+
+@dataclass
+class RecoveryPoint:
+    """Quick perplexity before and after one round of recovery training (a Train round or an Adapt-Accel stage,
+    whose "before" is right after the stage's pruning)."""
+
+    label: str
+    params: int
+    perplexity_before: float
+    perplexity_after: float
+    tokens: int
+    stage: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainLog:
+    """Every optimiser step's loss in this session (Train rounds and Adapt-Accel stages), for the loss curve."""
+
+    losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)  # index of the first step of every round / stage
+    labels: list[str] = field(default_factory=list)
+
+    def truncate(self, n: int, rounds: int) -> None:
+        del self.losses[n:], self.lrs[n:], self.starts[rounds:], self.labels[rounds:]
 
 
 def _importance_key(cfg: PruneConfig, text: str | None, steps: int) -> tuple:
@@ -197,6 +246,13 @@ class StudioSession:
         self._trajectory_settings = self.settings.ppl_settings()
         self.last_eval: Evaluation | None = None
         self.geo = geometry(self.model)
+        self.recovery: list[RecoveryPoint] = []  # Train rounds and Adapt-Accel stages
+        self.accel_start: TrajectoryPoint | None = None  # where the last Adapt-Accel run started
+        self.train_log = TrainLog()
+        self.column_tags: dict[int, str] = {}  # step index -> "stage k" for steps taken by Adapt-Accel
+        self.accel_report: dict | None = None
+        self.baseline_model: nn.Module | None = None  # the uniform baseline's pruned copy (for zero-shot)
+        self._packed = None  # training data, tokenized once per session
 
     # ------------------------------------------------------------------ facts
     @property
@@ -276,6 +332,46 @@ class StudioSession:
             source = f"prior for {kind.upper()} scaled to this model: {rate:.0f} tokens/s"
         return self.calibration_tokens(s) / rate, source
 
+    def train_seconds(self, tokens: int) -> tuple[float, str]:
+        """Estimated seconds to train on ``tokens`` tokens, and where the rate comes from."""
+        rate = self._tokens_per_s.get("train")
+        if rate is not None:
+            source = f"measured in this session: {rate:.0f} tokens/s"
+        else:
+            kind = "gpu" if self.device.type == "cuda" else "cpu"
+            rate = PRIOR_TRAIN_TOKENS_PER_S[kind] * PRIOR_MODEL_PARAMS / max(self.pruner.origin.params["total"], 1)
+            source = f"prior for {kind.upper()} scaled to this model: {rate:.0f} tokens/s"
+        return tokens / rate, source
+
+    def train_cost_markdown(self, settings: StudioSettings | None = None) -> str:
+        """What a Train round and an Adapt-Accel run will cost with these settings (before pressing anything)."""
+        from .accel import token_shares
+
+        s = settings or self.settings
+        try:
+            cfg = s.train_config(getattr(self.model.config, "max_position_embeddings", None))
+            per = cfg.tokens_per_step()
+            n_train = cfg.steps_for(int(s.train_tokens))
+            shares = token_shares(int(s.stages))
+        except (ValueError, TypeError) as exc:
+            return f"⚠️ {exc}"
+        sec, source = self.train_seconds(n_train * per)
+        n_accel = sum(cfg.steps_for(round(x * int(s.accel_tokens))) for x in shares)
+        accel_train, _ = self.train_seconds(n_accel * per)
+        out = (f"**Train**: {n_train} optimiser steps of {cfg.batch_size} × {cfg.seq_len} tokens ≈ **{sec:.0f} s** "
+               f"({source}).  \n")
+        total0 = self.pruner.origin.params["total"]
+        now = count_parameters(self.model)["total"]
+        to_remove = now - s.target * total0
+        if to_remove <= 0:
+            return out + "**Adapt-Accel**: the model is already at or below the target; lower the target."
+        prunable0 = sum(self.geo.layer_prunable_params(w) for w in self.pruner.origin.widths)
+        n_sub = int(to_remove / prunable0 / max(s.step, 1e-6)) + int(s.stages)
+        imp, _ = self.estimate_seconds(s)
+        return out + (f"**Adapt-Accel**: {int(s.stages)} stages, about {n_sub} pruning sub-steps (≈ {n_sub * imp:.0f} s) "
+                      f"and {n_accel} optimiser steps (≈ {accel_train:.0f} s), plus a quick perplexity after every "
+                      f"prune and train: ≈ **{(n_sub * imp + accel_train) / 60:.1f} min** in all.")
+
     def cost_markdown(self, settings: StudioSettings | None = None) -> str:
         s = settings or self.settings
         sec, source = self.estimate_seconds(s)
@@ -341,7 +437,8 @@ class StudioSession:
         key = "layer_importance_norm" if normalised else "layer_importance"
         labels, cols = [], []
         for rec in self.pruner.record.steps:
-            labels.append(f"step {rec.index + 1}")
+            tag = self.column_tags.get(rec.index)
+            labels.append(f"step {rec.index + 1}" + (f" · {tag}" if tag else ""))
             cols.append(getattr(rec, key))
         if self.has_current_importance():
             labels.append(f"step {self.steps_taken + 1} (next)")
@@ -575,7 +672,9 @@ class StudioSession:
             self._original_eval[key] = (self._ppl(self.original), self._generate(self.original, prompt)[0])
         return self._original_eval[key]
 
-    def _quick_eval(self, prompt: str) -> Evaluation:
+    def _quick_eval(self, prompt: str, track: bool = True) -> Evaluation:
+        """``track=False``: do not add the result to the pruning trajectory (after training, whose effect the
+        recovery points show)."""
         if not prompt or not prompt.strip():
             raise SessionError("Type a prompt for the side-by-side generation")
         try:
@@ -588,15 +687,17 @@ class StudioSession:
         ev = Evaluation(self.steps_taken, params, params / self.pruner.origin.params["total"], ppl, tps, prompt, gen,
                         ref_gen, ref_ppl)
         if self._trajectory_settings != self.settings.ppl_settings():  # a new yardstick: start over
-            self.trajectory, self.baseline = [], []
+            self.trajectory, self.baseline, self.recovery, self.accel_start = [], [], [], None
             self._trajectory_settings = self.settings.ppl_settings()
+        self.last_eval = ev
+        if not track:
+            return ev
         if not self.trajectory:
             self.trajectory.append(TrajectoryPoint(0, self.pruner.origin.params["total"], ref_ppl["perplexity"]))
         self.trajectory = [p for p in self.trajectory if p.step != ev.step or ev.step == 0]
         if ev.step > 0:
             self.trajectory.append(TrajectoryPoint(ev.step, params, ppl["perplexity"]))
         self.trajectory.sort(key=lambda p: p.step)
-        self.last_eval = ev
         return ev
 
     def trajectory_label(self) -> str:
@@ -617,6 +718,7 @@ class StudioSession:
                 self.trajectory, self._trajectory_settings = [], s.ppl_settings()
             points = [TrajectoryPoint(0, pruner.origin.params["total"], ref["perplexity"])]
             self.baseline = list(points)
+            self.baseline_model = None
             yield Progress("Uniform baseline: pruning a copy of the original with A = 0 …")
             for rec in pruner.iter_run(should_stop=self._stop.is_set):
                 ppl = self._ppl(model)
@@ -625,12 +727,235 @@ class StudioSession:
                 yield Progress(f"Uniform baseline step {rec.index + 1}: {rec.params_total / 1e6:.2f} M parameters, "
                                f"perplexity {ppl['perplexity']:.2f}", rec)
             msg = "cancelled" if pruner.record.stopped else "done"
+            if not pruner.record.stopped:  # kept for the zero-shot comparison (dense vs pruned vs uniform)
+                self.baseline_model = model.eval()
             yield Progress(f"Uniform baseline {msg}: {len(points) - 1} step(s).", done=True)
             del model, pruner
         except (AllocationError, ValueError, Cancelled) as exc:
             raise SessionError(f"Uniform baseline stopped: {exc}") from exc
         finally:
             self._end()
+
+    # ------------------------------------------------------------------ recovery training and Adapt-Accel
+    MAX_TRAIN_TOKENS = 50_000_000
+
+    def _check_tokens(self, tokens: int, what: str) -> int:
+        try:
+            tokens = int(tokens)
+        except (TypeError, ValueError) as exc:
+            raise SessionError(f"The {what} must be a whole number of tokens, got {tokens!r}") from exc
+        if tokens <= 0:
+            raise SessionError(f"The {what} must be a positive number of tokens, got {tokens:,}")
+        if tokens > self.MAX_TRAIN_TOKENS:
+            raise SessionError(f"The {what} ({tokens:,} tokens) is more than this studio runs in one go "
+                               f"({self.MAX_TRAIN_TOKENS:,}); use `python -m pruner accel` for long runs")
+        return tokens
+
+    def _train_setup(self, s: StudioSettings):
+        """TrainConfig, the (cached) training data and the teacher for distillation."""
+        from .train import DataError, PackedData
+
+        cfg = s.train_config(getattr(self.model.config, "max_position_embeddings", None))
+        if not 0 < cfg.lr <= 0.1:
+            raise SessionError(f"The learning rate must lie in (0, 0.1], got {cfg.lr}")
+        if not 0 <= cfg.distill_weight <= 1:
+            raise SessionError(f"The distillation weight must lie in [0, 1], got {cfg.distill_weight}")
+        key = (cfg.data, cfg.seq_len, cfg.seed, cfg.exclude)
+        if self._packed is None or self._packed[0] != key:
+            try:
+                self._packed = (key, PackedData(self.tokenizer, cfg.data, cfg.seq_len, cfg.seed, cfg.exclude))
+            except DataError as exc:
+                raise SessionError(str(exc)) from exc
+        teacher = self.original if cfg.distill_weight > 0 else None
+        return cfg, self._packed[1], teacher
+
+    def _adopt_model(self, sparsity: list[float] | None = None) -> None:
+        """After training or Adapt-Accel changed the model outside ``self.pruner``: a fresh Pruner on it (the
+        undo history is cleared, since undoing a step would also undo the training) that keeps the record."""
+        record = self.pruner.record
+        self.pruner = Pruner(self.model, self.tokenizer, self.pruner.config, keep_history=self.keep_history,
+                             calibration_text=self.pruner.calibration_text)
+        self.pruner.record = record
+        if sparsity is not None:
+            self.pruner.sparsity = list(sparsity)
+        self.importance, self._importance_key = None, None
+        self.pruner._finish_record()
+
+    def _log_train_step(self, ev: dict) -> None:
+        self.train_log.losses.append(float(ev["loss"]))
+        self.train_log.lrs.append(float(ev["lr"]))
+
+    def train(self, tokens: int | None = None, settings: StudioSettings | None = None,
+              prompt: str | None = None) -> Iterator[Progress]:
+        """Recovery training of the working model on ``tokens`` tokens of the shipped corpora (AdamW, one WSD
+        schedule over this round, gradient clipping, optional distillation from the original model), yielding a
+        light :class:`Progress` (``kind="train_step"``) per optimiser step and a quick evaluation at the end.
+
+        ``cancel()`` stops after the current optimiser step and keeps the completed steps. An error restores the
+        weights from before the round. The undo history is cleared (undoing a step would undo the training).
+        """
+        from .train import iter_train
+
+        s = settings or self.settings
+        self._begin()
+        try:
+            tokens = self._check_tokens(s.train_tokens if tokens is None else tokens, "training budget")
+            self.settings = s
+            cfg, data, teacher = self._train_setup(s)
+            yield Progress(f"Training: measuring the perplexity before ({s.ppl_settings()}) …")
+            before = self._ppl(self.model)["perplexity"]
+            snap = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            n0, r0 = len(self.train_log.losses), len(self.train_log.starts)
+            label = f"train {sum(1 for p in self.recovery if p.stage is None) + 1}"
+            self.train_log.starts.append(n0)
+            self.train_log.labels.append(label)
+            done = None
+            try:
+                for ev in iter_train(self.model, self.tokenizer, tokens, cfg, data=data, teacher=teacher,
+                                     should_stop=self._stop.is_set):
+                    if ev["event"] == "train_step":
+                        self._log_train_step(ev)
+                        yield Progress(f"Training step {ev['step']}/{ev['steps']}: loss {ev['loss']:.3f}, "
+                                       f"lr {ev['lr']:.2e}, {ev['tokens_per_s']:.0f} tokens/s, "
+                                       f"ETA {ev['eta_s']:.0f} s", kind="train_step")
+                    else:
+                        done = ev
+            except BaseException:
+                self.model.load_state_dict(snap)
+                self.train_log.truncate(n0, r0)
+                raise
+            finally:
+                self.model.eval()
+            if done["steps"] == 0:
+                self.train_log.truncate(n0, r0)
+                yield Progress("Training cancelled before its first step; the model is unchanged.", done=True)
+                return
+            self._adopt_model(self.pruner.sparsity)
+            if done["tokens_per_s"] > 0:
+                self._tokens_per_s["train"] = done["tokens_per_s"]
+            self._stop.clear()  # a cancel ended the training; the short evaluation after it still runs
+            yield Progress(f"Trained {done['steps']} step(s) on {done['tokens']:,} tokens "
+                           f"({done['tokens_per_s']:.0f} tokens/s); measuring the perplexity after …")
+            after = self._ppl(self.model)["perplexity"]
+            params = count_parameters(self.model)["total"]
+            self.recovery.append(RecoveryPoint(label, params, before, after, done["tokens"]))
+            ev = self._quick_eval(prompt, track=False) if prompt else None
+            how = "cancelled after" if done["cancelled"] else "done:"
+            yield Progress(f"Training {how} {done['steps']} step(s), {done['tokens']:,} tokens, "
+                           f"{done['tokens_per_s']:.0f} tokens/s; perplexity {before:.2f} → {after:.2f} "
+                           f"({s.ppl_settings()}).", evaluation=ev, done=True)
+        except Cancelled as exc:
+            raise SessionError("Cancelled during the evaluation; the model keeps its training") from exc
+        finally:
+            self._end()
+
+    def run_accel(self, settings: StudioSettings | None = None, prompt: str | None = None) -> Iterator[Progress]:
+        """Adapt-Accel from the working model to ``settings.target``: ``settings.stages`` stages, each pruning its
+        equal share of parameters (adaptive sub-steps with the schedule settings) and then training on its share
+        of ``settings.accel_tokens`` (linear growth). Streams every sub-step (``record``), every optimiser step
+        (``kind="train_step"``) and every stage's perplexity after pruning and after training.
+
+        ``cancel()`` ends the run at the last completed stage (the model is restored to it); an error does the
+        same before it propagates as a :class:`SessionError`.
+        """
+        from .accel import AccelConfig, iter_accel
+
+        s = settings or self.settings
+        if settings is not None:
+            self.configure(settings)
+        self._begin()
+        try:
+            tokens = self._check_tokens(s.accel_tokens, "Adapt-Accel token budget")
+            if not 1 <= int(s.stages) <= 50:
+                raise SessionError(f"Adapt-Accel needs 1 to 50 stages, got {s.stages}")
+            if s.method == "custom":
+                raise SessionError("Adapt-Accel allocates adaptively (or uniformly); switch the allocation from custom")
+            tcfg, data, teacher = self._train_setup(s)
+            cfg = AccelConfig(target=s.target, stages=int(s.stages), tokens=tokens, prune=self.pruner.config,
+                              train=tcfg, eval_dataset=s.ppl_dataset, eval_split=s.ppl_split, eval_window=s.ppl_window,
+                              eval_max_tokens=s.ppl_tokens)
+            text = self._calibration_text(s)
+            n_rec, n_loss, n_round = len(self.pruner.record.steps), len(self.train_log.losses), len(self.train_log.starts)
+            n_recovery = len(self.recovery)
+            stage_rec, stage_loss, stage_round = n_rec, n_loss, n_round
+            stage_sparsity = list(self.pruner.sparsity)
+            pruned_ppl: dict[int, float] = {}
+            finished = False
+            events = iter_accel(self.model, self.tokenizer, cfg, teacher=teacher, data=data,
+                                should_stop=self._stop.is_set, calibration_text=text)
+            try:
+                for ev in events:
+                    kind = ev["event"]
+                    if kind == "start":
+                        p0 = ev["params"]["total"]
+                        ppl0 = ev["initial"]["perplexity"]["perplexity"]
+                        self.accel_start = TrajectoryPoint(self.steps_taken, p0, ppl0)
+                        plan = ", ".join(f"{st['target_params'] / 1e6:.1f} M" for st in ev["plan"])
+                        yield Progress(f"Adapt-Accel: {len(ev['plan'])} stages ({plan}), {tokens:,} training tokens; "
+                                       f"perplexity now {ppl0:.2f}")
+                    elif kind == "prune_step":
+                        rec = StepRecord(**{**ev["record"], "index": len(self.pruner.record.steps)})
+                        self.pruner.record.steps.append(rec)
+                        self.column_tags[rec.index] = f"stage {ev['stage']}"
+                        yield Progress(f"Stage {ev['stage']}: sub-step cut to {rec.params_total / 1e6:.2f} M parameters "
+                                       f"({rec.fraction_of_original:.1%})", rec)
+                    elif kind == "pruned":
+                        self.pruner.sparsity = list(ev["sparsity"])
+                        pruned_ppl[ev["stage"]] = ev["perplexity"]["perplexity"]
+                        self.train_log.starts.append(len(self.train_log.losses))
+                        self.train_log.labels.append(f"stage {ev['stage']}")
+                        yield Progress(f"Stage {ev['stage']} pruned to {ev['params'] / 1e6:.2f} M parameters: "
+                                       f"perplexity {ev['perplexity']['perplexity']:.2f}; training …")
+                    elif kind == "train_step":
+                        self._log_train_step(ev)
+                        yield Progress(f"Stage {ev['stage']} training step {ev['step']}/{ev['steps']}: loss "
+                                       f"{ev['loss']:.3f}, {ev['tokens_per_s']:.0f} tokens/s, ETA {ev['eta_s']:.0f} s",
+                                       kind="train_step")
+                    elif kind == "trained":
+                        k = ev["stage"]
+                        if ev["tokens_per_s"] > 0:
+                            self._tokens_per_s["train"] = ev["tokens_per_s"]
+                        params = count_parameters(self.model)["total"]
+                        self.recovery.append(RecoveryPoint(f"stage {k}", params, pruned_ppl[k],
+                                                           ev["perplexity"]["perplexity"], ev["tokens"], stage=k))
+                        stage_rec, stage_loss, stage_round = (len(self.pruner.record.steps), len(self.train_log.losses),
+                                                              len(self.train_log.starts))
+                        n_recovery = len(self.recovery)
+                        stage_sparsity = list(self.pruner.sparsity)
+                        yield Progress(f"Stage {k} trained on {ev['tokens']:,} tokens ({ev['tokens_per_s']:.0f} "
+                                       f"tokens/s): perplexity {pruned_ppl[k]:.2f} → {ev['perplexity']['perplexity']:.2f}",
+                                       self.pruner.record.steps[-1] if self.pruner.record.steps else None)
+                    elif kind == "cancelled":
+                        self._accel_rollback(stage_rec, stage_loss, stage_round, n_recovery, stage_sparsity)
+                        yield Progress(f"Adapt-Accel cancelled: {ev['message']}.", done=True)
+                        return
+                    elif kind == "done":
+                        self.accel_report = ev["report"]
+                        finished = True
+            except BaseException as exc:
+                events.close()  # iter_accel puts the model back at the end of the last completed stage
+                self._accel_rollback(stage_rec, stage_loss, stage_round, n_recovery, stage_sparsity)
+                if isinstance(exc, (ValueError, AllocationError)):
+                    raise SessionError(f"Adapt-Accel stopped: {exc}") from exc
+                raise
+            if finished:
+                self._adopt_model(self.pruner.sparsity)
+                ev = self._quick_eval(prompt, track=False) if prompt else None
+                last = self.recovery[-1] if self.recovery else None
+                yield Progress(f"Adapt-Accel done: {count_parameters(self.model)['total'] / 1e6:.2f} M parameters"
+                               + (f", perplexity {last.perplexity_after:.2f}" if last else "") + ".",
+                               evaluation=ev, done=True)
+        finally:
+            self._end()
+
+    def _accel_rollback(self, n_rec: int, n_loss: int, n_round: int, n_recovery: int, sparsity: list[float]) -> None:
+        """Forget what an unfinished Adapt-Accel stage added (its model changes were undone by iter_accel)."""
+        for rec in self.pruner.record.steps[n_rec:]:
+            self.column_tags.pop(rec.index, None)
+        del self.pruner.record.steps[n_rec:]
+        del self.recovery[n_recovery:]
+        self.train_log.truncate(n_loss, n_round)
+        self._adopt_model(sparsity)
 
     # ------------------------------------------------------------------ zero-shot evaluation (pruner.evaluation)
     @staticmethod
@@ -650,25 +975,44 @@ class StudioSession:
 
         return list(TASKS)
 
-    def zero_shot(self, tasks: list[str], limit: int, with_original: bool = True, batch_size: int = 8, seed: int = 0):
-        """Zero-shot accuracy of the working model (and the original) on ``limit`` examples per task; returns the
-        table of :func:`pruner.evaluation.results_table` (acc or acc_norm named per row)."""
-        from .evaluation import evaluate, results_table
+    def iter_zero_shot(self, tasks: list[str], limit: int, with_original: bool = True, with_baseline: bool = True,
+                       batch_size: int = 8, seed: int = 0) -> Iterator[tuple[str, object]]:
+        """Zero-shot accuracy of the working model, then (optionally) the original and the uniform baseline's
+        pruned copy (when :meth:`run_uniform_baseline` has reached its target), on the same ``limit`` examples
+        per task. Yields ``(message, table)`` after each model, the table (:func:`pruner.evaluation.results_table`,
+        acc or acc_norm named per row) holding every model so far; ``cancel()`` stops between batches."""
+        from .evaluation import EvalError, evaluate, results_table
 
         if not tasks:
             raise SessionError("Pick at least one task")
         self._begin()
         try:
-            runs = [(f"pruned ({self.steps_taken} steps)", evaluate(self.model, self.tokenizer, list(tasks), limit,
-                                                                     batch_size, seed, should_stop=self._stop.is_set))]
+            models = [(f"pruned ({self.steps_taken} steps)", self.model)]
             if with_original:
-                runs.append(("original", evaluate(self.original, self.tokenizer, list(tasks), limit, batch_size,
-                                                  seed, should_stop=self._stop.is_set)))
-            return results_table(runs)
+                models.insert(0, ("original", self.original))
+            if with_baseline and self.baseline_model is not None:
+                models.append(("uniform baseline", self.baseline_model))
+            runs = []
+            for label, model in models:
+                yield f"Zero-shot: evaluating the {label} model on {', '.join(tasks)} …", (
+                    results_table(runs) if runs else None)
+                runs.append((label, evaluate(model, self.tokenizer, list(tasks), limit, batch_size, seed,
+                                             should_stop=self._stop.is_set)))
+            yield f"Zero-shot: {len(runs)} model(s) evaluated.", results_table(runs)
         except Cancelled as exc:
             raise SessionError("Zero-shot evaluation cancelled") from exc
+        except EvalError as exc:
+            raise SessionError(str(exc)) from exc
         finally:
             self._end()
+
+    def zero_shot(self, tasks: list[str], limit: int, with_original: bool = True, batch_size: int = 8, seed: int = 0,
+                  with_baseline: bool = True):
+        """The final table of :meth:`iter_zero_shot`."""
+        out = None
+        for _, table in self.iter_zero_shot(tasks, limit, with_original, with_baseline, batch_size, seed):
+            out = table
+        return out
 
     # ------------------------------------------------------------------ export
     def report(self) -> dict:
@@ -682,6 +1026,9 @@ class StudioSession:
             "record": self.pruner.record.to_dict(),
             "trajectory": [p.to_dict() for p in self.trajectory],
             "uniform_baseline": [p.to_dict() for p in self.baseline],
+            "recovery_training": [p.to_dict() for p in self.recovery],
+            "training_losses": asdict(self.train_log),
+            "adapt_accel": self.accel_report,
             "last_evaluation": asdict(self.last_eval) if self.last_eval else None,
         }
 

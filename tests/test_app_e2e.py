@@ -103,3 +103,45 @@ def test_measure_move_a_slider_and_prune(studio_url):
         wait_status(page, "Undid step 1")
         assert params_count(page) == p0
         browser.close()
+
+
+def test_train_then_adapt_accel_then_compare_zero_shot(studio_url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.goto(studio_url)
+        wait_status(page, "Ready")
+        p0 = params_count(page)
+        assert plot_data(page, "loss-curve")["data"] == []
+
+        page.get_by_text("Recovery training · Adapt-Accel").click()
+        page.click("#train-btn")
+        wait_status(page, "Training done", timeout=180_000)
+        loss = plot_data(page, "loss-curve")["data"][0]
+        assert len(loss["y"]) == 16  # 16,384 tokens at 4 × 256 per optimiser step
+        traj = plot_data(page, "trajectory")["data"]
+        assert [t["name"] for t in traj] == ["recovery training"] and len(traj[0]["y"]) == 2
+        assert params_count(page) == p0  # training does not prune
+
+        page.click("#accel-btn")
+        wait_status(page, "Adapt-Accel done", timeout=300_000)
+        assert params_count(page) < p0
+        names = [t["name"] for t in plot_data(page, "trajectory")["data"]]
+        assert "Adapt-Accel (prune ↑, train ↓)" in names
+        accel = next(t for t in plot_data(page, "trajectory")["data"] if t["name"].startswith("Adapt-Accel"))
+        assert len(accel["y"]) == 1 + 2 * 5  # the start, then pruned and trained for each of the 5 stages
+        layer = plot_data(page, "layer-heatmap")["data"][0]
+        assert any("stage 1" in x for x in layer["x"]) and any("stage 5" in x for x in layer["x"])
+        loss = plot_data(page, "loss-curve")
+        assert len(loss["data"][0]["y"]) > 16
+        assert [a["text"] for a in loss["layout"]["annotations"]][-1] == "stage 5"
+
+        page.get_by_role("tab", name="Evaluate").click()
+        page.click("#zs-btn")
+        wait_status(page, "Zero-shot evaluation done", timeout=300_000)
+        bars = plot_data(page, "zs-bars")["data"]
+        assert [b["name"] for b in bars] == ["original", "pruned (" + str(len(layer["x"])) + " steps)"]
+        assert any("acc_norm" in x for x in bars[0]["x"])  # every task names its metric
+        browser.close()

@@ -111,3 +111,35 @@ def test_loss_curve():
     fig = viz.loss_curve([1, 2, 3], [3.0, 2.5, 2.2], stage_starts=[2])
     assert list(fig.data[0].x) == [1, 2, 3] and list(fig.data[0].y) == [3.0, 2.5, 2.2]
     assert fig.layout.xaxis.title.text == "optimiser step" and len(fig.layout.shapes) == 1
+
+
+def test_trajectory_draws_adapt_accel_as_a_saw_tooth_and_training_rounds_as_drops():
+    rec = [{"label": "train 1", "params": 120_000_000, "perplexity_before": 40.0, "perplexity_after": 30.0,
+            "stage": None},
+           {"label": "stage 1", "params": 110_000_000, "perplexity_before": 45.0, "perplexity_after": 33.0, "stage": 1},
+           {"label": "stage 2", "params": 100_000_000, "perplexity_before": 50.0, "perplexity_after": 36.0, "stage": 2}]
+    fig = viz.trajectory_figure([134_000_000, 120_000_000], [26.0, 40.0], recovery=rec,
+                                accel_start=(120_000_000, 30.0))
+    by_name = {t.name: t for t in fig.data}
+    accel = by_name["Adapt-Accel (prune ↑, train ↓)"]
+    assert list(accel.y) == [30.0, 45.0, 33.0, 50.0, 36.0] and list(accel.x) == [120.0, 110.0, 110.0, 100.0, 100.0]
+    drop = by_name["recovery training"]
+    assert list(drop.x) == [120.0, 120.0] and list(drop.y) == [40.0, 30.0]
+    only_training = viz.trajectory_figure([], [], recovery=rec[:1])  # training without pruning still plots
+    assert [t.name for t in only_training.data] == ["recovery training"]
+
+
+def test_accuracy_bars_group_models_and_name_metrics():
+    rows = [{"model": m, "task": t, "metric": met, "value": v, "stderr": 0.02}
+            for m, off in (("original", 0.0), ("pruned", -0.05), ("uniform baseline", -0.1))
+            for t, met, v in (("ARC-Easy", "acc_norm", 0.5 + off), ("WinoGrande", "acc", 0.52 + off))]
+    rows += [{"model": m, "task": "Average", "metric": "acc_norm/acc", "value": 0.5, "stderr": None}
+             for m in ("original", "pruned", "uniform baseline")]
+    fig = viz.accuracy_bars(rows)
+    assert [t.name for t in fig.data] == ["original", "pruned", "uniform baseline"]
+    assert fig.layout.barmode == "group"
+    x = list(fig.data[1].x)
+    assert x[0].startswith("ARC-Easy") and "acc_norm" in x[0] and "acc" in x[1] and x[-1].startswith("Average")
+    assert list(fig.data[1].y) == pytest.approx([0.45, 0.47, 0.5])
+    assert list(fig.data[0].error_y.array) == [0.02, 0.02, 0]
+    assert "Run an evaluation" in viz.accuracy_bars([]).layout.annotations[0].text

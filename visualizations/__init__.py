@@ -1,6 +1,6 @@
 """Figures of the studio: pure functions, data in, Plotly figure out (no model, no state)."""
 
-from .charts import architecture_figure, loss_curve, trajectory_figure
+from .charts import accuracy_bars, architecture_figure, loss_curve, trajectory_figure
 from .heatmaps import (
     allocated_sparsity_heatmap,
     bin_scores,
@@ -10,6 +10,6 @@ from .heatmaps import (
 )
 
 __all__ = [
-    "allocated_sparsity_heatmap", "architecture_figure", "bin_scores", "layer_importance_heatmap", "loss_curve",
+    "accuracy_bars", "allocated_sparsity_heatmap", "architecture_figure", "bin_scores", "layer_importance_heatmap", "loss_curve",
     "trajectory_figure", "unit_importance_heatmap", "unit_score_matrix",
 ]

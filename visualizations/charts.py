@@ -1,4 +1,5 @@
-"""Line and bar charts: remaining width per layer, perplexity-vs-parameters trajectory, loss curve."""
+"""Line and bar charts: remaining width per layer, perplexity-vs-parameters trajectory (with recovery training),
+loss curve, zero-shot accuracy of several models side by side."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from .style import (
     ADAPTIVE_COLOR,
     ATTN_COLOR,
     MLP_COLOR,
+    RECOVERY_COLOR,
     REMOVED_COLOR,
     UNIFORM_COLOR,
     base_layout,
@@ -62,23 +64,54 @@ def trajectory_figure(
     baseline_params: Sequence[int] | None = None,
     baseline_perplexities: Sequence[float] | None = None,
     steps: Sequence[int] | None = None,
+    recovery: Sequence | None = None,
+    accel_start: tuple[int, float] | None = None,
 ) -> go.Figure:
     """Perplexity vs parameters (millions) over the steps; the uniform baseline overlaid when given.
 
     ``ppl_label`` names the perplexity's settings (dataset, split, window), shown under the title.
+    ``recovery``: rounds of recovery training, each with ``label``, ``params``, ``perplexity_before``,
+    ``perplexity_after`` and ``stage`` (None for a plain training round; a number for an Adapt-Accel stage)
+    as attributes or keys. Adapt-Accel stages are drawn as one saw-tooth line from ``accel_start``
+    ``(params, perplexity)``: up when a stage prunes, down when it trains; plain rounds as a drop at their size.
     """
     title = "Trajectory: perplexity vs parameters" + (f"<br><sup>{ppl_label}</sup>" if ppl_label else "")
-    if not params:
+    recovery = [r if isinstance(r, Mapping) else vars(r) for r in (recovery or [])]
+    if not params and not recovery:
         return empty_figure(title, "Take a prune step to start the trajectory")
     if len(params) != len(perplexities):
         raise ValueError("params and perplexities need the same length")
     steps = list(steps) if steps is not None else list(range(len(params)))
-    fig = go.Figure(go.Scatter(
-        x=[p / 1e6 for p in params], y=list(perplexities), mode="lines+markers+text", name="adaptive (this run)",
-        text=[str(s) for s in steps], textposition="top center", textfont=dict(size=9),
-        marker=dict(color=ADAPTIVE_COLOR, size=8), line=dict(color=ADAPTIVE_COLOR),
-        hovertemplate="step %{text}<br>%{x:.2f} M parameters<br>perplexity %{y:.2f}<extra></extra>",
-    ))
+    fig = go.Figure()
+    if params:
+        fig.add_trace(go.Scatter(
+            x=[p / 1e6 for p in params], y=list(perplexities), mode="lines+markers+text", name="pruning steps",
+            text=[str(s) for s in steps], textposition="top center", textfont=dict(size=9),
+            marker=dict(color=ADAPTIVE_COLOR, size=8), line=dict(color=ADAPTIVE_COLOR),
+            hovertemplate="step %{text}<br>%{x:.2f} M parameters<br>perplexity %{y:.2f}<extra></extra>",
+        ))
+    stages = [r for r in recovery if r.get("stage") is not None]
+    if stages:
+        xs, ys, text = [], [], []
+        if accel_start is not None:
+            xs, ys, text = [accel_start[0] / 1e6], [accel_start[1]], ["start"]
+        for r in stages:
+            xs += [r["params"] / 1e6, r["params"] / 1e6]
+            ys += [r["perplexity_before"], r["perplexity_after"]]
+            text += [f"{r['label']}: pruned", f"{r['label']}: trained"]
+        fig.add_trace(go.Scatter(
+            x=xs, y=ys, mode="lines+markers", name="Adapt-Accel (prune ↑, train ↓)", text=text,
+            marker=dict(color=RECOVERY_COLOR, size=7, symbol="diamond"), line=dict(color=RECOVERY_COLOR),
+            hovertemplate="%{text}<br>%{x:.2f} M parameters<br>perplexity %{y:.2f}<extra></extra>",
+        ))
+    for i, r in enumerate(r for r in recovery if r.get("stage") is None):
+        fig.add_trace(go.Scatter(
+            x=[r["params"] / 1e6] * 2, y=[r["perplexity_before"], r["perplexity_after"]], mode="lines+markers",
+            name="recovery training", showlegend=i == 0, legendgroup="recovery",
+            marker=dict(color=RECOVERY_COLOR, size=[5, 9], symbol=["circle-open", "circle"]),
+            line=dict(color=RECOVERY_COLOR, dash="dot"), text=[f"{r['label']}: before", f"{r['label']}: after"],
+            hovertemplate="%{text}<br>%{x:.2f} M parameters<br>perplexity %{y:.2f}<extra></extra>",
+        ))
     if baseline_params:
         if baseline_perplexities is None or len(baseline_params) != len(baseline_perplexities):
             raise ValueError("baseline_params and baseline_perplexities need the same length")
@@ -95,17 +128,54 @@ def trajectory_figure(
 
 
 def loss_curve(steps: Sequence[int], losses: Sequence[float], label: str = "training loss",
-               stage_starts: Sequence[int] | None = None) -> go.Figure:
-    """Loss over optimiser steps (for the training controls); dotted lines mark where stages start."""
+               stage_starts: Sequence[int] | None = None, stage_labels: Sequence[str] | None = None) -> go.Figure:
+    """Loss over optimiser steps (for the training controls); dotted lines mark where stages (or training rounds)
+    start, named by ``stage_labels`` when given."""
     title = "Loss curve"
     if not steps:
-        return empty_figure(title, "No training yet")
+        return empty_figure(title, "No training yet: press “Train” or “Run Adapt-Accel”")
     if len(steps) != len(losses):
         raise ValueError("steps and losses need the same length")
-    fig = go.Figure(go.Scatter(x=list(steps), y=list(losses), mode="lines", name=label,
-                               line=dict(color=ADAPTIVE_COLOR)))
-    for s in stage_starts or []:
+    fig = go.Figure(go.Scatter(x=list(steps), y=list(losses), mode="lines+markers" if len(steps) < 60 else "lines",
+                               name=label, line=dict(color=RECOVERY_COLOR), marker=dict(size=4)))
+    names = list(stage_labels or [])
+    for i, s in enumerate(stage_starts or []):
         fig.add_vline(x=s, line=dict(color="#999", dash="dot", width=1))
+        if i < len(names):
+            fig.add_annotation(x=s, y=1, yref="paper", text=names[i], showarrow=False, xanchor="left",
+                               yanchor="top", font=dict(size=10, color="#555"))
     fig.update_xaxes(title_text="optimiser step", gridcolor="#eee")
     fig.update_yaxes(title_text=label, gridcolor="#eee")
+    return base_layout(fig, title)
+
+def accuracy_bars(rows: Sequence[Mapping], title: str = "Zero-shot accuracy") -> go.Figure:
+    """Grouped bars: one group per task, one bar per model, with ±1 standard error.
+
+    ``rows``: dicts with ``model``, ``task``, ``metric`` (acc or acc_norm, shown under the task name), ``value``
+    and ``stderr`` (may be None) — the records of :func:`pruner.evaluation.results_table`. The average row, if
+    present, comes last.
+    """
+    rows = [r for r in rows if r.get("value") is not None]
+    if not rows:
+        return empty_figure(title, "Run an evaluation to compare models")
+    models = list(dict.fromkeys(str(r.get("model", "")) for r in rows))
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    tasks = [t for t in tasks if t != "Average"] + (["Average"] if "Average" in tasks else [])
+    metric = {r["task"]: r.get("metric", "") for r in rows}
+    label = {t: f"{t}<br><sub>{'acc_norm / acc' if t == 'Average' else metric[t]}</sub>" for t in tasks}
+    palette = [UNIFORM_COLOR, ADAPTIVE_COLOR, ATTN_COLOR, RECOVERY_COLOR, MLP_COLOR]
+    fig = go.Figure()
+    for i, m in enumerate(models):
+        by_task = {r["task"]: r for r in rows if str(r.get("model", "")) == m}
+        shown = [t for t in tasks if t in by_task]
+        err = [by_task[t].get("stderr") for t in shown]
+        fig.add_trace(go.Bar(
+            x=[label[t] for t in shown], y=[by_task[t]["value"] for t in shown], name=m or "model",
+            marker_color=palette[i % len(palette)],
+            error_y=dict(type="data", array=[e if e is not None and e == e else 0 for e in err], visible=True,
+                         thickness=1, width=3),
+            hovertemplate=f"{m}<br>%{{x}}: %{{y:.3f}}<extra></extra>",
+        ))
+    fig.update_layout(barmode="group", bargap=0.25, legend=dict(orientation="h", y=-0.25))
+    fig.update_yaxes(title_text="accuracy", range=[0, 1], gridcolor="#eee")
     return base_layout(fig, title)

@@ -11,6 +11,7 @@ MLP_COLOR = "#d9822b"
 REMOVED_COLOR = "#d5d8dc"
 ADAPTIVE_COLOR = "#c0392b"
 UNIFORM_COLOR = "#7f8c8d"
+RECOVERY_COLOR = "#27ae60"
 
 
 def base_layout(fig: go.Figure, title: str, height: int = HEIGHT, top: int = 60) -> go.Figure:
