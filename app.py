@@ -301,28 +301,26 @@ def _stream(s: StudioSession, updates, settings: StudioSettings, every: float = 
             yield {status: p.message, **_views(s, settings)}
 
 
-@gpu_long
-def train_handler(s, prompt, *values):
+def _training(s, values, start):
+    """Shared body of the Train and Adapt-Accel handlers: settings from the controls, then the stream."""
     if s is None:
         yield {status: "The model is still loading."}
         return
     try:
         settings = _train_settings(_settings(*values[5:]), *values[:5])
-        yield from _stream(s, s.train(settings=settings, prompt=prompt), settings)
+        yield from _stream(s, start(settings), settings)
     except Exception as exc:  # noqa: BLE001
-        yield {status: _fail(exc), **(_views(s, None) if s is not None else {})}
+        yield {status: _fail(exc), **_views(s, None)}
+
+
+@gpu_long
+def train_handler(s, prompt, *values):
+    yield from _training(s, values, lambda st: s.train(settings=st, prompt=prompt))
 
 
 @gpu_long
 def accel_handler(s, prompt, *values):
-    if s is None:
-        yield {status: "The model is still loading."}
-        return
-    try:
-        settings = _train_settings(_settings(*values[5:]), *values[:5])
-        yield from _stream(s, s.run_accel(settings, prompt=prompt), settings)
-    except Exception as exc:  # noqa: BLE001
-        yield {status: _fail(exc), **(_views(s, None) if s is not None else {})}
+    yield from _training(s, values, lambda st: s.run_accel(st, prompt=prompt))
 
 
 def cancel_handler(s):

@@ -158,6 +158,45 @@ def test_cancel_during_pruning_keeps_the_start():
         assert torch.equal(v, before[k]), k
 
 
+def test_an_error_or_a_closed_stream_mid_stage_restores_the_last_completed_stage():
+    tok = tiny_tokenizer()
+    acc = make_accelerator("no", cpu=True)
+
+    def run(model, stop_when_stage_2_pruned: bool):
+        """Iterate until stage 2 is pruned; then either raise from should_stop or close the stream."""
+        seen: dict = {}
+
+        def should_stop():
+            if stop_when_stage_2_pruned and seen.get("stage2_pruned"):
+                raise RuntimeError("out of memory (simulated)")
+            return False
+
+        stream = iter_accel(model, tok, tiny_cfg(eval_initial=False), accelerator=acc, should_stop=should_stop)
+        for ev in stream:
+            if ev["event"] == "trained" and ev["stage"] == 1:
+                seen["weights"], seen["widths"] = _weights(model), layer_widths(model)
+            if ev["event"] == "pruned" and ev["stage"] == 2:
+                seen["stage2_pruned"] = True
+                assert layer_widths(model) != seen["widths"]
+                if not stop_when_stage_2_pruned:
+                    stream.close()  # the consumer walks away mid-stage
+                    break
+        return seen
+
+    for raising in (False, True):
+        model = tiny_llama()
+        if raising:
+            with pytest.raises(RuntimeError, match="out of memory"):
+                run(model, True)
+            # the error hit stage 2's training; the expected state is the end of stage 1, recorded by a rerun
+            seen = run(tiny_llama(), False)
+        else:
+            seen = run(model, False)
+        assert layer_widths(model) == seen["widths"]
+        for k, v in _weights(model).items():
+            assert torch.equal(v, seen["weights"][k]), k
+
+
 def test_cli_runs_and_resumes(tmp_path, capsys):
     from pruner.cli import main
     from pruner.io import save_pruned

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,20 @@ def plot_data(page, elem_id: str):
                    return gd ? {data: gd.data, layout: gd.layout} : null; }""", elem_id)
 
 
+@contextmanager
+def studio_page(url: str):
+    """A headless Chromium page on the studio, its session ready."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.goto(url)
+        wait_status(page, "Ready")
+        yield page
+        browser.close()
+
+
 def params_count(page) -> int:
     text = page.locator("#summary").inner_text()
     return int(re.search(r"([\d,]+) parameters", text).group(1).replace(",", ""))
@@ -56,13 +71,7 @@ def wait_status(page, pattern: str, timeout: float = 60_000) -> None:
 
 
 def test_measure_move_a_slider_and_prune(studio_url):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1500, "height": 1100})
-        page.goto(studio_url)
-        wait_status(page, "Ready")
+    with studio_page(studio_url) as page:
         p0 = params_count(page)
         assert plot_data(page, "layer-heatmap")["data"] == []  # nothing measured yet
 
@@ -102,17 +111,10 @@ def test_measure_move_a_slider_and_prune(studio_url):
         page.click("#undo")
         wait_status(page, "Undid step 1")
         assert params_count(page) == p0
-        browser.close()
 
 
 def test_train_then_adapt_accel_then_compare_zero_shot(studio_url):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1500, "height": 1100})
-        page.goto(studio_url)
-        wait_status(page, "Ready")
+    with studio_page(studio_url) as page:
         p0 = params_count(page)
         assert plot_data(page, "loss-curve")["data"] == []
 
@@ -144,4 +146,3 @@ def test_train_then_adapt_accel_then_compare_zero_shot(studio_url):
         bars = plot_data(page, "zs-bars")["data"]
         assert [b["name"] for b in bars] == ["original", "pruned (" + str(len(layer["x"])) + " steps)"]
         assert any("acc_norm" in x for x in bars[0]["x"])  # every task names its metric
-        browser.close()
