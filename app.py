@@ -404,12 +404,14 @@ def custom_table(s):
 
 
 @gpu
-def zero_shot_handler(s, tasks, limit, with_original, with_baseline):
+def zero_shot_handler(s, tasks, limit, full, with_original, with_baseline):
     try:
         _need(s)
-        yield {status: f"Zero-shot evaluation on {', '.join(tasks)} ({int(limit)} examples each) …"}
+        limit = None if full else int(limit)
+        yield {status: f"Zero-shot evaluation on {', '.join(tasks)} "
+                       f"({'all' if limit is None else limit} examples each) …"}
         table = None
-        for msg, table in s.iter_zero_shot(tasks, int(limit), with_original=with_original,
+        for msg, table in s.iter_zero_shot(tasks, limit, with_original=with_original,
                                            with_baseline=with_baseline):
             yield {status: msg, **({zs_table: table, zs_fig: viz.accuracy_bars(table.to_dict("records"))}
                                    if table is not None else {})}
@@ -527,7 +529,10 @@ with gr.Blocks(title="Adapt-Pruner Studio") as demo:
                     with gr.Row():
                         zs_tasks = gr.CheckboxGroup(StudioSession.zero_shot_tasks(), value=["arc_easy", "piqa"],
                                                     label="tasks")
-                        zs_limit = gr.Slider(10, 500, 50, step=10, label="examples per task")
+                        with gr.Column(min_width=200):
+                            zs_limit = gr.Slider(10, 500, 50, step=10, label="examples per task (quick)",
+                                                 info="a seeded sample: the same examples every time")
+                            zs_full = gr.Checkbox(False, label="full data instead (every example; hours on a CPU)")
                         with gr.Column(min_width=160):
                             zs_orig = gr.Checkbox(True, label="also the original model")
                             zs_base = gr.Checkbox(True, label="also the uniform baseline (once it has run)")
@@ -562,7 +567,7 @@ with gr.Blocks(title="Adapt-Pruner Studio") as demo:
     export_btn.click(export_handler, [state], [status, zip_file, report_file], **HEAVY)
     train_btn.click(train_handler, [state, prompt, *train_controls, *controls], everything, **HEAVY)
     accel_btn.click(accel_handler, [state, prompt, *train_controls, *controls], everything, **HEAVY)
-    zs_btn.click(zero_shot_handler, [state, zs_tasks, zs_limit, zs_orig, zs_base], [status, zs_table, zs_fig], **HEAVY)
+    zs_btn.click(zero_shot_handler, [state, zs_tasks, zs_limit, zs_full, zs_orig, zs_base], [status, zs_table, zs_fig], **HEAVY)
     fill_custom.click(custom_table, [state], [custom], **LIGHT)
     n_steps.release(steps_to_budget, [state, n_steps, target], [step], **LIGHT)
     for c in (target, amplitude, step, n_windows, window):

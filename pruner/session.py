@@ -975,11 +975,11 @@ class StudioSession:
 
         return list(TASKS)
 
-    def iter_zero_shot(self, tasks: list[str], limit: int, with_original: bool = True, with_baseline: bool = True,
+    def iter_zero_shot(self, tasks: list[str], limit: int | None, with_original: bool = True, with_baseline: bool = True,
                        batch_size: int = 8, seed: int = 0) -> Iterator[tuple[str, object]]:
         """Zero-shot accuracy of the working model, then (optionally) the original and the uniform baseline's
         pruned copy (when :meth:`run_uniform_baseline` has reached its target), on the same ``limit`` examples
-        per task. Yields ``(message, table)`` after each model, the table (:func:`pruner.evaluation.results_table`,
+        per task (None: every example). Yields ``(message, table)`` after each model, the table (:func:`pruner.evaluation.results_table`,
         acc or acc_norm named per row) holding every model so far; ``cancel()`` stops between batches."""
         from .evaluation import EvalError, evaluate, results_table
 
