@@ -1,0 +1,78 @@
+"""Print the Markdown tables of an ``eval_suite.py`` result: accuracy per task and model, averages, LAMBADA
+perplexity, WikiText-2 perplexity, efficiency (with ratios to the first model) and the time each model took.
+
+    .venv/bin/python benchmarks/eval_report.py benchmarks/results/eval_suite_limit500.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def label(source: str) -> str:
+    return "dense" if source == "default" else Path(source).name
+
+
+def fmt(x, digits: int = 3) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("result", type=Path)
+    args = ap.parse_args(argv)
+    d = json.loads(args.result.read_text())
+    models = d["models"]
+    names = [label(m["source"]) for m in models]
+    tasks = [t for t in d["settings"]["tasks"] if all(t in m["tasks"] for m in models)]
+    lines = ["| task | metric | n | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+    for t in tasks:
+        first = models[0]["tasks"][t]
+        metric = first["metric_used"]
+        cells = [f"{fmt(m['tasks'][t]['value'])} ± {fmt(m['tasks'][t].get(metric + '_stderr'))}" for m in models]
+        lines.append(f"| {first['title']} | {metric} | {first['n']} of {first['n_total']} | " + " | ".join(cells) + " |")
+    if all(m["average"].get("paper_seven") is not None for m in models):
+        lines.append("| **average, paper's 7** | acc_norm / acc | | "
+                     + " | ".join(f"**{fmt(m['average']['paper_seven'])}**" for m in models) + " |")
+    lines.append(f"| **average, all {len(tasks)}** | acc_norm / acc | | "
+                 + " | ".join(f"**{fmt(m['average']['value'])}**" for m in models) + " |")
+    if "lambada" in tasks:
+        lines.append("| LAMBADA last-word perplexity | ppl | | "
+                     + " | ".join(fmt(m["tasks"]["lambada"].get("perplexity"), 2) for m in models) + " |")
+    if all("perplexity" in m for m in models):
+        p = models[0]["perplexity"]
+        lines.append(f"| WikiText-2 {p['split']} perplexity ({p['window']}-token windows, no BOS, {p['tokens_scored']:,} tokens) | ppl | | "
+                     + " | ".join(fmt(m["perplexity"]["perplexity"], 2) for m in models) + " |")
+    print("\n".join(lines))
+    print()
+    if all("efficiency" in m for m in models):
+        e0 = models[0]["efficiency"]
+        print(f"Efficiency ({e0['settings']['device']}, {e0['settings']['dtype']}, {e0['settings']['threads']} threads; "
+              f"decode: batch 1, {e0['settings']['prompt_tokens']}-token prompt, {e0['settings']['new_tokens']} new "
+              f"tokens, KV cache; prefill: {e0['settings']['prefill_batch']} × {e0['settings']['prefill_tokens']} "
+              f"tokens; median of {e0['settings']['repeats']} after {e0['settings']['warmup']} warm-up):")
+        print()
+        print("| model | parameters | decoder layers | MACs / token | decode tokens/s | prefill tokens/s | "
+              "decode speed-up | prefill speed-up | ideal (params) | ideal (MACs) |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for n, m in zip(names, models, strict=True):
+            e, c = m["efficiency"], m.get("efficiency_vs_first") or {}
+            print(f"| {n} | {e['params']['total']:,} | {e['params']['decoder_layers']:,} | "
+                  f"{e['macs_per_token']['total'] / 1e6:.1f} M | {e['decode_tokens_per_s']:.1f} | "
+                  f"{e['prefill_tokens_per_s']:.0f} | {fmt(c.get('decode_speedup'), 2)} | "
+                  f"{fmt(c.get('prefill_speedup'), 2)} | {fmt(c.get('ideal_speedup_from_params'), 2)} | "
+                  f"{fmt(c.get('ideal_speedup_from_macs'), 2)} |")
+        print()
+    times = ", ".join(f"{n} {m['seconds'] / 60:.1f} min" for n, m in zip(names, models, strict=True) if "seconds" in m)
+    total = d.get("seconds")
+    print(f"Time: {times}" + (f"; {total / 60:.1f} min in all" if total else "") + ".")
+    print(f"Settings: limit {d['settings']['limit']} per task ({d['settings']['limit_note']}), seed "
+          f"{d['settings']['seed']}, batch {d['settings']['batch_size']}, {d['settings']['threads']} threads, "
+          f"torch {d['settings']['torch']}.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
