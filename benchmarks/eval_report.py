@@ -1,14 +1,22 @@
-"""Print the Markdown tables of an ``eval_suite.py`` result: accuracy per task and model, averages, LAMBADA
+"""Print the Markdown tables of ``eval_suite.py`` results: accuracy per task and model, averages, LAMBADA
 perplexity, WikiText-2 perplexity, efficiency (with ratios to the first model) and the time each model took.
 
-    .venv/bin/python benchmarks/eval_report.py benchmarks/results/eval_suite_limit500.json
+    .venv/bin/python benchmarks/eval_report.py benchmarks/results/eval_suite_limit500.json [MORE.json ...]
+
+Several files are read as one list of models (the first model of the first file is the reference); a task
+that a model was not run on shows "—", and the averages are taken over the tasks every model has.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pruner.evaluation import PAPER_TASKS, average, compare  # noqa: E402
 
 
 def label(source: str) -> str:
@@ -21,29 +29,35 @@ def fmt(x, digits: int = 3) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("result", type=Path)
+    ap.add_argument("results", type=Path, nargs="+")
     args = ap.parse_args(argv)
-    d = json.loads(args.result.read_text())
-    models = d["models"]
+    runs = [json.loads(p.read_text()) for p in args.results]
+    d = runs[0]
+    models = [m for r in runs for m in r["models"]]
     names = [label(m["source"]) for m in models]
-    tasks = [t for t in d["settings"]["tasks"] if all(t in m["tasks"] for m in models)]
+    tasks = list(dict.fromkeys(t for r in runs for t in r["settings"]["tasks"]))
+    common = [t for t in tasks if all(t in m["tasks"] for m in models)]
     lines = ["| task | metric | n | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
     for t in tasks:
-        first = models[0]["tasks"][t]
+        first = next(m["tasks"][t] for m in models if t in m["tasks"])
         metric = first["metric_used"]
-        cells = [f"{fmt(m['tasks'][t]['value'])} ± {fmt(m['tasks'][t].get(metric + '_stderr'))}" for m in models]
+        cells = [f"{fmt(m['tasks'][t]['value'])} ± {fmt(m['tasks'][t].get(metric + '_stderr'))}"
+                 if t in m["tasks"] else "—" for m in models]
         lines.append(f"| {first['title']} | {metric} | {first['n']} of {first['n_total']} | " + " | ".join(cells) + " |")
-    if all(m["average"].get("paper_seven") is not None for m in models):
+    if all(t in common for t in PAPER_TASKS):
         lines.append("| **average, paper's 7** | acc_norm / acc | | "
-                     + " | ".join(f"**{fmt(m['average']['paper_seven'])}**" for m in models) + " |")
-    lines.append(f"| **average, all {len(tasks)}** | acc_norm / acc | | "
-                 + " | ".join(f"**{fmt(m['average']['value'])}**" for m in models) + " |")
-    if "lambada" in tasks:
+                     + " | ".join(f"**{fmt(average({t: m['tasks'][t] for t in PAPER_TASKS})['value'])}**"
+                                  for m in models) + " |")
+    lines.append(f"| **average, {len(common)} tasks every model ran** | acc_norm / acc | | "
+                 + " | ".join(f"**{fmt(average({t: m['tasks'][t] for t in common})['value'])}**" for m in models)
+                 + " |")
+    if "lambada" in common:
         lines.append("| LAMBADA last-word perplexity | ppl | | "
                      + " | ".join(fmt(m["tasks"]["lambada"].get("perplexity"), 2) for m in models) + " |")
     if all("perplexity" in m for m in models):
         p = models[0]["perplexity"]
-        lines.append(f"| WikiText-2 {p['split']} perplexity ({p['window']}-token windows, no BOS, {p['tokens_scored']:,} tokens) | ppl | | "
+        lines.append(f"| WikiText-2 {p['split']} perplexity ({p['window']}-token windows, no BOS, "
+                     f"{p['tokens_scored']:,} tokens) | ppl | | "
                      + " | ".join(fmt(m["perplexity"]["perplexity"], 2) for m in models) + " |")
     print("\n".join(lines))
     print()
@@ -58,7 +72,8 @@ def main(argv=None) -> int:
               "decode speed-up | prefill speed-up | ideal (params) | ideal (MACs) |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         for n, m in zip(names, models, strict=True):
-            e, c = m["efficiency"], m.get("efficiency_vs_first") or {}
+            e = m["efficiency"]
+            c = compare(e0, e) if m is not models[0] else {}
             print(f"| {n} | {e['params']['total']:,} | {e['params']['decoder_layers']:,} | "
                   f"{e['macs_per_token']['total'] / 1e6:.1f} M | {e['decode_tokens_per_s']:.1f} | "
                   f"{e['prefill_tokens_per_s']:.0f} | {fmt(c.get('decode_speedup'), 2)} | "
@@ -66,8 +81,8 @@ def main(argv=None) -> int:
                   f"{fmt(c.get('ideal_speedup_from_macs'), 2)} |")
         print()
     times = ", ".join(f"{n} {m['seconds'] / 60:.1f} min" for n, m in zip(names, models, strict=True) if "seconds" in m)
-    total = d.get("seconds")
-    print(f"Time: {times}" + (f"; {total / 60:.1f} min in all" if total else "") + ".")
+    total = sum(m.get("seconds", 0) for m in models)
+    print(f"Time: {times}" + (f"; {total / 60:.1f} min of evaluation in all" if total else "") + ".")
     print(f"Settings: limit {d['settings']['limit']} per task ({d['settings']['limit_note']}), seed "
           f"{d['settings']['seed']}, batch {d['settings']['batch_size']}, {d['settings']['threads']} threads, "
           f"torch {d['settings']['torch']}.")
