@@ -164,6 +164,7 @@ def _views(s: StudioSession | None, settings: StudioSettings | None = None) -> d
                                         accel_start=(s.accel_start.params, s.accel_start.perplexity)
                                         if s.accel_start else None),
         loss_fig: _loss_figure(s),
+        train_cost: s.train_cost_markdown(settings),
         metrics: ev.summary() if ev else "No evaluation yet: take a step or press “Evaluate now”.",
         gen_orig: ev.original_generation if ev else "",
         gen_pruned: ev.generation if ev else "",

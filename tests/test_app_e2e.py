@@ -119,6 +119,7 @@ def test_train_then_adapt_accel_then_compare_zero_shot(studio_url):
         assert plot_data(page, "loss-curve")["data"] == []
 
         page.get_by_text("Recovery training · Adapt-Accel").click()
+        assert "16 optimiser steps" in page.locator("#train-cost").inner_text()  # the cost, before anything runs
         page.click("#train-btn")
         wait_status(page, "Training done", timeout=180_000)
         loss = plot_data(page, "loss-curve")["data"][0]
