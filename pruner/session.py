@@ -875,9 +875,10 @@ class StudioSession:
                               train=tcfg, eval_dataset=s.ppl_dataset, eval_split=s.ppl_split, eval_window=s.ppl_window,
                               eval_max_tokens=s.ppl_tokens)
             text = self._calibration_text(s)
-            n_rec, n_loss, n_round = len(self.pruner.record.steps), len(self.train_log.losses), len(self.train_log.starts)
+            # what the session held at the end of the last completed stage (rolled back to on cancel or error)
+            stage_rec, stage_loss, stage_round = (len(self.pruner.record.steps), len(self.train_log.losses),
+                                                  len(self.train_log.starts))
             n_recovery = len(self.recovery)
-            stage_rec, stage_loss, stage_round = n_rec, n_loss, n_round
             stage_sparsity = list(self.pruner.sparsity)
             pruned_ppl: dict[int, float] = {}
             finished = False

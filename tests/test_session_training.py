@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 import pruner.accel
@@ -41,7 +43,7 @@ def test_training_input_is_checked_before_anything_changes():
         with pytest.raises(SessionError, match=msg):
             list(s.train(tokens=tokens))
     with pytest.raises(SessionError, match="learning rate"):
-        list(s.train(tokens=STEP_TOKENS, settings=s.settings.__class__(**{**vars(s.settings), "lr": 5.0})))
+        list(s.train(tokens=STEP_TOKENS, settings=replace(s.settings, lr=5.0)))
     assert same_state(before, state(s.model)) and not s.busy and s.train_log.losses == []
 
 
@@ -111,9 +113,8 @@ def test_cancel_accel_keeps_the_last_completed_stage():
     assert count_parameters(s.model)["total"] == seen["params"] and same_state(seen["state"], state(s.model))
     assert s.steps_taken == seen["steps"] and [p.stage for p in s.recovery] == [1]
     assert s.train_log.labels == ["stage 1"] and not s.busy
-    assert layer_widths(s.model) == [type(w)(**r) for w, r in zip(layer_widths(s.model), s.pruner.record.steps[-1].widths,
-                                                                  strict=True)]
-    s.step(s.settings.__class__(**{**vars(s.settings), "target": 0.75}))  # the session carries on
+    assert [w.to_dict() for w in layer_widths(s.model)] == s.pruner.record.steps[-1].widths
+    s.step(replace(s.settings, target=0.75))  # the session carries on
 
 
 def test_an_error_in_a_stage_puts_the_model_back_at_the_last_completed_stage(monkeypatch):
@@ -140,7 +141,7 @@ def test_accel_refuses_a_target_above_the_current_size():
     list(s.run_to_target())
     before = state(s.model)
     with pytest.raises(SessionError, match="below the model's size"):
-        list(s.run_accel(s.settings.__class__(**{**vars(s.settings), "target": 0.9})))
+        list(s.run_accel(replace(s.settings, target=0.9)))
     assert same_state(before, state(s.model)) and not s.busy
 
 

@@ -46,55 +46,35 @@ def apply_layer_widths(decoder: nn.Module, config) -> None:
         mlp.intermediate_size = ffn
 
 
-class AdaptPrunedLlamaModel(LlamaModel):
+class _PerLayerWidths:
+    """Mixin: after the stock constructor, rebuild every layer's projections with that layer's widths."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        # a *ForCausalLM holds the decoder as .model; a *Model is the decoder itself
+        apply_layer_widths(self.model if hasattr(self, "lm_head") else self, config)
+        self.post_init()
+
+
+class AdaptPrunedLlamaModel(_PerLayerWidths, LlamaModel):
     config_class = AdaptPrunedLlamaConfig
 
-    def __init__(self, config):
-        super().__init__(config)
-        apply_layer_widths(self, config)
-        self.post_init()
 
-
-class AdaptPrunedLlamaForCausalLM(LlamaForCausalLM):
+class AdaptPrunedLlamaForCausalLM(_PerLayerWidths, LlamaForCausalLM):
     config_class = AdaptPrunedLlamaConfig
 
-    def __init__(self, config):
-        super().__init__(config)
-        apply_layer_widths(self.model, config)
-        self.post_init()
 
-
-class AdaptPrunedQwen2Model(Qwen2Model):
+class AdaptPrunedQwen2Model(_PerLayerWidths, Qwen2Model):
     config_class = AdaptPrunedQwen2Config
 
-    def __init__(self, config):
-        super().__init__(config)
-        apply_layer_widths(self, config)
-        self.post_init()
 
-
-class AdaptPrunedQwen2ForCausalLM(Qwen2ForCausalLM):
+class AdaptPrunedQwen2ForCausalLM(_PerLayerWidths, Qwen2ForCausalLM):
     config_class = AdaptPrunedQwen2Config
 
-    def __init__(self, config):
-        super().__init__(config)
-        apply_layer_widths(self.model, config)
-        self.post_init()
 
-
-class AdaptPrunedMistralModel(MistralModel):
+class AdaptPrunedMistralModel(_PerLayerWidths, MistralModel):
     config_class = AdaptPrunedMistralConfig
 
-    def __init__(self, config):
-        super().__init__(config)
-        apply_layer_widths(self, config)
-        self.post_init()
 
-
-class AdaptPrunedMistralForCausalLM(MistralForCausalLM):
+class AdaptPrunedMistralForCausalLM(_PerLayerWidths, MistralForCausalLM):
     config_class = AdaptPrunedMistralConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        apply_layer_widths(self.model, config)
-        self.post_init()
