@@ -3,8 +3,9 @@ perplexity, WikiText-2 perplexity, efficiency (with ratios to the first model) a
 
     .venv/bin/python benchmarks/eval_report.py benchmarks/results/eval_suite_limit500.json [MORE.json ...]
 
-Several files are read as one list of models (the first model of the first file is the reference); a task
-that a model was not run on shows "—", and the averages are taken over the tasks every model has.
+Several files are read as one list of models (the first model of the first file is the reference); a model
+that appears in several files (the same ``source``) is one column with the union of its tasks. A task that a
+model was not run on shows "—", and the averages are taken over the tasks every model has.
 """
 
 from __future__ import annotations
@@ -27,13 +28,32 @@ def fmt(x, digits: int = 3) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
+def merge(entries: list[dict]) -> list[dict]:
+    """One entry per model source, in first-seen order: a model evaluated in several files (e.g. MMLU run
+    later on its own) gets the union of its tasks (the later file wins a task run twice), the perplexity and
+    efficiency of whichever file has them, and the sum of the seconds."""
+    merged: dict[str, dict] = {}
+    for m in entries:
+        if m["source"] not in merged:
+            merged[m["source"]] = {**m, "tasks": dict(m["tasks"])}
+            continue
+        into = merged[m["source"]]
+        into["tasks"].update(m["tasks"])
+        for key in ("perplexity", "efficiency"):
+            if key in m:
+                into[key] = m[key]
+        if "seconds" in m:
+            into["seconds"] = into.get("seconds", 0) + m["seconds"]
+    return list(merged.values())
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", type=Path, nargs="+")
     args = ap.parse_args(argv)
     runs = [json.loads(p.read_text()) for p in args.results]
     d = runs[0]
-    models = [m for r in runs for m in r["models"]]
+    models = merge([m for r in runs for m in r["models"]])
     names = [label(m["source"]) for m in models]
     tasks = list(dict.fromkeys(t for r in runs for t in r["settings"]["tasks"]))
     common = [t for t in tasks if all(t in m["tasks"] for m in models)]

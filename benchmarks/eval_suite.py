@@ -32,7 +32,8 @@ def log(msg: str) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["default"], help="model sources: 'default', folders, .gguf")
-    ap.add_argument("--tasks", default="all", help="comma-separated task names, 'paper' or 'all'")
+    ap.add_argument("--tasks", default="all",
+                    help="comma-separated task names, 'paper', 'all', or 'none' (only --ppl-window / --efficiency)")
     ap.add_argument("--limit", type=int, default=500, help="examples per task, seeded (0: full data)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -40,12 +41,15 @@ def main(argv=None) -> int:
     ap.add_argument("--ppl-window", type=int, default=0, help="also WikiText-2 test perplexity at this window")
     ap.add_argument("--ppl-max-tokens", type=int, default=None, help="perplexity on the first N tokens (default all)")
     ap.add_argument("--efficiency", action="store_true", help="also measure speed and memory (first = reference)")
+    ap.add_argument("--efficiency-repeats", type=int, default=3, help="timed repeats (median) of each measurement")
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/eval_suite.json")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    tasks = resolve_tasks(args.tasks)
+    tasks = [] if args.tasks.strip().lower() == "none" else resolve_tasks(args.tasks)
+    if not tasks and not (args.ppl_window or args.efficiency):
+        ap.error("--tasks none needs --ppl-window or --efficiency (otherwise there is nothing to measure)")
     limit = args.limit or None
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -78,12 +82,16 @@ def main(argv=None) -> int:
             entry["perplexity"] = ppl
             log(f"{source} perplexity {format_perplexity(ppl)}")
         if args.efficiency:
-            entry["efficiency"] = efficiency(model, tok)
+            entry["efficiency"] = efficiency(model, tok, repeats=args.efficiency_repeats)
             if report["models"][0] is not entry and "efficiency" in report["models"][0]:
                 entry["efficiency_vs_first"] = compare(report["models"][0]["efficiency"], entry["efficiency"])
         entry["seconds"] = time.perf_counter() - t
-        log(f"{source}: average {entry['average']['value']:.4f} ({entry['average']['metric']}) "
-            f"in {entry['seconds']:.0f} s")
+        if "average" in entry:
+            log(f"{source}: average {entry['average']['value']:.4f} ({entry['average']['metric']}) "
+                f"in {entry['seconds']:.0f} s")
+        if "efficiency" in entry:
+            e = entry["efficiency"]
+            log(f"{source}: decode {e['decode_tokens_per_s']:.1f} tok/s, prefill {e['prefill_tokens_per_s']:.0f} tok/s")
         out.write_text(json.dumps(report, indent=1))
         del model
     report["seconds"] = time.perf_counter() - t_all

@@ -1,14 +1,17 @@
 """Studio timing: launch → first importance heatmap, and one prune step including its quick evaluation.
 
     .venv/bin/python benchmarks/studio_timing.py [--model default] [--steps 2] [--out benchmarks/results/studio_timing_session.json]
-    .venv/bin/python benchmarks/studio_timing.py --browser [--screenshots assets/screenshots] [--accel]
+    .venv/bin/python benchmarks/studio_timing.py --browser [--screenshots assets/screenshots] [--accel | --evaluate]
 
 Session mode times the library path the UI handlers take (imports, model load from the cache, importance
 measurement, figures; then ``step`` + ``quick_eval`` + figures). Browser mode starts ``app.py`` as a subprocess,
 drives it in headless Chromium (Playwright) and times what a visitor sees: from the process start to the first
 heatmap on screen, and from a click on "Prune one step" to its evaluation on screen; with ``--screenshots`` it
 saves PNGs of the page along the way; with ``--accel`` it goes on with a Train round (default 16,384 tokens),
-Adapt-Accel to the target (5 stages, 32,768 tokens) and the zero-shot comparison, and times each. Both write JSON with the settings and the machine's load average.
+Adapt-Accel to the target (5 stages, 32,768 tokens) and the zero-shot comparison, and times each; with
+``--evaluate`` it runs to the target, then the uniform baseline, then the Evaluate tab's zero-shot comparison of
+the original, the adaptive and the uniform model (the tab's defaults: ARC-Easy and PIQA, 50 examples each).
+Both write JSON with the settings and the machine's load average.
 """
 
 from __future__ import annotations
@@ -88,7 +91,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def browser_timing(model: str, steps: int, shots: Path | None, accel: bool = False) -> dict:
+def browser_timing(model: str, steps: int, shots: Path | None, accel: bool = False,
+                   evaluate: bool = False) -> dict:
     """Start app.py, drive it in headless Chromium, time what the page shows."""
     from playwright.sync_api import sync_playwright
 
@@ -166,6 +170,26 @@ def browser_timing(model: str, steps: int, shots: Path | None, accel: bool = Fal
                 page.wait_for_timeout(800)
                 if shots:
                     page.screenshot(path=str(shots / "studio_evaluate.png"), full_page=False)
+            if evaluate:  # run to the target, the uniform baseline, then the three-way zero-shot comparison
+                t1 = time.perf_counter()
+                page.click("#run")
+                wait_status("Target reached", timeout=1_800_000)
+                out["seconds_run_to_target"] = time.perf_counter() - t1
+                t1 = time.perf_counter()
+                page.click("#baseline")
+                wait_status("Uniform baseline done", timeout=1_800_000)
+                out["seconds_uniform_baseline"] = time.perf_counter() - t1
+                page.get_by_role("tab", name="Evaluate").click()
+                t1 = time.perf_counter()
+                page.click("#zs-btn")
+                wait_status("Zero-shot evaluation done", timeout=1_800_000)
+                out["seconds_zero_shot"] = time.perf_counter() - t1
+                out["zero_shot_table"] = page.locator("#zs-table").inner_text()
+                print(f"run to target {out['seconds_run_to_target']:.0f} s; uniform baseline "
+                      f"{out['seconds_uniform_baseline']:.0f} s; zero-shot {out['seconds_zero_shot']:.0f} s", flush=True)
+                page.wait_for_timeout(800)
+                if shots:
+                    page.screenshot(path=str(shots / "studio_evaluate.png"), full_page=True)
             browser.close()
     finally:
         proc.terminate()
@@ -182,12 +206,15 @@ def main() -> None:
     p.add_argument("--screenshots", type=Path, default=None, help="browser mode: save PNGs here")
     p.add_argument("--accel", action="store_true",
                    help="browser mode: then a Train round, Adapt-Accel to the target and the zero-shot comparison")
+    p.add_argument("--evaluate", action="store_true",
+                   help="browser mode: then run to the target, the uniform baseline and the zero-shot comparison "
+                        "(dense vs adaptive vs uniform)")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args()
     if a.browser:
         if a.screenshots:
             a.screenshots.mkdir(parents=True, exist_ok=True)
-        result = {"mode": "browser", **browser_timing(a.model, a.steps, a.screenshots, a.accel)}
+        result = {"mode": "browser", **browser_timing(a.model, a.steps, a.screenshots, a.accel, a.evaluate)}
     else:
         result = {"mode": "session", **session_timing(a.model, a.steps, a.prompt)}
     result.update(model=a.model, machine=machine(), command=" ".join(sys.argv))
