@@ -414,7 +414,7 @@ def zero_shot_handler(s, tasks, limit, full, with_original, with_baseline):
         table = None
         for msg, table in s.iter_zero_shot(tasks, limit, with_original=with_original,
                                            with_baseline=with_baseline):
-            yield {status: msg, **({zs_table: table, zs_fig: viz.accuracy_bars(table.to_dict("records"))}
+            yield {status: msg, **({zs_table: table.round(3), zs_fig: viz.accuracy_bars(table.to_dict("records"))}
                                    if table is not None else {})}
         yield {status: "Zero-shot evaluation done." if table is not None else "Nothing evaluated."}
     except Exception as exc:  # noqa: BLE001

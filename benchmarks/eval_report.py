@@ -28,21 +28,31 @@ def fmt(x, digits: int = 3) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
+def speed(model: dict, key: str, digits: int) -> str:
+    """A speed, with its range over the runs when ``--efficiency-runs`` measured it more than once."""
+    runs = model.get("efficiency_runs", {}).get(key, [])
+    v = f"{model['efficiency'][key]:.{digits}f}"
+    return v + (f" ({min(runs):.{digits}f}–{max(runs):.{digits}f})" if len(runs) > 1 else "")
+
+
 def merge(entries: list[dict]) -> list[dict]:
     """One entry per model source, in first-seen order: a model evaluated in several files (e.g. MMLU run
     later on its own) gets the union of its tasks (the later file wins a task run twice), the perplexity and
-    efficiency of whichever file has them, and the sum of the seconds."""
+    efficiency of whichever file has them (the later file wins), and the sum of the seconds spent on tasks (an
+    efficiency-only entry, ``--tasks none``, adds no evaluation time)."""
     merged: dict[str, dict] = {}
     for m in entries:
         if m["source"] not in merged:
             merged[m["source"]] = {**m, "tasks": dict(m["tasks"])}
+            if not m["tasks"]:
+                merged[m["source"]].pop("seconds", None)
             continue
         into = merged[m["source"]]
         into["tasks"].update(m["tasks"])
-        for key in ("perplexity", "efficiency"):
+        for key in ("perplexity", "efficiency", "efficiency_runs"):
             if key in m:
                 into[key] = m[key]
-        if "seconds" in m:
+        if "seconds" in m and m["tasks"]:
             into["seconds"] = into.get("seconds", 0) + m["seconds"]
     return list(merged.values())
 
@@ -64,13 +74,15 @@ def main(argv=None) -> int:
         cells = [f"{fmt(m['tasks'][t]['value'])} ± {fmt(m['tasks'][t].get(metric + '_stderr'))}"
                  if t in m["tasks"] else "—" for m in models]
         lines.append(f"| {first['title']} | {metric} | {first['n']} of {first['n_total']} | " + " | ".join(cells) + " |")
+    def mean(m: dict, names: list[str]) -> str:
+        a = average({t: m["tasks"][t] for t in names})
+        return f"**{fmt(a['value'])}**" + (f" ± {fmt(a['stderr'])}" if a.get("stderr") is not None else "")
+
     if all(t in common for t in PAPER_TASKS):
         lines.append("| **average, paper's 7** | acc_norm / acc | | "
-                     + " | ".join(f"**{fmt(average({t: m['tasks'][t] for t in PAPER_TASKS})['value'])}**"
-                                  for m in models) + " |")
+                     + " | ".join(mean(m, list(PAPER_TASKS)) for m in models) + " |")
     lines.append(f"| **average, {len(common)} tasks every model ran** | acc_norm / acc | | "
-                 + " | ".join(f"**{fmt(average({t: m['tasks'][t] for t in common})['value'])}**" for m in models)
-                 + " |")
+                 + " | ".join(mean(m, common) for m in models) + " |")
     if "lambada" in common:
         lines.append("| LAMBADA last-word perplexity | ppl | | "
                      + " | ".join(fmt(m["tasks"]["lambada"].get("perplexity"), 2) for m in models) + " |")
@@ -86,19 +98,23 @@ def main(argv=None) -> int:
         print(f"Efficiency ({e0['settings']['device']}, {e0['settings']['dtype']}, {e0['settings']['threads']} threads; "
               f"decode: batch 1, {e0['settings']['prompt_tokens']}-token prompt, {e0['settings']['new_tokens']} new "
               f"tokens, KV cache; prefill: {e0['settings']['prefill_batch']} × {e0['settings']['prefill_tokens']} "
-              f"tokens; median of {e0['settings']['repeats']} after {e0['settings']['warmup']} warm-up):")
+              f"tokens; median of {e0['settings']['repeats']} after {e0['settings']['warmup']} warm-up"
+              + (f"; then the median over {e0['settings']['runs']} runs, each model loaded afresh every run, "
+                 "range in brackets" if e0["settings"].get("runs", 1) > 1 else "") + "):")
         print()
         print("| model | parameters | decoder layers | MACs / token | decode tokens/s | prefill tokens/s | "
-              "decode speed-up | prefill speed-up | ideal (params) | ideal (MACs) |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+              "decode speed-up | ideal (MACs) | prefill speed-up | ideal (decoder MACs) | ideal (params) |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for n, m in zip(names, models, strict=True):
             e = m["efficiency"]
             c = compare(e0, e) if m is not models[0] else {}
+
             print(f"| {n} | {e['params']['total']:,} | {e['params']['decoder_layers']:,} | "
-                  f"{e['macs_per_token']['total'] / 1e6:.1f} M | {e['decode_tokens_per_s']:.1f} | "
-                  f"{e['prefill_tokens_per_s']:.0f} | {fmt(c.get('decode_speedup'), 2)} | "
-                  f"{fmt(c.get('prefill_speedup'), 2)} | {fmt(c.get('ideal_speedup_from_params'), 2)} | "
-                  f"{fmt(c.get('ideal_speedup_from_macs'), 2)} |")
+                  f"{e['macs_per_token']['total'] / 1e6:.1f} M | {speed(m, 'decode_tokens_per_s', 1)} | "
+                  f"{speed(m, 'prefill_tokens_per_s', 0)} | {fmt(c.get('decode_speedup'), 2)} | "
+                  f"{fmt(c.get('ideal_speedup_from_macs'), 2)} | {fmt(c.get('prefill_speedup'), 2)} | "
+                  f"{fmt(c.get('ideal_prefill_speedup_from_decoder_macs'), 2)} | "
+                  f"{fmt(c.get('ideal_speedup_from_params'), 2)} |")
         print()
     times = ", ".join(f"{n} {m['seconds'] / 60:.1f} min" for n, m in zip(names, models, strict=True) if "seconds" in m)
     total = sum(m.get("seconds", 0) for m in models)

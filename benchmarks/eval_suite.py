@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,28 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def efficiency_runs(report: dict, args) -> None:
+    """``--efficiency-runs K``: K − 1 more rounds over the models, each model loaded afresh; every entry's
+    ``efficiency`` then holds the median tokens/s over the K runs, and ``efficiency_runs`` every run."""
+    entries = report["models"]
+    runs = {id(e): [e["efficiency"]] for e in entries}
+    for k in range(1, args.efficiency_runs):
+        for e in entries:
+            model, tok = load_model(e["source"], device="cpu" if not torch.cuda.is_available() else None)
+            runs[id(e)].append(efficiency(model, tok, repeats=args.efficiency_repeats))
+            log(f"{e['source']} run {k + 1}: decode {runs[id(e)][-1]['decode_tokens_per_s']:.1f} tok/s, "
+                f"prefill {runs[id(e)][-1]['prefill_tokens_per_s']:.0f} tok/s")
+            del model
+    for e in entries:
+        rs = runs[id(e)]
+        e["efficiency"] = {**rs[0], "decode_tokens_per_s": statistics.median(r["decode_tokens_per_s"] for r in rs),
+                           "prefill_tokens_per_s": statistics.median(r["prefill_tokens_per_s"] for r in rs),
+                           "settings": {**rs[0]["settings"], "runs": len(rs)}}
+        e["efficiency_runs"] = {key: [r[key] for r in rs] for key in ("decode_tokens_per_s", "prefill_tokens_per_s")}
+    for e in entries[1:]:
+        e["efficiency_vs_first"] = compare(entries[0]["efficiency"], e["efficiency"])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["default"], help="model sources: 'default', folders, .gguf")
@@ -42,6 +65,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ppl-max-tokens", type=int, default=None, help="perplexity on the first N tokens (default all)")
     ap.add_argument("--efficiency", action="store_true", help="also measure speed and memory (first = reference)")
     ap.add_argument("--efficiency-repeats", type=int, default=3, help="timed repeats (median) of each measurement")
+    ap.add_argument("--efficiency-runs", type=int, default=1,
+                    help="measure speed this many times, each model loaded afresh every time, round-robin over the "
+                         "models; the report gives the median and every run (speed varies from one load to the next)")
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/eval_suite.json")
     args = ap.parse_args(argv)
@@ -94,6 +120,8 @@ def main(argv=None) -> int:
             log(f"{source}: decode {e['decode_tokens_per_s']:.1f} tok/s, prefill {e['prefill_tokens_per_s']:.0f} tok/s")
         out.write_text(json.dumps(report, indent=1))
         del model
+    if args.efficiency and args.efficiency_runs > 1:
+        efficiency_runs(report, args)
     report["seconds"] = time.perf_counter() - t_all
     out.write_text(json.dumps(report, indent=1))
     log(f"wrote {out} ({report['seconds']:.0f} s)")

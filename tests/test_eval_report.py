@@ -58,14 +58,25 @@ def test_eval_suite_measures_efficiency_alone_and_the_report_prefers_the_later_f
         folders.append(str(d))
     out = tmp_path / "eff.json"
     assert suite(["--models", *folders, "--tasks", "none", "--efficiency", "--efficiency-repeats", "1",
-                  "--out", str(out)]) == 0
+                  "--efficiency-runs", "3", "--out", str(out)]) == 0
     run = json.loads(out.read_text())
     assert run["settings"]["tasks"] == [] and [m["tasks"] for m in run["models"]] == [{}, {}]
     first, second = (m["efficiency"] for m in run["models"])
-    assert first["settings"]["repeats"] == 1 and second["params"]["total"] < first["params"]["total"]
-    assert run["models"][1]["efficiency_vs_first"]["params_ratio"] < 1
+    assert first["settings"]["repeats"] == 1 and first["settings"]["runs"] == 3
+    assert second["params"]["total"] < first["params"]["total"]
+    for m in run["models"]:  # the reported speed is the median of the three runs
+        for key in ("decode_tokens_per_s", "prefill_tokens_per_s"):
+            assert len(m["efficiency_runs"][key]) == 3 and m["efficiency"][key] == sorted(m["efficiency_runs"][key])[1]
+    assert run["models"][1]["efficiency_vs_first"]["decode_speedup"] == pytest.approx(
+        second["decode_tokens_per_s"] / first["decode_tokens_per_s"])
+    assert main([str(out)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| narrow"))
+    lo, hi = min(run["models"][1]["efficiency_runs"]["decode_tokens_per_s"]), max(
+        run["models"][1]["efficiency_runs"]["decode_tokens_per_s"])
+    assert f"({lo:.1f}–{hi:.1f})" in row
     merged = merge([{**m, "efficiency": {"old": True}} for m in run["models"]] + run["models"])
     assert [m["efficiency"] for m in merged] == [first, second]
+    assert all("seconds" not in m for m in merge(run["models"]))  # measuring speed is not evaluation time
     with pytest.raises(SystemExit):
         suite(["--models", folders[0], "--tasks", "none", "--out", str(out)])
     assert "nothing to measure" in capsys.readouterr().err

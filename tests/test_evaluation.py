@@ -190,6 +190,19 @@ def test_stderr_is_the_sample_standard_error():
     assert m == 0.75 and se == pytest.approx(0.25)
 
 
+def test_average_has_the_standard_error_of_a_mean_of_independent_tasks():
+    from pruner.evaluation import average, results_table
+
+    tasks = {"piqa": {"metric_used": "acc_norm", "value": 0.6, "acc_norm_stderr": 0.03, "acc": 0.5, "n": 9},
+             "boolq": {"metric_used": "acc", "value": 0.4, "acc_stderr": 0.04, "acc": 0.4, "n": 9}}
+    a = average(tasks)
+    assert a["value"] == pytest.approx(0.5) and a["stderr"] == pytest.approx(0.025)  # sqrt(.03² + .04²) / 2
+    assert "paper_seven" not in a
+    row = results_table({"tasks": tasks, "average": a}).iloc[-1]
+    assert row["task"] == "Average" and row["stderr"] == pytest.approx(0.025)
+    assert average({**tasks, "x": {"metric_used": "acc", "value": 0.1}})["stderr"] is None  # one without: none
+
+
 def test_cancel_raises_between_batches(tiny_tokenizer):
     with pytest.raises(Cancelled):
         evaluate(tiny_model(), tiny_tokenizer, ["piqa"], limit=4, should_stop=lambda: True, cache=False)

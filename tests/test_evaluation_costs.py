@@ -17,6 +17,7 @@ def test_macs_per_token_counts_every_linear_once_plus_attention():
     m = macs_per_token(model, context=100)
     assert m["linear"] == expected
     assert m["attention"] == layers * 2 * TINY["num_attention_heads"] * hd * 100
+    assert m["lm_head"] == h * v and m["decoder"] == layers * (attn + 3 * h * f) + m["attention"]
 
 
 def test_efficiency_reports_settings_and_compare_gives_ratios():
@@ -33,6 +34,10 @@ def test_efficiency_reports_settings_and_compare_gives_ratios():
     assert c["params_ratio"] == pytest.approx(b["params"]["total"] / a["params"]["total"]) and c["params_ratio"] < 1
     assert c["ideal_speedup_from_params"] == pytest.approx(1 / c["params_ratio"])
     assert c["macs_ratio"] < 1 and c["decode_speedup"] > 0 and c["kv_cache_ratio"] == 1.0
+    # the LM head is the same in both, so the decoder-only ratio (prefill) shrinks more than the per-token one
+    dec = b["macs_per_token"]["decoder"] / a["macs_per_token"]["decoder"]
+    assert c["ideal_prefill_speedup_from_decoder_macs"] == pytest.approx(1 / dec)
+    assert c["ideal_prefill_speedup_from_decoder_macs"] > c["ideal_speedup_from_macs"]
 
 
 def test_efficiency_rejects_bad_settings():

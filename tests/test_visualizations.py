@@ -133,7 +133,7 @@ def test_accuracy_bars_group_models_and_name_metrics():
     rows = [{"model": m, "task": t, "metric": met, "value": v, "stderr": 0.02}
             for m, off in (("original", 0.0), ("pruned", -0.05), ("uniform baseline", -0.1))
             for t, met, v in (("ARC-Easy", "acc_norm", 0.5 + off), ("WinoGrande", "acc", 0.52 + off))]
-    rows += [{"model": m, "task": "Average", "metric": "acc_norm/acc", "value": 0.5, "stderr": None}
+    rows += [{"model": m, "task": "Average", "metric": "acc_norm/acc", "value": 0.5, "stderr": 0.014}
              for m in ("original", "pruned", "uniform baseline")]
     fig = viz.accuracy_bars(rows)
     assert [t.name for t in fig.data] == ["original", "pruned", "uniform baseline"]
@@ -141,5 +141,7 @@ def test_accuracy_bars_group_models_and_name_metrics():
     x = list(fig.data[1].x)
     assert x[0].startswith("ARC-Easy") and "acc_norm" in x[0] and "acc" in x[1] and x[-1].startswith("Average")
     assert list(fig.data[1].y) == pytest.approx([0.45, 0.47, 0.5])
-    assert list(fig.data[0].error_y.array) == [0.02, 0.02, 0]
+    assert list(fig.data[0].error_y.array) == [0.02, 0.02, 0.014]  # the average's standard error
+    unknown = viz.accuracy_bars([{**rows[0], "stderr": None}, {**rows[1], "stderr": float("nan")}])
+    assert list(unknown.data[0].error_y.array) == [None, None]  # not known: no error bar
     assert "Run an evaluation" in viz.accuracy_bars([]).layout.annotations[0].text

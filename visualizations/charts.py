@@ -172,7 +172,7 @@ def accuracy_bars(rows: Sequence[Mapping], title: str = "Zero-shot accuracy") ->
         fig.add_trace(go.Bar(
             x=[label[t] for t in shown], y=[by_task[t]["value"] for t in shown], name=m or "model",
             marker_color=palette[i % len(palette)],
-            error_y=dict(type="data", array=[e if e is not None and e == e else 0 for e in err], visible=True,
+            error_y=dict(type="data", array=[e if e is not None and e == e else None for e in err], visible=True,
                          thickness=1, width=3),
             hovertemplate=f"{m}<br>%{{x}}: %{{y:.3f}}<extra></extra>",
         ))

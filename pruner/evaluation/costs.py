@@ -18,12 +18,16 @@ from ..structure import count_parameters, geometry, layer_widths
 
 def macs_per_token(model: nn.Module, context: int = 0) -> dict:
     """Multiply-accumulates for one token: every linear layer (decoder + LM head) once, plus attention's
-    scores and weighted sum over ``context`` earlier tokens (2 · heads · head_dim · context per layer)."""
+    scores and weighted sum over ``context`` earlier tokens (2 · heads · head_dim · context per layer).
+    ``decoder`` leaves out the LM head, which a prefill computes for the last position only."""
     linear = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+    head = model.get_output_embeddings()
+    lm_head = head.in_features * head.out_features if isinstance(head, nn.Linear) else 0
     geo = geometry(model)
     heads = sum(w.num_heads for w in layer_widths(model))
     attention = 2 * heads * geo.head_dim * context
-    return {"linear": linear, "attention": attention, "total": linear + attention, "context": context}
+    return {"linear": linear, "attention": attention, "total": linear + attention, "lm_head": lm_head,
+            "decoder": linear - lm_head + attention, "context": context}
 
 
 def _params(model: nn.Module) -> dict:
@@ -142,18 +146,21 @@ def _peak_rss() -> int | None:
 
 def compare(dense: dict, pruned: dict) -> dict:
     """Pruned / dense ratios of two :func:`efficiency` results, next to the ideal speed-up implied by the
-    parameter count (dense / pruned parameters) and by the MACs per token."""
+    parameter count (dense / pruned parameters), by the MACs per token (decoding: every layer and the LM head
+    per token) and by the decoder layers' MACs (prefill: the LM head runs for the last position only)."""
     def ratio(a, b):
         return a / b if a and b else None
 
     params = ratio(pruned["params"]["total"], dense["params"]["total"])
     macs = ratio(pruned["macs_per_token"]["total"], dense["macs_per_token"]["total"])
+    decoder_macs = ratio(pruned["macs_per_token"].get("decoder"), dense["macs_per_token"].get("decoder"))
     return {
         "params_ratio": params,
         "decoder_params_ratio": ratio(pruned["params"]["decoder_layers"], dense["params"]["decoder_layers"]),
         "macs_ratio": macs,
         "ideal_speedup_from_params": 1 / params if params else None,
         "ideal_speedup_from_macs": 1 / macs if macs else None,
+        "ideal_prefill_speedup_from_decoder_macs": 1 / decoder_macs if decoder_macs else None,
         "decode_speedup": ratio(pruned["decode_tokens_per_s"], dense["decode_tokens_per_s"]),
         "prefill_speedup": ratio(pruned["prefill_tokens_per_s"], dense["prefill_tokens_per_s"]),
         "weights_memory_ratio": ratio(pruned["memory"]["weights_bytes"], dense["memory"]["weights_bytes"]),

@@ -19,6 +19,7 @@ from .scoring import choice_metrics, encode_pair, loglikelihoods, max_length, me
 from .tasks import FORMAT_VERSION, PAPER_TASKS, TASKS, EvalError, load_items, resolve_tasks, select
 
 AVERAGE_CONVENTION = "plain mean over tasks of acc_norm where the task has it, else acc (the paper's convention)"
+AVERAGE_STDERR = "sqrt(sum of the tasks' squared standard errors) / number of tasks (tasks treated as independent)"
 NORMALISATION = "log-likelihood divided by the answer's length in characters (lm-evaluation-harness acc_norm)"
 
 
@@ -195,10 +196,23 @@ def average(task_results: dict[str, dict]) -> dict:
     vals = {n: r["value"] for n, r in task_results.items()}
     out = {"value": sum(vals.values()) / len(vals) if vals else float("nan"), "metric": AVERAGE_CONVENTION,
            "tasks": list(vals)}
+    out["stderr"] = _mean_stderr(task_results.values())
+    if out["stderr"] is not None:
+        out["stderr_note"] = AVERAGE_STDERR
     if all(t in vals for t in PAPER_TASKS):
         out["paper_seven"] = sum(vals[t] for t in PAPER_TASKS) / len(PAPER_TASKS)
         out["paper_seven_tasks"] = list(PAPER_TASKS)
+        out["paper_seven_stderr"] = _mean_stderr(task_results[t] for t in PAPER_TASKS)
     return out
+
+
+def _mean_stderr(task_results) -> float | None:
+    """sqrt(Σ se²) / k: the standard error of a plain mean of k independent task scores (None when a task has
+    no standard error)."""
+    ses = [r.get(f"{r.get('metric_used')}_stderr") for r in task_results]
+    if not ses or any(se is None or se != se for se in ses):
+        return None
+    return math.sqrt(sum(se * se for se in ses)) / len(ses)
 
 
 def results_table(results: dict | list[tuple[str, dict]]):
@@ -218,7 +232,7 @@ def results_table(results: dict | list[tuple[str, dict]]):
                          "stderr": r.get(f"{m}_stderr"), "acc": r["acc"], "acc_norm": r.get("acc_norm"),
                          "n": r["n"], "perplexity": r.get("perplexity"), "source": r.get("source", "")})
         rows.append({"model": label, "task": "Average", "metric": "acc_norm/acc", "value": res["average"]["value"],
-                     "stderr": None, "acc": None, "acc_norm": None, "n": None, "perplexity": None,
+                     "stderr": res["average"].get("stderr"), "acc": None, "acc_norm": None, "n": None, "perplexity": None,
                      "source": AVERAGE_CONVENTION})
     df = pd.DataFrame(rows)
     if len(runs) == 1:
