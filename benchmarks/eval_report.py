@@ -35,6 +35,12 @@ def speed(model: dict, key: str, digits: int) -> str:
     return v + (f" ({min(runs):.{digits}f}–{max(runs):.{digits}f})" if len(runs) > 1 else "")
 
 
+def mean(model: dict, tasks: list[str]) -> str:
+    """The average over ``tasks`` (bold) with its standard error."""
+    a = average({t: model["tasks"][t] for t in tasks})
+    return f"**{fmt(a['value'])}**" + (f" ± {fmt(a['stderr'])}" if a.get("stderr") is not None else "")
+
+
 def merge(entries: list[dict]) -> list[dict]:
     """One entry per model source, in first-seen order: a model evaluated in several files (e.g. MMLU run
     later on its own) gets the union of its tasks (the later file wins a task run twice), the perplexity and
@@ -42,12 +48,7 @@ def merge(entries: list[dict]) -> list[dict]:
     efficiency-only entry, ``--tasks none``, adds no evaluation time)."""
     merged: dict[str, dict] = {}
     for m in entries:
-        if m["source"] not in merged:
-            merged[m["source"]] = {**m, "tasks": dict(m["tasks"])}
-            if not m["tasks"]:
-                merged[m["source"]].pop("seconds", None)
-            continue
-        into = merged[m["source"]]
+        into = merged.setdefault(m["source"], {k: v for k, v in m.items() if k != "seconds"} | {"tasks": {}})
         into["tasks"].update(m["tasks"])
         for key in ("perplexity", "efficiency", "efficiency_runs"):
             if key in m:
@@ -74,10 +75,6 @@ def main(argv=None) -> int:
         cells = [f"{fmt(m['tasks'][t]['value'])} ± {fmt(m['tasks'][t].get(metric + '_stderr'))}"
                  if t in m["tasks"] else "—" for m in models]
         lines.append(f"| {first['title']} | {metric} | {first['n']} of {first['n_total']} | " + " | ".join(cells) + " |")
-    def mean(m: dict, names: list[str]) -> str:
-        a = average({t: m["tasks"][t] for t in names})
-        return f"**{fmt(a['value'])}**" + (f" ± {fmt(a['stderr'])}" if a.get("stderr") is not None else "")
-
     if all(t in common for t in PAPER_TASKS):
         lines.append("| **average, paper's 7** | acc_norm / acc | | "
                      + " | ".join(mean(m, list(PAPER_TASKS)) for m in models) + " |")
@@ -108,7 +105,6 @@ def main(argv=None) -> int:
         for n, m in zip(names, models, strict=True):
             e = m["efficiency"]
             c = compare(e0, e) if m is not models[0] else {}
-
             print(f"| {n} | {e['params']['total']:,} | {e['params']['decoder_layers']:,} | "
                   f"{e['macs_per_token']['total'] / 1e6:.1f} M | {speed(m, 'decode_tokens_per_s', 1)} | "
                   f"{speed(m, 'prefill_tokens_per_s', 0)} | {fmt(c.get('decode_speedup'), 2)} | "

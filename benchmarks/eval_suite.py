@@ -30,6 +30,14 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def load(source: str):
+    return load_model(source, device="cpu" if not torch.cuda.is_available() else None, progress=log)
+
+
+def log_speed(label: str, e: dict) -> None:
+    log(f"{label}: decode {e['decode_tokens_per_s']:.1f} tok/s, prefill {e['prefill_tokens_per_s']:.0f} tok/s")
+
+
 def efficiency_runs(report: dict, args) -> None:
     """``--efficiency-runs K``: K − 1 more rounds over the models, each model loaded afresh; every entry's
     ``efficiency`` then holds the median tokens/s over the K runs, and ``efficiency_runs`` every run."""
@@ -37,10 +45,9 @@ def efficiency_runs(report: dict, args) -> None:
     runs = {id(e): [e["efficiency"]] for e in entries}
     for k in range(1, args.efficiency_runs):
         for e in entries:
-            model, tok = load_model(e["source"], device="cpu" if not torch.cuda.is_available() else None)
+            model, tok = load(e["source"])
             runs[id(e)].append(efficiency(model, tok, repeats=args.efficiency_repeats))
-            log(f"{e['source']} run {k + 1}: decode {runs[id(e)][-1]['decode_tokens_per_s']:.1f} tok/s, "
-                f"prefill {runs[id(e)][-1]['prefill_tokens_per_s']:.0f} tok/s")
+            log_speed(f"{e['source']} run {k + 1}", runs[id(e)][-1])
             del model
     for e in entries:
         rs = runs[id(e)]
@@ -89,7 +96,7 @@ def main(argv=None) -> int:
     t_all = time.perf_counter()
     for source in args.models:
         t = time.perf_counter()
-        model, tok = load_model(source, device="cpu" if not torch.cuda.is_available() else None, progress=log)
+        model, tok = load(source)
         entry: dict = {"source": source, "load_seconds": time.perf_counter() - t, "tasks": {}}
         report["models"].append(entry)
         for name in tasks:
@@ -116,8 +123,7 @@ def main(argv=None) -> int:
             log(f"{source}: average {entry['average']['value']:.4f} ({entry['average']['metric']}) "
                 f"in {entry['seconds']:.0f} s")
         if "efficiency" in entry:
-            e = entry["efficiency"]
-            log(f"{source}: decode {e['decode_tokens_per_s']:.1f} tok/s, prefill {e['prefill_tokens_per_s']:.0f} tok/s")
+            log_speed(source, entry["efficiency"])
         out.write_text(json.dumps(report, indent=1))
         del model
     if args.efficiency and args.efficiency_runs > 1:

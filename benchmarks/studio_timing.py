@@ -119,6 +119,18 @@ def browser_timing(model: str, steps: int, shots: Path | None, accel: bool = Fal
                                        " return e !== null && new RegExp(p).test(e.innerText); }",
                                        arg=pattern, timeout=timeout)
 
+            def zero_shot(full_page: bool) -> None:
+                """The Evaluate tab's comparison with its defaults: time it, keep the table, screenshot it."""
+                page.get_by_role("tab", name="Evaluate").click()
+                t1 = time.perf_counter()
+                page.click("#zs-btn")
+                wait_status("Zero-shot evaluation done", timeout=1_800_000)
+                out["seconds_zero_shot"] = time.perf_counter() - t1
+                out["zero_shot_table"] = page.locator("#zs-table").inner_text()
+                page.wait_for_timeout(800)
+                if shots:
+                    page.screenshot(path=str(shots / "studio_evaluate.png"), full_page=full_page)
+
             wait_status("Ready")
             out["seconds_launch_to_ready"] = time.perf_counter() - t0
             if shots:
@@ -162,14 +174,7 @@ def browser_timing(model: str, steps: int, shots: Path | None, accel: bool = Fal
                 page.wait_for_timeout(800)
                 if shots:
                     page.screenshot(path=str(shots / "studio_adapt_accel.png"), full_page=True)
-                page.get_by_role("tab", name="Evaluate").click()
-                t1 = time.perf_counter()
-                page.click("#zs-btn")
-                wait_status("Zero-shot evaluation done", timeout=1_800_000)
-                out["seconds_zero_shot"] = time.perf_counter() - t1
-                page.wait_for_timeout(800)
-                if shots:
-                    page.screenshot(path=str(shots / "studio_evaluate.png"), full_page=False)
+                zero_shot(full_page=False)
             if evaluate:  # run to the target, the uniform baseline, then the three-way zero-shot comparison
                 t1 = time.perf_counter()
                 page.click("#run")
@@ -179,17 +184,9 @@ def browser_timing(model: str, steps: int, shots: Path | None, accel: bool = Fal
                 page.click("#baseline")
                 wait_status("Uniform baseline done", timeout=1_800_000)
                 out["seconds_uniform_baseline"] = time.perf_counter() - t1
-                page.get_by_role("tab", name="Evaluate").click()
-                t1 = time.perf_counter()
-                page.click("#zs-btn")
-                wait_status("Zero-shot evaluation done", timeout=1_800_000)
-                out["seconds_zero_shot"] = time.perf_counter() - t1
-                out["zero_shot_table"] = page.locator("#zs-table").inner_text()
+                zero_shot(full_page=True)
                 print(f"run to target {out['seconds_run_to_target']:.0f} s; uniform baseline "
                       f"{out['seconds_uniform_baseline']:.0f} s; zero-shot {out['seconds_zero_shot']:.0f} s", flush=True)
-                page.wait_for_timeout(800)
-                if shots:
-                    page.screenshot(path=str(shots / "studio_evaluate.png"), full_page=True)
             browser.close()
     finally:
         proc.terminate()

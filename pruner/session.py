@@ -875,11 +875,7 @@ class StudioSession:
                               train=tcfg, eval_dataset=s.ppl_dataset, eval_split=s.ppl_split, eval_window=s.ppl_window,
                               eval_max_tokens=s.ppl_tokens)
             text = self._calibration_text(s)
-            # what the session held at the end of the last completed stage (rolled back to on cancel or error)
-            stage_rec, stage_loss, stage_round = (len(self.pruner.record.steps), len(self.train_log.losses),
-                                                  len(self.train_log.starts))
-            n_recovery = len(self.recovery)
-            stage_sparsity = list(self.pruner.sparsity)
+            mark = self._accel_mark()  # the end of the last completed stage (rolled back to on cancel or error)
             pruned_ppl: dict[int, float] = {}
             finished = False
             events = iter_accel(self.model, self.tokenizer, cfg, teacher=teacher, data=data,
@@ -919,15 +915,12 @@ class StudioSession:
                         params = count_parameters(self.model)["total"]
                         self.recovery.append(RecoveryPoint(f"stage {k}", params, pruned_ppl[k],
                                                            ev["perplexity"]["perplexity"], ev["tokens"], stage=k))
-                        stage_rec, stage_loss, stage_round = (len(self.pruner.record.steps), len(self.train_log.losses),
-                                                              len(self.train_log.starts))
-                        n_recovery = len(self.recovery)
-                        stage_sparsity = list(self.pruner.sparsity)
+                        mark = self._accel_mark()
                         yield Progress(f"Stage {k} trained on {ev['tokens']:,} tokens ({ev['tokens_per_s']:.0f} "
                                        f"tokens/s): perplexity {pruned_ppl[k]:.2f} → {ev['perplexity']['perplexity']:.2f}",
                                        self.pruner.record.steps[-1] if self.pruner.record.steps else None)
                     elif kind == "cancelled":
-                        self._accel_rollback(stage_rec, stage_loss, stage_round, n_recovery, stage_sparsity)
+                        self._accel_rollback(*mark)
                         yield Progress(f"Adapt-Accel cancelled: {ev['message']}.", done=True)
                         return
                     elif kind == "done":
@@ -935,7 +928,7 @@ class StudioSession:
                         finished = True
             except BaseException as exc:
                 events.close()  # iter_accel puts the model back at the end of the last completed stage
-                self._accel_rollback(stage_rec, stage_loss, stage_round, n_recovery, stage_sparsity)
+                self._accel_rollback(*mark)
                 if isinstance(exc, (ValueError, AllocationError)):
                     raise SessionError(f"Adapt-Accel stopped: {exc}") from exc
                 raise
@@ -948,6 +941,12 @@ class StudioSession:
                                evaluation=ev, done=True)
         finally:
             self._end()
+
+    def _accel_mark(self) -> tuple[int, int, int, int, list[float]]:
+        """What the session holds now, for :meth:`_accel_rollback`: record steps, losses, training rounds,
+        recovery points and the sparsity."""
+        return (len(self.pruner.record.steps), len(self.train_log.losses), len(self.train_log.starts),
+                len(self.recovery), list(self.pruner.sparsity))
 
     def _accel_rollback(self, n_rec: int, n_loss: int, n_round: int, n_recovery: int, sparsity: list[float]) -> None:
         """Forget what an unfinished Adapt-Accel stage added (its model changes were undone by iter_accel)."""
