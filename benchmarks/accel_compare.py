@@ -27,15 +27,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from pruner.accel import AccelConfig, iter_accel  # noqa: E402
-from pruner.io import load_model  # noqa: E402
-from pruner.perplexity import format_perplexity  # noqa: E402
-from pruner.prune import PruneConfig  # noqa: E402
-from pruner.train import TrainConfig, make_accelerator  # noqa: E402
+from pruner.accel import AccelConfig, AccelDone, AccelStart, StagePruned, StageTrained, TrainStep, iter_accel
+from pruner.io import load_model
+from pruner.perplexity import format_perplexity
+from pruner.prune import PruneConfig
+from pruner.train import TrainConfig, make_accelerator
 
 RUNS = {
     "oneshot": {"mode": "oneshot", "method": "adaptive"},
@@ -67,19 +65,17 @@ def run_one(name: str, args, acc) -> dict:
     t0 = time.perf_counter()
     report = None
     for ev in iter_accel(model, tok, cfg, accelerator=acc):
-        e = ev["event"]
-        if e == "start" and ev["initial"]:
-            _log(f"[{name}] start {ev['initial']['params']:,} params, ppl "
-                 f"{format_perplexity(ev['initial']['perplexity'])}; steps per stage {[s['steps'] for s in ev['plan']]}")
-        elif e == "pruned":
-            _log(f"[{name}] stage {ev['stage']} pruned to {ev['fraction']:.1%}: ppl {format_perplexity(ev['perplexity'])}")
-        elif e == "train_step" and (ev["step"] == ev["steps"] or ev["step"] % 5 == 0):
-            _log(f"[{name}] stage {ev['stage']} step {ev['step']}/{ev['steps']} loss {ev['loss']:.3f} "
-                 f"{ev['tokens_per_s']:.0f} tok/s")
-        elif e == "trained":
-            _log(f"[{name}] stage {ev['stage']} trained: ppl {format_perplexity(ev['perplexity'])}")
-        elif e == "done":
-            report = ev["report"]
+        if isinstance(ev, AccelStart) and ev.initial:
+            _log(f"[{name}] start {ev.initial['params']:,} params, ppl "
+                 f"{format_perplexity(ev.initial['perplexity'])}; steps per stage {[s['steps'] for s in ev.plan]}")
+        elif isinstance(ev, StagePruned):
+            _log(f"[{name}] stage {ev.stage} pruned to {ev.fraction:.1%}: ppl {format_perplexity(ev.perplexity)}")
+        elif isinstance(ev, TrainStep) and (ev.step == ev.steps or ev.step % 5 == 0):
+            _log(f"[{name}] stage {ev.stage} step {ev.step}/{ev.steps} loss {ev.loss:.3f} {ev.tokens_per_s:.0f} tok/s")
+        elif isinstance(ev, StageTrained):
+            _log(f"[{name}] stage {ev.stage} trained: ppl {format_perplexity(ev.perplexity)}")
+        elif isinstance(ev, AccelDone):
+            report = ev.report
     seconds = time.perf_counter() - t0
     train_s = sum(s["train"]["seconds"] for s in report["stages"])
     prune_s = sum(s["prune"]["seconds"] for s in report["stages"])

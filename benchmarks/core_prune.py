@@ -21,10 +21,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import pruner  # noqa: E402
-from pruner.importance import measure_importance  # noqa: E402
+import pruner
+from pruner.importance import measure_importance
 
 
 def reset_peak_rss() -> None:

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from pruner.evaluation import PAPER_TASKS, average, compare  # noqa: E402
+from pruner.evaluation import PAPER_TASKS, average, compare
 
 
 def label(source: str) -> str:

@@ -19,11 +19,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from pruner import load_model  # noqa: E402
-from pruner.evaluation import average, compare, efficiency, evaluate, resolve_tasks  # noqa: E402
-from pruner.perplexity import format_perplexity, perplexity  # noqa: E402
+from pruner import load_model
+from pruner.evaluation import average, compare, efficiency, evaluate, resolve_tasks
+from pruner.perplexity import format_perplexity, perplexity
 
 
 def log(msg: str) -> None:

@@ -28,7 +28,6 @@ from pathlib import Path
 
 T_START = time.perf_counter()
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
@@ -44,13 +43,13 @@ def machine() -> dict:
 def session_timing(model: str, steps: int, prompt: str) -> dict:
     """Time the StudioSession path; figures are built as the UI would build them."""
     import visualizations as viz
-    from pruner.session import StudioSession, StudioSettings
+    from studio import StudioSession, StudioSettings
 
     t_imports = time.perf_counter()
     s = StudioSession.load(model, settings=StudioSettings())
     t_load = time.perf_counter()
-    imp = s.measure()
-    labels, cols = s.importance_columns()
+    imp = s.schedule.measure()
+    labels, cols = s.schedule.importance_columns()
     viz.layer_importance_heatmap(cols, labels)
     viz.unit_importance_heatmap(imp.group_scores, imp.channel_scores, criterion=imp.criterion)
     t_heatmap = time.perf_counter()
@@ -65,13 +64,13 @@ def session_timing(model: str, steps: int, prompt: str) -> dict:
     }
     for k in range(steps):
         t0 = time.perf_counter()
-        rec = s.step()
+        rec = s.schedule.step()
         t1 = time.perf_counter()
-        ev = s.quick_eval(prompt)
-        s.preview()
-        a, m, _ = s.sparsity_history()
-        viz.trajectory_figure([p.params for p in s.trajectory], [p.perplexity for p in s.trajectory])
-        viz.architecture_figure(s.original_widths(), s.current_widths())
+        ev = s.quality.quick_eval(prompt)
+        s.schedule.preview()
+        a, m, _ = s.schedule.sparsity_history()
+        viz.trajectory_figure([p.params for p in s.quality.trajectory], [p.perplexity for p in s.quality.trajectory])
+        viz.architecture_figure(list(s.pruner.origin.widths), s.work.widths())
         t2 = time.perf_counter()
         out["steps"].append({
             "step": k + 1, "params": rec.params_total, "fraction_of_original": rec.fraction_of_original,

@@ -12,9 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-
-class UnsupportedArchitectureError(ValueError):
-    """The model's architecture has no adapter."""
+from .errors import UnsupportedArchitectureError
 
 
 @dataclass(frozen=True)

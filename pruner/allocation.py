@@ -2,7 +2,7 @@
 
 The sparsity ``s_l`` of a layer is the fraction of its prunable parameters (attention KV groups and MLP
 channels, shared as in the reference code) removed relative to the *original* model. One step of the
-adaptive rule (METHOD.md)::
+adaptive rule (docs/method.md)::
 
     s_l ← clip(s_l + Δ − A·Ĩ_l, 0, s_max)
 
@@ -23,13 +23,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+from .config import METHODS
+from .errors import AllocationError
 from .structure import Geometry, LayerWidths
-
-METHODS = ("adaptive", "uniform", "custom")
-
-
-class AllocationError(ValueError):
-    """The requested sparsity cannot be allocated."""
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Corpora (all real text, shipped by PyPI packages or in ``assets/``):
 
-* ``wikitext2`` — WikiText-2 validation / test (``assets/data/wikitext-2``), the perplexity benchmark;
+* ``wikitext2`` — WikiText-2 validation / test (``pruner/resources/wikitext-2``, shipped with the package),
+  the perplexity benchmark;
 * ``wiki`` — 2,349 Wikipedia articles, ``c4`` — 118 C4 documents, ``stories`` — children's stories,
   ``technical`` and ``code`` — from the calibration set that the ``exllamav2`` package ships;
 * any path to a UTF-8 text file.
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-WIKITEXT_DIR = ASSETS / "data" / "wikitext-2"
+from .errors import DataError
+
+WIKITEXT_DIR = Path(__file__).resolve().parent / "resources" / "wikitext-2"
 
 EXLLAMA_CORPORA = {
     "wiki": "wiki.utf8",
@@ -39,10 +41,6 @@ CORPUS_DESCRIPTIONS = {
     "technical": "Technical writing (exllamav2 calibration set)",
     "code": "Source code (exllamav2 calibration set)",
 }
-
-
-class DataError(ValueError):
-    """A corpus or text cannot be used (missing package, empty or too short)."""
 
 
 def package_dir(package: str) -> Path:

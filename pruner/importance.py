@@ -1,6 +1,6 @@
 """Layer importance and unit importance, measured together in one pass over the calibration tokens.
 
-* **Layer importance** (METHOD.md): for decoder layer l, ``I_l = -mean_t cos(x_in, x_out)`` over all tokens,
+* **Layer importance** (docs/method.md): for decoder layer l, ``I_l = -mean_t cos(x_in, x_out)`` over all tokens,
   with x_in / x_out the hidden states entering and leaving the block (after both residual adds). Normalised
   ``Ĩ = (I - mean I) / max|I - mean I|`` (in [-1, 1], mean 0).
 * **Unit importance** of KV groups and MLP channels, by criterion:
@@ -17,6 +17,7 @@ requested for the prunable projections (not embeddings, norms or lm_head), which
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,13 +26,9 @@ import torch
 from torch import nn
 
 from .adapters import adapter_for
+from .config import CRITERIA
+from .errors import Cancelled, ConfigError
 from .structure import Geometry, geometry, layer_widths_of
-
-CRITERIA = ("taylor", "magnitude", "activation")
-
-
-class Cancelled(RuntimeError):
-    """Raised when a caller's ``should_stop`` returned True; nothing was changed."""
 
 
 @dataclass
@@ -87,6 +84,128 @@ def _unit_scores_from_elementwise(
     return groups.double().cpu(), channels.double().cpu()
 
 
+# ---------------------------------------------------------------------- criteria: one class each
+
+
+class Criterion:
+    """How the weights of one unit are scored: element-wise contributions of every projection (and bias), which
+    :func:`_unit_scores_from_elementwise` sums per KV group and per MLP channel."""
+
+    name = ""
+    needs_grad = False  # the criterion reads ∂L/∂W (a backward pass per batch)
+
+    def attach(self, layers, adapter) -> list:
+        """Register the forward hooks the criterion needs; returns their handles."""
+        return []
+
+    def elementwise(self, li: int, mods: dict[str, nn.Linear]) -> tuple[dict, dict]:
+        raise NotImplementedError
+
+
+class Taylor(Criterion):
+    """First-order Taylor, element-wise: |W ⊙ ∂L/∂W| (the paper's)."""
+
+    name, needs_grad = "taylor", True
+
+    def elementwise(self, li, mods):
+        # float32 products: bf16 sums over millions of elements would lose the ranking
+        e = {k: (m.weight.float() * m.weight.grad.float()).abs() for k, m in mods.items()}
+        eb = {k: (m.bias.float() * m.bias.grad.float()).abs() if m.bias is not None and m.bias.grad is not None
+              else None for k, m in mods.items()}
+        return e, eb
+
+
+class Magnitude(Criterion):
+    """|W| (L1)."""
+
+    name = "magnitude"
+
+    def elementwise(self, li, mods):
+        return ({k: m.weight.float().abs() for k, m in mods.items()},
+                {k: m.bias.float().abs() if m.bias is not None else None for k, m in mods.items()})
+
+
+class Activation(Criterion):
+    """Wanda-style |W_ij| · ‖X_j‖₂, X the input activations of each module (q/k/v share q's input, up shares
+    gate's)."""
+
+    name = "activation"
+    SOURCE = {"q": "q", "k": "q", "v": "q", "o": "o", "gate": "gate", "up": "gate", "down": "down"}
+
+    def __init__(self):
+        self.sq: dict[tuple[int, str], torch.Tensor] = {}
+
+    def attach(self, layers, adapter) -> list:
+        def hook(key):
+            def fn(module, args):
+                x = args[0].detach().float()
+                self.sq[key] = self.sq.get(key, 0) + x.pow(2).reshape(-1, x.shape[-1]).sum(0)
+
+            return fn
+
+        handles = []
+        for li, layer in enumerate(layers):
+            a, m = adapter.attn_linears(layer), adapter.mlp_linears(layer)
+            for role, mod in (("q", a["q"]), ("o", a["o"]), ("gate", m["gate"]), ("down", m["down"])):
+                handles.append(mod.register_forward_pre_hook(hook((li, role))))
+        return handles
+
+    def elementwise(self, li, mods):
+        norm = {k: self.sq[(li, k)].sqrt() for k in ("q", "o", "gate", "down")}
+        return {k: m.weight.float().abs() * norm[self.SOURCE[k]][None, :] for k, m in mods.items()}, {}
+
+
+CRITERION_CLASSES: dict[str, type[Criterion]] = {c.name: c for c in (Taylor, Magnitude, Activation)}
+assert tuple(CRITERION_CLASSES) == CRITERIA
+
+
+def criterion_for(name: str) -> Criterion:
+    if name not in CRITERION_CLASSES:
+        raise ConfigError(f"Unknown criterion '{name}': use one of {', '.join(CRITERIA)}")
+    return CRITERION_CLASSES[name]()
+
+
+# ---------------------------------------------------------------------- the measurement
+
+
+class _LayerCosines:
+    """Forward hooks summing cos(x_in, x_out) over the tokens of every decoder layer."""
+
+    def __init__(self, layers):
+        self.sum = torch.zeros(len(layers), dtype=torch.float64)
+        self.handles = [layer.register_forward_hook(self._hook(li), with_kwargs=True) for li, layer in enumerate(layers)]
+
+    def _hook(self, li):
+        def hook(module, args, kwargs, output):
+            x_in, x_out = _hidden_in(args, kwargs).detach(), _hidden_out(output).detach()
+            c = nn.functional.cosine_similarity(x_in.float(), x_out.float(), dim=-1)
+            self.sum[li] += c.double().sum().cpu()
+
+        return hook
+
+
+@contextlib.contextmanager
+def _gradients_only_for(model: nn.Module, params: list[nn.Parameter]):
+    """Eval mode, gradients requested only for ``params``; ``requires_grad``, ``.grad`` and the training flag
+    are put back afterwards (the measurement's gradients are freed)."""
+    saved_flags = {id(p): p.requires_grad for p in model.parameters()}
+    saved_grads = {id(p): p.grad for p in model.parameters()}
+    was_training = model.training
+    try:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+        for p in params:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(saved_flags[id(p)])
+            p.grad = saved_grads[id(p)]
+        model.train(was_training)
+
+
 def measure_importance(
     model: nn.Module,
     windows: torch.Tensor,
@@ -99,124 +218,57 @@ def measure_importance(
 
     Leaves weights, ``requires_grad`` flags and ``.grad`` exactly as they were (grads are freed afterwards).
     """
-    if criterion not in CRITERIA:
-        raise ValueError(f"Unknown criterion '{criterion}': use one of {', '.join(CRITERIA)}")
+    crit = criterion_for(criterion)
     if windows.ndim != 2 or windows.shape[0] == 0 or windows.shape[1] < 2:
-        raise ValueError("Calibration windows must be a non-empty [n_windows, window_length ≥ 2] tensor")
+        raise ConfigError("Calibration windows must be a non-empty [n_windows, window_length ≥ 2] tensor")
     adapter = adapter_for(model)
     geo = geometry(model, adapter)
     layers = adapter.layers(model)
-    device = next(model.parameters()).device
     t0 = time.perf_counter()
-
-    cos_sum = torch.zeros(len(layers), dtype=torch.float64)
-    n_tok = 0
-    act_sq: dict[tuple[int, str], torch.Tensor] = {}
-    handles = []
-
-    def layer_hook(li):
-        def hook(module, args, kwargs, output):
-            x_in = _hidden_in(args, kwargs).detach()
-            x_out = _hidden_out(output).detach()
-            c = nn.functional.cosine_similarity(x_in.float(), x_out.float(), dim=-1)
-            cos_sum[li] += c.double().sum().cpu()
-
-        return hook
-
-    def act_hook(key):
-        def hook(module, args):
-            x = args[0].detach().float()
-            s = x.pow(2).reshape(-1, x.shape[-1]).sum(0)
-            act_sq[key] = act_sq.get(key, 0) + s
-
-        return hook
-
-    for li, layer in enumerate(layers):
-        handles.append(layer.register_forward_hook(layer_hook(li), with_kwargs=True))
-        if criterion == "activation":
-            a, m = adapter.attn_linears(layer), adapter.mlp_linears(layer)
-            for role, mod in (("q", a["q"]), ("o", a["o"]), ("gate", m["gate"]), ("down", m["down"])):
-                handles.append(mod.register_forward_pre_hook(act_hook((li, role))))
-
-    prunable = []
-    for layer in layers:
-        for mod in (*adapter.attn_linears(layer).values(), *adapter.mlp_linears(layer).values()):
-            prunable.extend(p for p in mod.parameters())
-    saved_flags = {id(p): p.requires_grad for p in model.parameters()}
-    saved_grads = {id(p): p.grad for p in model.parameters()}
-    was_training = model.training
-    use_grad = criterion == "taylor"
-    loss_sum = 0.0
+    cosines = _LayerCosines(layers)
+    handles = cosines.handles + crit.attach(layers, adapter)
+    prunable = [p for layer in layers
+                for mod in (*adapter.attn_linears(layer).values(), *adapter.mlp_linears(layer).values())
+                for p in mod.parameters()]
     try:
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-            p.grad = None
-        if use_grad:
-            for p in prunable:
-                p.requires_grad_(True)
-        n_batches = (windows.shape[0] + batch_size - 1) // batch_size
-        for bi in range(n_batches):
-            if should_stop is not None and should_stop():
-                raise Cancelled("importance measurement cancelled")
-            batch = windows[bi * batch_size : (bi + 1) * batch_size].to(device)
-            with torch.set_grad_enabled(use_grad):
-                out = model(input_ids=batch, labels=batch if use_grad else None, use_cache=False)
-                if use_grad:
-                    # weight each batch by its share of the tokens, so the sum is the mean loss
-                    (out.loss * batch.shape[0] / windows.shape[0]).backward()
-                    loss_sum += out.loss.item() * batch.shape[0]
-            n_tok += batch.numel()
-            del out
-            if progress is not None:
-                progress(bi + 1, n_batches)
-
-        group_scores, channel_scores = [], []
-        with torch.no_grad():
-            for li, layer in enumerate(layers):
-                a, m = adapter.attn_linears(layer), adapter.mlp_linears(layer)
-                mods = {**a, **m}
-                w = layer_widths_of(layer, adapter, geo)
-                if criterion == "taylor":
-                    # float32 products: bf16 sums over millions of elements would lose the ranking
-                    e = {k: (mod.weight.float() * mod.weight.grad.float()).abs() for k, mod in mods.items()}
-                    eb = {k: (mod.bias.float() * mod.bias.grad.float()).abs()
-                          if mod.bias is not None and mod.bias.grad is not None else None for k, mod in mods.items()}
-                elif criterion == "magnitude":
-                    e = {k: mod.weight.float().abs() for k, mod in mods.items()}
-                    eb = {k: mod.bias.float().abs() if mod.bias is not None else None for k, mod in mods.items()}
-                else:
-                    norm = {k: act_sq[(li, k)].sqrt() for k in ("q", "o", "gate", "down")}
-                    src = {"q": "q", "k": "q", "v": "q", "o": "o", "gate": "gate", "up": "gate", "down": "down"}
-                    e = {k: mod.weight.float().abs() * norm[src[k]][None, :] for k, mod in mods.items()}
-                    eb = {}
-                g, c = _unit_scores_from_elementwise(geo, w.num_kv_heads, e, eb)
-                group_scores.append(g)
-                channel_scores.append(c)
+        with _gradients_only_for(model, prunable if crit.needs_grad else []):
+            n_tok, loss = _forward_backward(model, windows, batch_size, crit.needs_grad, should_stop, progress)
+            group_scores, channel_scores = [], []
+            with torch.no_grad():
+                for li, layer in enumerate(layers):
+                    mods = {**adapter.attn_linears(layer), **adapter.mlp_linears(layer)}
+                    e, eb = crit.elementwise(li, mods)
+                    g, c = _unit_scores_from_elementwise(geo, layer_widths_of(layer, adapter, geo).num_kv_heads, e, eb)
+                    group_scores.append(g)
+                    channel_scores.append(c)
     finally:
         for h in handles:
             h.remove()
-        for p in model.parameters():
-            p.requires_grad_(saved_flags[id(p)])
-            p.grad = saved_grads[id(p)]
-        model.train(was_training)
-
-    cos = (cos_sum / max(n_tok, 1)).tolist()
+    cos = (cosines.sum / max(n_tok, 1)).tolist()
     imp = [-c for c in cos]
-    return Importance(
-        layer_cos=cos,
-        layer_importance=imp,
-        layer_importance_norm=normalise_importance(imp),
-        group_scores=group_scores,
-        channel_scores=channel_scores,
-        criterion=criterion,
-        tokens=n_tok,
-        loss=loss_sum / windows.shape[0] if use_grad else None,
-        seconds=time.perf_counter() - t0,
-    )
+    return Importance(layer_cos=cos, layer_importance=imp, layer_importance_norm=normalise_importance(imp),
+                      group_scores=group_scores, channel_scores=channel_scores, criterion=criterion, tokens=n_tok,
+                      loss=loss, seconds=time.perf_counter() - t0)
 
 
-def layer_importance(model: nn.Module, windows: torch.Tensor, batch_size: int = 8) -> list[float]:
-    """Raw layer importance ``-mean cos(x_in, x_out)`` per decoder layer (forward only, no gradients)."""
-    return measure_importance(model, windows, criterion="magnitude", batch_size=batch_size).layer_importance
-
+def _forward_backward(model, windows, batch_size, use_grad, should_stop, progress) -> tuple[int, float | None]:
+    """Run the calibration batches (with a backward of the mean loss when ``use_grad``); returns the tokens seen
+    and the mean loss."""
+    device = next(model.parameters()).device
+    n_batches = (windows.shape[0] + batch_size - 1) // batch_size
+    n_tok, loss_sum = 0, 0.0
+    for bi in range(n_batches):
+        if should_stop is not None and should_stop():
+            raise Cancelled("importance measurement cancelled")
+        batch = windows[bi * batch_size : (bi + 1) * batch_size].to(device)
+        with torch.set_grad_enabled(use_grad):
+            out = model(input_ids=batch, labels=batch if use_grad else None, use_cache=False)
+            if use_grad:
+                # weight each batch by its share of the tokens, so the sum is the mean loss
+                (out.loss * batch.shape[0] / windows.shape[0]).backward()
+                loss_sum += out.loss.item() * batch.shape[0]
+        n_tok += batch.numel()
+        del out
+        if progress is not None:
+            progress(bi + 1, n_batches)
+    return n_tok, (loss_sum / windows.shape[0] if use_grad else None)

@@ -26,21 +26,19 @@ from torch import nn
 
 from .adapters import adapter_for, adapter_for_config
 from .data import package_dir
-from .structure import LayerWidths, count_parameters, geometry, is_uniform, layer_widths, sync_config
-
-FORMAT = "adapt-pruner/1"
-WIDTHS_FILE = "pruned_widths.json"
-RECORD_FILE = "pruning_record.json"
-DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_NAME = "SmolLM2-135M-Instruct"
-
-
-class ModelLoadError(RuntimeError):
-    """A model source cannot be loaded (missing, corrupt, inconsistent, or unreachable)."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("ADAPT_PRUNER_CACHE", Path.home() / ".cache" / "adapt-pruner"))
+from .errors import ConfigError, ModelLoadError
+from .formats import DEFAULT_GGUF, DEFAULT_NAME, FORMAT, RECORD_FILE, WIDTHS_FILE, cache_dir
+from .structure import (
+    ORIGIN_ATTR,
+    LayerWidths,
+    Origin,
+    count_parameters,
+    geometry,
+    is_uniform,
+    layer_widths,
+    origin_of,
+    sync_config,
+)
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -66,7 +64,7 @@ def _resolve_dtype(dtype, device) -> torch.dtype:
             return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
                     "float16": torch.float16, "fp16": torch.float16}[dtype]
         except KeyError as exc:
-            raise ValueError(f"Unknown dtype '{dtype}': use float32, bfloat16 or float16") from exc
+            raise ConfigError(f"Unknown dtype '{dtype}': use float32, bfloat16 or float16") from exc
     return dtype
 
 
@@ -204,7 +202,6 @@ def save_pruned(model: nn.Module, tokenizer, out_dir, record=None, overwrite: bo
     """
     from safetensors.torch import save_file
 
-    from .prune import origin_of
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -270,7 +267,6 @@ def load_pruned(folder, device=None, dtype=None):
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from .prune import ORIGIN_ATTR, Origin
 
     folder = Path(folder)
     dev = pick_device(device)

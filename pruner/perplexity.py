@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .data import DataError, tokenize_corpus
+from .errors import ConfigError
 from .importance import Cancelled
 
 
@@ -39,10 +40,10 @@ def perplexity(
     max_tokens, detokenize, seconds.
     """
     if window < 2:
-        raise ValueError(f"The window must hold at least 2 tokens, got {window}")
+        raise ConfigError(f"The window must hold at least 2 tokens, got {window}")
     stride = stride or window
     if not 0 < stride <= window:
-        raise ValueError(f"The stride must lie in (0, window], got {stride}")
+        raise ConfigError(f"The stride must lie in (0, window], got {stride}")
     if text is not None and not text.strip():
         raise DataError("The text is empty")
     ids = tokenize_corpus(tokenizer, dataset, split, detokenize, text=text)

@@ -1,23 +1,24 @@
-"""The adaptive pruning loop: measure → allocate → cut, in small sub-steps, until a parameter target is met.
+"""The pruning loop: measure → plan → cut, in small sub-steps, until a parameter target is met.
 
 Typical use (script or notebook)::
 
     from pruner import load_model, Pruner, PruneConfig
     model, tok = load_model("default")
     pruner = Pruner(model, tok, PruneConfig(target=0.8, method="adaptive", criterion="taylor"))
+    plan = pruner.preview()            # the planned sub-steps to the target, nothing cut
     record = pruner.run()              # or: for step in pruner.iter_run(): ...
     pruner.undo()                      # back one sub-step (bounded history)
 
-Every sub-step re-measures importance on a fresh calibration sample, allocates per-layer sparsity, keeps the
-highest-scoring units of every layer and removes the rest physically. A sub-step is atomic: the replacement
-modules are built first and swapped in at the end, so an error or a cancel leaves the model as it was.
-The final sub-step is shortened so that the total lands on the target instead of overshooting it.
+Every sub-step re-measures importance on a fresh calibration sample (``docs/method.md``), asks the
+:class:`~pruner.planner.Planner` for the next sub-step — allocation, widths, the units to keep, shortened at the
+end so the total lands on the target — and removes the other units physically. A sub-step is atomic: the
+replacement modules are built first and swapped in at the end, so an error or a cancel leaves the model as it
+was.
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -26,39 +27,24 @@ import torch
 from torch import nn
 
 from .adapters import adapter_for
-from .allocation import AllocationError, allocate_sparsity, plan_widths, plan_widths_by_score, sparsity_of
+from .config import PruneConfig
 from .data import calibration_windows
-from .importance import CRITERIA, Cancelled, Importance, measure_importance
-from .structure import LayerCut, LayerWidths, apply_patch, build_cut, count_parameters, geometry, layer_widths
+from .errors import AllocationError, Cancelled
+from .importance import Importance, measure_importance
+from .memory import peak_memory
+from .planner import PlannedStep, Planner, Schedule, UnitScores
+from .structure import (
+    LayerCut,
+    Origin,
+    apply_patch,
+    build_cut,
+    count_parameters,
+    geometry,
+    layer_widths,
+    origin_of,
+)
 
-
-@dataclass
-class PruneConfig:
-    """Settings of a pruning run. Defaults follow METHOD.md except the CPU-sized calibration."""
-
-    target: float = 0.8  # fraction of the original total parameters (0 < t < 1), or a parameter count (> 1)
-    method: str = "adaptive"  # adaptive | uniform | custom
-    criterion: str = "taylor"  # taylor | magnitude | activation
-    amplitude: float = 0.02  # A in s_l ← clip(s_l + Δ − A·Ĩ_l, 0, s_max)
-    step: float = 0.02  # Δ: mean sparsity added per sub-step (fraction of each layer's parameters)
-    max_sparsity: float = 0.99  # s_max
-    min_channels: int = 1  # floor for MLP channels (a layer also keeps ≥ 1 KV group)
-    multiple: int = 1  # round MLP widths down to a multiple of this (e.g. 8 or 64)
-    custom: list[float] | None = None  # final per-layer sparsities for method="custom"
-    # how a layer's budget is split between KV groups and MLP channels: "score" removes the units of lowest
-    # score per parameter first (groups and channels ranked together); "proportional" makes attention and MLP
-    # share s_l as in the reference code. Measured on the default model at 80 %: WikiText-2 test perplexity
-    # 50.3 (score) vs 91.3 (proportional), 512-token windows (README).
-    attention: str = "score"
-    calibration: str = "wiki"  # corpus name or text file
-    n_windows: int = 32  # the paper uses 512 × 64 per sub-step; 32 × 128 is CPU-friendly
-    window: int = 128
-    batch_size: int = 8
-    seed: int = 0
-    max_steps: int = 500
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["PruneConfig", "PruneRecord", "Pruner", "StepRecord", "prune_to_target"]
 
 
 @dataclass
@@ -116,60 +102,8 @@ class PruneRecord:
             json.dump(self.to_dict(), f, indent=1)
 
 
-@dataclass
-class Origin:
-    """What the model looked like before any pruning, and which original units each layer still has."""
-
-    widths: list[LayerWidths]
-    params: dict
-    kept_groups: list[list[int]]
-    kept_channels: list[list[int]]
-
-    def to_dict(self) -> dict:
-        return {
-            "widths": [w.to_dict() for w in self.widths],
-            "params": self.params,
-            "kept_groups": self.kept_groups,
-            "kept_channels": self.kept_channels,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Origin:
-        return cls([LayerWidths(**w) for w in d["widths"]], d["params"], d["kept_groups"], d["kept_channels"])
-
-
-ORIGIN_ATTR = "_adapt_pruner_origin"
-
-
-def origin_of(model: nn.Module) -> Origin:
-    """The model's :class:`Origin`; an unpruned model becomes its own origin."""
-    o = getattr(model, ORIGIN_ATTR, None)
-    if o is None:
-        widths = layer_widths(model)
-        o = Origin(
-            widths=widths,
-            params=count_parameters(model),
-            kept_groups=[list(range(w.num_kv_heads)) for w in widths],
-            kept_channels=[list(range(w.intermediate_size)) for w in widths],
-        )
-        setattr(model, ORIGIN_ATTR, o)
-    return o
-
-
-def top_units(scores: torch.Tensor, keep: int) -> list[int]:
-    """Indices of the ``keep`` highest scores, ascending; ties go to the lower index."""
-    order = sorted(range(scores.numel()), key=lambda i: (-float(scores[i]), i))
-    return sorted(order[:keep])
-
-
-def _peak_memory(device: torch.device) -> tuple[int, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device), "cuda max_memory_allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
-
-
 class Pruner:
-    """A pruning session over one model: sub-steps, run to target, bounded undo, and the record."""
+    """A pruning session over one model: sub-steps, run to target, preview, bounded undo, and the record."""
 
     def __init__(self, model: nn.Module, tokenizer, config: PruneConfig | None = None, keep_history: int = 3,
                  calibration_text: str | None = None):
@@ -181,39 +115,29 @@ class Pruner:
         self.geo = geometry(model, self.adapter)
         self.origin = origin_of(model)
         self.keep_history = keep_history
-        self._history: list[tuple[dict, list[float], Origin, StepRecord]] = []
-        self._validate_config()
-        widths = layer_widths(model, self.adapter)
-        self.sparsity = sparsity_of(self.geo, self.origin.widths, widths)
+        self._history: list[tuple[dict, list[float], Origin, StepRecord, tuple | None]] = []
+        counts = count_parameters(model, self.adapter)
+        # embeddings, lm_head and norms: untouched by pruning, so counted once
+        self.fixed_params = counts["total"] - sum(self.geo.layer_prunable_params(w) for w in self.widths())
+        self.planner = self._planner(self.config)
+        self.sparsity = self.planner.actual_sparsity(self.widths())
+        # the last measurement and the scores of the units that survived its sub-step: reused by the next
+        # sub-steps when config.remeasure is False, and by preview(measure=False) as an estimate
+        self._last: tuple[Importance, UnitScores] | None = None
         self.record = self._new_record()
 
-    # ------------------------------------------------------------------ setup and checks
+    # ------------------------------------------------------------------ setup
+    def _planner(self, config: PruneConfig) -> Planner:
+        return Planner(self.geo, self.origin.widths, self.fixed_params, config, self.origin.params["total"])
+
     def configure(self, config: PruneConfig, calibration_text: str | None = None) -> None:
         """Replace the settings for the next sub-steps (validated first; nothing changes on error)."""
-        old = self.config
-        self.config = config
-        try:
-            self._validate_config()
-        except ValueError:
-            self.config = old
-            raise
+        self.planner = self._planner(config)
         self.calibration_text = calibration_text
+        if config.criterion != self.config.criterion or not config.remeasure:
+            self._last = None  # scores of another criterion, or a held measurement of other settings
+        self.config = config
         self.record.config = config.to_dict()
-
-    def _validate_config(self) -> None:
-        c = self.config
-        if c.criterion not in CRITERIA:
-            raise ValueError(f"Unknown criterion '{c.criterion}': use one of {', '.join(CRITERIA)}")
-        if c.method not in ("adaptive", "uniform", "custom"):
-            raise ValueError(f"Unknown method '{c.method}': use adaptive, uniform or custom")
-        if not 0 < c.step <= 0.5:
-            raise ValueError(f"The per-step budget must lie in (0, 0.5], got {c.step}")
-        if c.attention not in ("proportional", "score"):
-            raise ValueError(f"Unknown attention policy '{c.attention}': use proportional or score")
-        if c.amplitude < 0:
-            raise ValueError(f"The amplitude A must be ≥ 0, got {c.amplitude}")
-        if c.n_windows < 1 or c.window < 2 or c.batch_size < 1:
-            raise ValueError("Calibration needs ≥ 1 window of ≥ 2 tokens and a batch size ≥ 1")
 
     def _new_record(self) -> PruneRecord:
         return PruneRecord(
@@ -229,49 +153,17 @@ class Pruner:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def widths(self):
+        return layer_widths(self.model, self.adapter)
+
+    def params_total(self) -> int:
+        return count_parameters(self.model, self.adapter)["total"]
+
     def target_params(self) -> int:
-        """The target as a parameter count; raises ValueError for an impossible target."""
-        t = self.config.target
-        total0 = self.origin.params["total"]
-        now = count_parameters(self.model, self.adapter)["total"]
-        if t is None or t <= 0:
-            raise ValueError(f"The target must be > 0 (a fraction of the original size or a parameter count), got {t}")
-        n = int(round(t * total0)) if t < 1 else int(t)
-        if t >= 1 and t < 2:
-            raise ValueError(f"The target {t} is ≥ 100 % of the model's size; use a fraction < 1 or a count")
-        if n >= now:
-            raise ValueError(
-                f"The target ({n:,} parameters, {n / total0:.1%} of the original) is not below the model's "
-                f"current size ({now:,}, {now / total0:.1%})"
-            )
-        smallest = self.smallest_reachable()
-        if n < smallest:
-            raise AllocationError(
-                f"The target ({n:,} parameters, {n / total0:.1%}) cannot be met without emptying a layer: the "
-                f"smallest reachable size with s_max={self.config.max_sparsity} and one KV group / "
-                f"{max(self.config.min_channels, self.config.multiple)} channel(s) per layer is {smallest:,} "
-                f"({smallest / total0:.1%})"
-            )
-        return n
+        """The target as a parameter count; raises AllocationError for a target the model cannot be pruned to."""
+        return self.planner.check_target(self.widths())
 
-    def smallest_reachable(self) -> int:
-        widths = layer_widths(self.model, self.adapter)
-        s = [self.config.max_sparsity] * len(widths)
-        plan, _ = plan_widths(self.geo, self.origin.widths, widths, s, self.config.min_channels, self.config.multiple)
-        return self._params_of(plan)
-
-    def _params_of(self, widths: list[LayerWidths]) -> int:
-        other = count_parameters(self.model, self.adapter)["other"]
-        norms_etc = self._fixed_layer_params()
-        return other + norms_etc + sum(self.geo.layer_prunable_params(w) for w in widths)
-
-    def _fixed_layer_params(self) -> int:
-        """Decoder-layer parameters that pruning does not touch (norms; o/down biases are in prunable)."""
-        widths = layer_widths(self.model, self.adapter)
-        decoder = count_parameters(self.model, self.adapter)["decoder_layers"]
-        return decoder - sum(self.geo.layer_prunable_params(w) for w in widths)
-
-    # ------------------------------------------------------------------ one sub-step
+    # ------------------------------------------------------------------ measure and plan
     def calibration(self, step_index: int) -> torch.Tensor:
         c = self.config
         return calibration_windows(self.tokenizer, c.calibration, c.n_windows, c.window, seed=c.seed + step_index,
@@ -283,115 +175,139 @@ class Pruner:
         windows = self.calibration(idx)
         return measure_importance(self.model, windows, self.config.criterion, self.config.batch_size, should_stop)
 
-    def plan(self, importance: Importance, fraction: float = 1.0):
-        """Allocation and widths of a sub-step using ``fraction`` of the per-step budget (no change)."""
-        c = self.config
-        alloc = allocate_sparsity(self.sparsity, importance.layer_importance_norm, c.step * fraction,
-                                  c.amplitude * fraction, c.method, c.max_sparsity, c.custom)
-        widths_now = layer_widths(self.model, self.adapter)
-        if c.attention == "score":
-            widths, floored = plan_widths_by_score(self.geo, self.origin.widths, widths_now, alloc.sparsity,
-                                                   importance.group_scores, importance.channel_scores,
-                                                   c.min_channels, c.multiple)
-        else:
-            widths, floored = plan_widths(self.geo, self.origin.widths, widths_now, alloc.sparsity, c.min_channels,
-                                          c.multiple)
-        return alloc, widths, floored, self._params_of(widths)
+    @property
+    def _held(self) -> tuple[Importance, UnitScores] | None:
+        return None if self.config.remeasure else self._last
 
-    def _fraction_for_target(self, importance: Importance, target: int) -> float:
-        """Largest budget fraction ≤ 1 whose plan stays closest to ``target`` without a needless overshoot."""
-        _, _, _, p_full = self.plan(importance, 1.0)
-        if p_full >= target:
-            return 1.0
-        lo, hi = 0.0, 1.0  # params(lo) > target >= params(hi)
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            if self.plan(importance, mid)[3] > target:
-                lo = mid
-            else:
-                hi = mid
-        p_lo, p_hi = self.plan(importance, lo)[3], self.plan(importance, hi)[3]
-        return lo if (p_lo - target) < (target - p_hi) and lo > 0 else hi
+    @property
+    def last_measurement(self) -> Importance | None:
+        """The importance measured for the last sub-step (None before the first)."""
+        return self._last[0] if self._last else None
 
+    def _scores(self, importance: Importance | None, measure: bool = True) -> UnitScores:
+        if importance is not None:
+            return UnitScores.of(importance)
+        if self._held is not None:
+            return self._held[1]
+        if not measure:
+            if self._last is None:
+                raise AllocationError("Measure importance first: nothing has been measured on this model yet")
+            return self._last[1]
+        return UnitScores.of(self.measure())
+
+    def plan(self, importance: Importance, fraction: float = 1.0) -> PlannedStep:
+        """The sub-step that uses ``fraction`` of the per-step budget (no change to the model)."""
+        return self.planner.plan(self.sparsity, self.widths(), UnitScores.of(importance), fraction,
+                                 len(self.record.steps))
+
+    def preview(self, importance: Importance | None = None, config: PruneConfig | None = None,
+                measure: bool = True) -> Schedule:
+        """The planned sub-steps from the current model to the target (nothing is cut).
+
+        The first planned step is exactly what :meth:`step` does with the same ``importance``; later ones reuse
+        its scores for the surviving units and are marked ``estimate`` (the run re-measures before every
+        sub-step unless ``config.remeasure`` is False). Without ``importance`` it is measured now — or, with
+        ``measure=False``, the last sub-step's measurement is reused and every step is an estimate. ``config``
+        previews other settings without applying them.
+        """
+        planner = self.planner if config is None else self._planner(config)
+        widths = self.widths()
+        target = planner.check_target(widths)
+        stale = importance is None and not measure and self._held is None
+        scores = self._scores(importance, measure)
+        out = planner.schedule(self.sparsity, widths, scores, target, len(self.record.steps))
+        if stale:
+            for st in out.steps:
+                st.estimate = True
+        return out
+
+    # ------------------------------------------------------------------ one sub-step
     def step(self, fraction: float | None = None, importance: Importance | None = None,
              should_stop: Callable[[], bool] | None = None) -> StepRecord:
-        """One sub-step: measure (unless given), allocate, cut. ``fraction=None`` shortens the step so the
-        run's target is not overshot. Atomic: on any error the model is unchanged."""
+        """One sub-step: measure (unless given), plan, cut. ``fraction=None`` shortens the step so the run's
+        target is not overshot. Atomic: on any error the model is unchanged."""
         t0 = time.perf_counter()
         index = len(self.record.steps)
-        imp = importance or self.measure(index, should_stop)
+        measured = importance is None and self._held is None
+        if measured:
+            importance = self.measure(index, should_stop)
+        scores = self._scores(importance)
+        shown = importance if importance is not None else self._held[0]
         t1 = time.perf_counter()
+        widths_now = self.widths()
         if fraction is None:
-            fraction = self._fraction_for_target(imp, self.target_params())
-        alloc, widths, floored, _ = self.plan(imp, fraction)
-        widths_now = layer_widths(self.model, self.adapter)
-        if widths == widths_now:
+            planned = self.planner.next_step(self.sparsity, widths_now, scores, self.target_params(), index)
+        else:
+            planned = self.planner.plan(self.sparsity, widths_now, scores, fraction, index)
+        if planned.widths == widths_now:
             raise AllocationError(
                 "This step would remove nothing: every layer is at its floor, its s_max or already at its "
-                "allocation. " + " ".join(alloc.notes())
-            )
+                "allocation. " + " ".join(planned.allocation.notes()))
         if should_stop is not None and should_stop():
             raise Cancelled("cancelled before the cut")
-        cuts = {}
-        for li, (w, now) in enumerate(zip(widths, widths_now, strict=True)):
-            if w == now:
-                continue
-            cuts[li] = LayerCut(top_units(imp.group_scores[li], w.num_kv_heads),
-                                top_units(imp.channel_scores[li], w.intermediate_size))
+        cuts = {li: LayerCut(planned.keep_groups[li], planned.keep_channels[li])
+                for li, (w, now) in enumerate(zip(planned.widths, widths_now, strict=True)) if w != now}
         patch = build_cut(self.model, cuts, self.adapter)  # may fail: nothing changed yet
         old_origin = Origin(list(self.origin.widths), dict(self.origin.params),
                             [list(g) for g in self.origin.kept_groups], [list(c) for c in self.origin.kept_channels])
-        old_sparsity = list(self.sparsity)
+        old = (list(self.sparsity), self._last)
         inverse = apply_patch(self.model, patch, self.adapter)
         for li, cut in cuts.items():
             self.origin.kept_groups[li] = [self.origin.kept_groups[li][i] for i in cut.keep_groups]
             self.origin.kept_channels[li] = [self.origin.kept_channels[li][i] for i in cut.keep_channels]
-        self.sparsity = alloc.sparsity
+        self.sparsity = planned.sparsity
+        self._last = (shown, scores.restricted(planned.keep_groups, planned.keep_channels))
         t2 = time.perf_counter()
-        params = count_parameters(self.model, self.adapter)
-        new_widths = layer_widths(self.model, self.adapter)
-        rec = StepRecord(
-            index=index,
-            fraction=fraction,
-            layer_cos=imp.layer_cos,
-            layer_importance=imp.layer_importance,
-            layer_importance_norm=imp.layer_importance_norm,
-            calibration_loss=imp.loss,
-            allocated_sparsity=alloc.sparsity,
-            actual_sparsity=sparsity_of(self.geo, self.origin.widths, new_widths),
-            constraints=alloc.notes() + ([f"layers {floored}: at the floor"] if floored else []),
-            floored_layers=floored,
-            widths=[w.to_dict() for w in new_widths],
-            params_total=params["total"],
-            params_decoder=params["decoder_layers"],
-            fraction_of_original=params["total"] / self.origin.params["total"],
-            seconds_importance=(t1 - t0) if importance is None else imp.seconds,
-            seconds_surgery=t2 - t1,
-            calibration_tokens=imp.tokens,
-        )
+        if measured:
+            sec, tokens = t1 - t0, shown.tokens
+        elif importance is not None:
+            sec, tokens = importance.seconds, importance.tokens
+        else:  # the held measurement again: nothing measured in this sub-step
+            sec, tokens = 0.0, 0
+        rec = self._step_record(index, planned, shown, sec, tokens, t2 - t1)
         self.record.steps.append(rec)
-        self._history.append((inverse, old_sparsity, old_origin, rec))
+        self._history.append((inverse, old[0], old_origin, rec, old[1]))
         if len(self._history) > self.keep_history:
             self._history.pop(0)
         self._finish_record()
         return rec
 
+    def _step_record(self, index: int, planned: PlannedStep, imp: Importance, sec_imp: float, tokens: int,
+                     sec_cut: float) -> StepRecord:
+        params = count_parameters(self.model, self.adapter)
+        new_widths = self.widths()
+        return StepRecord(
+            index=index,
+            fraction=planned.fraction,
+            layer_cos=imp.layer_cos,
+            layer_importance=imp.layer_importance,
+            layer_importance_norm=imp.layer_importance_norm,
+            calibration_loss=imp.loss,
+            allocated_sparsity=planned.sparsity,
+            actual_sparsity=self.planner.actual_sparsity(new_widths),
+            constraints=planned.notes(),
+            floored_layers=planned.floored,
+            widths=[w.to_dict() for w in new_widths],
+            params_total=params["total"],
+            params_decoder=params["decoder_layers"],
+            fraction_of_original=params["total"] / self.origin.params["total"],
+            seconds_importance=sec_imp,
+            seconds_surgery=sec_cut,
+            calibration_tokens=tokens,
+        )
+
     def undo(self) -> StepRecord | None:
         """Restore the model to before the last sub-step (up to ``keep_history`` steps back)."""
         if not self._history:
             return None
-        inverse, old_sparsity, old_origin, rec = self._history.pop()
+        inverse, old_sparsity, old_origin, rec, last = self._history.pop()
         apply_patch(self.model, inverse, self.adapter)
-        self.sparsity = old_sparsity
+        self.sparsity, self._last = old_sparsity, last
         self.origin.kept_groups, self.origin.kept_channels = old_origin.kept_groups, old_origin.kept_channels
         if self.record.steps and self.record.steps[-1] is rec:
             self.record.steps.pop()
         self._finish_record()
         return rec
-
-    @property
-    def can_undo(self) -> bool:
-        return bool(self._history)
 
     # ------------------------------------------------------------------ run to the target
     def iter_run(self, should_stop: Callable[[], bool] | None = None) -> Iterator[StepRecord]:
@@ -401,13 +317,11 @@ class Pruner:
         ``record.stopped == "cancelled"``; completed steps are kept.
         """
         target = self.target_params()  # validates before touching anything
-        tol = max(1, int(0.001 * self.origin.params["total"]))
         t0 = time.perf_counter()
         self.record.stopped = ""
         try:
             for _ in range(self.config.max_steps):
-                now = count_parameters(self.model, self.adapter)["total"]
-                if now <= target + tol:
+                if self.planner.reached(self.widths(), target):
                     break
                 if should_stop is not None and should_stop():
                     raise Cancelled("cancelled")
@@ -428,8 +342,8 @@ class Pruner:
 
     def _finish_record(self) -> None:
         self.record.final_params = count_parameters(self.model, self.adapter)
-        self.record.final_widths = [w.to_dict() for w in layer_widths(self.model, self.adapter)]
-        self.record.peak_memory_bytes, self.record.peak_memory_kind = _peak_memory(self.device)
+        self.record.final_widths = [w.to_dict() for w in self.widths()]
+        self.record.peak_memory_bytes, self.record.peak_memory_kind = peak_memory(self.device)
 
 
 def prune_to_target(model: nn.Module, tokenizer, config: PruneConfig | None = None, **kwargs) -> PruneRecord:

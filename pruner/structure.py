@@ -101,6 +101,46 @@ def count_parameters(model: nn.Module, adapter: Adapter | None = None) -> dict[s
     return {"total": total, "decoder_layers": decoder, "other": total - decoder}
 
 
+@dataclass
+class Origin:
+    """What the model looked like before any pruning, and which original units each layer still has."""
+
+    widths: list[LayerWidths]
+    params: dict
+    kept_groups: list[list[int]]
+    kept_channels: list[list[int]]
+
+    def to_dict(self) -> dict:
+        return {
+            "widths": [w.to_dict() for w in self.widths],
+            "params": self.params,
+            "kept_groups": self.kept_groups,
+            "kept_channels": self.kept_channels,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Origin:
+        return cls([LayerWidths(**w) for w in d["widths"]], d["params"], d["kept_groups"], d["kept_channels"])
+
+
+ORIGIN_ATTR = "_adapt_pruner_origin"
+
+
+def origin_of(model: nn.Module) -> Origin:
+    """The model's :class:`Origin`; an unpruned model becomes its own origin."""
+    o = getattr(model, ORIGIN_ATTR, None)
+    if o is None:
+        widths = layer_widths(model)
+        o = Origin(
+            widths=widths,
+            params=count_parameters(model),
+            kept_groups=[list(range(w.num_kv_heads)) for w in widths],
+            kept_channels=[list(range(w.intermediate_size)) for w in widths],
+        )
+        setattr(model, ORIGIN_ATTR, o)
+    return o
+
+
 def group_rows(geo: Geometry, groups: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Row indices of q (and o columns) and of k/v for the given KV groups, in the blocked GQA mapping."""
     d, r = geo.head_dim, geo.n_rep
@@ -186,8 +226,6 @@ def build_cut(model: nn.Module, cuts: dict[int, LayerCut], adapter: Adapter | No
 
 def apply_patch(model: nn.Module, patch: dict, adapter: Adapter | None = None) -> dict:
     """Swap in the modules of a patch; returns the inverse patch (the old modules), usable to undo."""
-    from .prune import origin_of
-
     adapter = adapter or adapter_for(model)
     origin_of(model)  # record the unpruned widths before the first cut
     layers = adapter.layers(model)

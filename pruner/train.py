@@ -13,18 +13,17 @@ One code path runs on one CPU, one GPU, or several GPUs / nodes (DDP via ``accel
   set (WikiText-2 test), so training and evaluation text never overlap. The data position is a single integer
   (sequences consumed), which makes resuming exact.
 
-Studio / notebook use (a generator of progress dicts)::
+Studio / notebook use (a generator of typed progress events)::
 
     for ev in iter_train(model, tok, tokens=65_536, config=TrainConfig(lr=1e-4)):
-        print(ev["step"], ev["loss"], ev["tokens_per_s"])
+        if isinstance(ev, TrainStep):
+            print(ev.step, ev.loss, ev.tokens_per_s)
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import math
-import re
-import resource
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -34,14 +33,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DataError, load_text
+from .errors import ConfigError
+from .memory import peak_memory
+from .train_data import PackedData
+
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 
 # ---------------------------------------------------------------------- settings
 
 
 @dataclass
 class TrainConfig:
-    """Recovery-training settings. Defaults follow METHOD.md (peak LR 2e-5, WSD 5 % / 10 %, clip 1.0)."""
+    """Recovery-training settings. Defaults follow docs/method.md (peak LR 2e-5, WSD 5 % / 10 %, clip 1.0)."""
 
     lr: float = 2e-5  # peak learning rate
     warmup: float = 0.05  # share of all steps spent warming up linearly
@@ -58,6 +61,16 @@ class TrainConfig:
     distill_weight: float = 0.0  # w: 0 = LM loss only, 1 = distillation only
     temperature: float = 2.0  # T of the distillation KL
     mixed_precision: str = "auto"  # auto (bf16 on CUDA, none on CPU) | no | bf16 | fp16
+
+    def __post_init__(self) -> None:
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"The learning rate must be a positive number, got {self.lr}")
+        if self.seq_len < 2 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("Training needs sequences of ≥ 2 tokens, a batch size ≥ 1 and grad_accum ≥ 1")
+        if not 0 <= self.distill_weight <= 1:
+            raise ConfigError(f"The distillation weight must lie in [0, 1], got {self.distill_weight}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(f"Unknown mixed precision '{self.mixed_precision}': use one of {', '.join(MIXED_PRECISION)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,124 +129,6 @@ class TrainState:
         return asdict(self)
 
 
-# ---------------------------------------------------------------------- data
-
-_WORD = re.compile(r"\w+")
-NGRAM = 13  # the GPT-3 decontamination length
-
-
-def _ngrams(text: str, n: int = NGRAM) -> set[tuple[str, ...]]:
-    w = _WORD.findall(text.lower())
-    return {tuple(w[i : i + n]) for i in range(len(w) - n + 1)}
-
-
-def _overlaps(paragraph: str, grams: set, n: int = NGRAM) -> bool:
-    w = _WORD.findall(paragraph.lower())
-    return any(tuple(w[i : i + n]) in grams for i in range(len(w) - n + 1))
-
-
-@functools.lru_cache(maxsize=4)
-def exclusion_ngrams(spec: str) -> frozenset:
-    """Word 13-grams of the evaluation text ``CORPUS:SPLIT`` (raw and detokenized), cached."""
-    if not spec:
-        return frozenset()
-    name, _, split = spec.partition(":")
-    text = load_text(name, split or "test", detokenize=True) + "\n" + load_text(name, split or "test")
-    return frozenset(_ngrams(text))
-
-
-def hf_text(spec: str, max_chars: int) -> str:
-    """Text of a Hugging Face dataset, streamed: ``spec`` is ``NAME[:CONFIG[:SPLIT]]`` (split default train).
-
-    Needs the ``datasets`` package and a reachable hub; raises :class:`DataError` with the reason otherwise.
-    """
-    name, _, rest = spec.partition(":")
-    config, _, split = rest.partition(":")
-    try:
-        import datasets  # noqa: F401  (optional dependency)
-    except ImportError as exc:
-        raise DataError(
-            f"Streaming the Hugging Face dataset '{name}' needs the 'datasets' package (pip install datasets) and "
-            "network access to the hub; neither is needed for the shipped corpora (wiki, c4, stories, ...)."
-        ) from exc
-    from datasets import load_dataset
-
-    try:
-        ds = load_dataset(name, config or None, split=split or "train", streaming=True)
-        parts, n = [], 0
-        for row in ds:
-            t = row.get("text") or next((v for v in row.values() if isinstance(v, str)), "")
-            parts.append(t)
-            n += len(t)
-            if n >= max_chars:
-                break
-    except Exception as exc:  # offline, unknown name, gated ...
-        raise DataError(f"Could not stream the Hugging Face dataset '{spec}' (no hub reachable?): {exc}") from exc
-    if not parts:
-        raise DataError(f"The Hugging Face dataset '{spec}' yielded no text")
-    return "\n\n".join(parts)
-
-
-class PackedData:
-    """Training sequences: corpora → paragraphs (minus those overlapping the evaluation text) → tokens, EOS
-    between corpora → fixed-length sequences in a seeded order that is reshuffled every epoch.
-
-    ``batch(position, n)`` returns the ``n`` sequences at global positions ``position ... position+n-1``; the
-    position alone determines the data, so a resumed run sees exactly the same batches.
-    """
-
-    def __init__(self, tokenizer, sources: str = "wiki,c4,stories", seq_len: int = 256, seed: int = 0,
-                 exclude: str = "wikitext2:test", hf_max_chars: int = 20_000_000):
-        if seq_len < 2:
-            raise DataError(f"Training sequences need ≥ 2 tokens, got {seq_len}")
-        self.sources = [s.strip() for s in sources.split(",") if s.strip()]
-        if not self.sources:
-            raise DataError("No training data given")
-        self.seq_len, self.seed = seq_len, seed
-        grams = exclusion_ngrams(exclude)
-        eos = tokenizer.eos_token_id
-        ids: list[int] = []
-        self.removed_paragraphs = 0
-        self.paragraphs = 0
-        for src in self.sources:
-            text = hf_text(src[3:], hf_max_chars) if src.startswith("hf:") else load_text(src)
-            paras = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
-            kept = [p for p in paras if not (grams and _overlaps(p, grams))]
-            self.paragraphs += len(paras)
-            self.removed_paragraphs += len(paras) - len(kept)
-            ids += tokenizer("\n\n".join(kept), add_special_tokens=False, return_attention_mask=False,
-                             verbose=False)["input_ids"]
-            if eos is not None:
-                ids.append(eos)
-        n = len(ids) // seq_len
-        if n < 1:
-            raise DataError(f"The training data has {len(ids)} tokens: too few for one sequence of {seq_len}")
-        self.tokens = n * seq_len
-        self.sequences = torch.tensor(ids[: self.tokens], dtype=torch.long).view(n, seq_len)
-        self.exclude = exclude
-        self._perm: dict[int, torch.Tensor] = {}
-
-    def __len__(self) -> int:
-        return self.sequences.shape[0]
-
-    def _order(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perm:
-            self._perm = {epoch: torch.randperm(len(self), generator=torch.Generator().manual_seed(self.seed + epoch))}
-        return self._perm[epoch]
-
-    def batch(self, position: int, n: int) -> torch.Tensor:
-        rows = []
-        for p in range(position, position + n):
-            epoch, i = divmod(p, len(self))
-            rows.append(int(self._order(epoch)[i]))
-        return self.sequences[rows]
-
-    def describe(self) -> dict:
-        return {"sources": self.sources, "seq_len": self.seq_len, "sequences": len(self), "tokens": self.tokens,
-                "seed": self.seed, "excluded_overlap_with": self.exclude, "paragraphs": self.paragraphs,
-                "paragraphs_removed_for_overlap": self.removed_paragraphs, "ngram": NGRAM}
-
-
 # ---------------------------------------------------------------------- accelerate
 
 
@@ -249,13 +144,6 @@ def make_accelerator(mixed_precision: str = "auto", cpu: bool | None = None):
     if mixed_precision == "auto":
         mixed_precision = "bf16" if not cpu and torch.cuda.is_bf16_supported() else "no"
     return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
-
-
-def peak_memory(device: torch.device) -> tuple[int, str]:
-    """Peak memory so far: CUDA max allocated on a GPU, else the process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device), "cuda max_memory_allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
 
 
 # ---------------------------------------------------------------------- loss
@@ -274,6 +162,51 @@ def lm_and_distill_loss(logits: torch.Tensor, input_ids: torch.Tensor, teacher_l
     log_p_t = F.log_softmax(t / temperature, dim=-1)
     kd = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1).mean() * temperature**2
     return (1 - weight) * lm + weight * kd, lm, kd
+
+
+# ---------------------------------------------------------------------- progress events
+
+
+@dataclass
+class TrainStep:
+    """One optimiser step finished."""
+
+    step: int  # 1-based within this call
+    steps: int  # optimiser steps of this call
+    global_step: int  # across calls (Adapt-Accel stages)
+    total_steps: int  # of the whole schedule
+    loss: float  # mean over processes
+    lm_loss: float
+    kd_loss: float | None
+    lr: float
+    grad_norm: float | None
+    tokens: int  # trained so far in this call
+    tokens_per_s: float
+    eta_s: float
+    stage: int | None = None
+
+    def to_dict(self) -> dict:
+        return {"event": "train_step", **asdict(self)}
+
+
+@dataclass
+class TrainDone:
+    """The call's training ended (all steps done, or cancelled after ``steps`` steps)."""
+
+    steps: int
+    tokens: int
+    seconds: float
+    tokens_per_s: float
+    mean_loss: float | None
+    cancelled: bool
+    peak_memory_bytes: int
+    peak_memory_kind: str
+    optimizer_state: dict = field(repr=False)  # AdamW state as tensors (for a checkpoint)
+    stage: int | None = None
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k != "optimizer_state"}
+        return {"event": "train_done", **d}
 
 
 # ---------------------------------------------------------------------- the training loop
@@ -296,14 +229,11 @@ def iter_train(
     state: TrainState | None = None,
     should_stop: Callable[[], bool] | None = None,
     stage: int | None = None,
-) -> Iterator[dict]:
+) -> Iterator[TrainStep | TrainDone]:
     """Train ``model`` in place on ``tokens`` training tokens (all processes together); yields progress.
 
-    Every optimiser step yields ``{"event": "train_step", "step", "steps", "global_step", "loss", "lm_loss",
-    "kd_loss", "lr", "grad_norm", "tokens", "tokens_per_s", "eta_s", "stage"}``; the last dict is
-    ``{"event": "train_done", "steps", "tokens", "seconds", "tokens_per_s", "mean_loss", "cancelled",
-    "peak_memory_bytes", "peak_memory_kind", "optimizer_state"}`` where ``optimizer_state`` is the AdamW
-    state as tensors (for a checkpoint). The optimiser is new (state reset) on every call; ``schedule`` and
+    Every optimiser step yields a :class:`TrainStep`; the last event is a :class:`TrainDone` whose
+    ``optimizer_state`` is the AdamW state as tensors (for a checkpoint). The optimiser is new (state reset) on every call; ``schedule`` and
     ``state`` carry the learning-rate and data positions across calls (a standalone call makes its own WSD
     schedule over its steps). ``should_stop`` is checked before every step; training then ends after the
     last completed step. A teacher must live on the accelerator's device; it is used only when
@@ -314,7 +244,7 @@ def iter_train(
     world = acc.num_processes
     data = data or PackedData(tokenizer, cfg.data, cfg.seq_len, cfg.seed, cfg.exclude)
     if data.seq_len != cfg.seq_len:
-        raise ValueError(f"The data's sequence length {data.seq_len} differs from the config's {cfg.seq_len}")
+        raise ConfigError(f"The data's sequence length {data.seq_len} differs from the config's {cfg.seq_len}")
     steps = cfg.steps_for(tokens, world)
     state = state if state is not None else TrainState()
     schedule = schedule or WSDSchedule(state.global_step + steps, cfg.lr, cfg.warmup, cfg.decay)
@@ -342,24 +272,7 @@ def iter_train(
             for g in opt.param_groups:
                 g["lr"] = lr
             batch = data.batch(state.data_position, cfg.batch_size * cfg.grad_accum * world)
-            loss_sum = lm_sum = kd_sum = 0.0
-            for a in range(cfg.grad_accum):
-                # this process's micro-batch: rows [rank, rank + world, ...] of the accumulation slice
-                mb = batch[a * cfg.batch_size * world : (a + 1) * cfg.batch_size * world][acc.process_index :: world]
-                mb = mb.to(acc.device)
-                sync = acc.no_sync(wrapped) if a < cfg.grad_accum - 1 else _nullcontext()
-                with sync:
-                    with acc.autocast():
-                        logits = wrapped(input_ids=mb, use_cache=False).logits
-                        t_logits = None
-                        if use_teacher:
-                            with torch.no_grad():
-                                t_logits = teacher(input_ids=mb, use_cache=False).logits
-                    loss, lm, kd = lm_and_distill_loss(logits, mb, t_logits, cfg.distill_weight, cfg.temperature)
-                    acc.backward(loss / cfg.grad_accum)
-                loss_sum += loss.item() / cfg.grad_accum
-                lm_sum += lm.item() / cfg.grad_accum
-                kd_sum += (kd.item() if kd is not None else 0.0) / cfg.grad_accum
+            loss_sum, lm_sum, kd_sum = _accumulate(acc, wrapped, teacher if use_teacher else None, batch, cfg)
             grad_norm = acc.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -373,14 +286,10 @@ def iter_train(
             losses.append(loss_all[0])
             done = i + 1
             elapsed = time.perf_counter() - t0
-            yield {
-                "event": "train_step", "stage": stage, "step": done, "steps": steps,
-                "global_step": state.global_step, "total_steps": schedule.total_steps,
-                "loss": loss_all[0], "lm_loss": loss_all[1], "kd_loss": loss_all[2] if use_teacher else None,
-                "lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                "tokens": done * per_step, "tokens_per_s": done * per_step / elapsed,
-                "eta_s": elapsed / done * (steps - done),
-            }
+            yield TrainStep(done, steps, state.global_step, schedule.total_steps, loss_all[0], loss_all[1],
+                            loss_all[2] if use_teacher else None, lr,
+                            float(grad_norm) if grad_norm is not None else None, done * per_step,
+                            done * per_step / elapsed, elapsed / done * (steps - done), stage)
     finally:
         optimizer_state = _optimizer_tensors(opt)
         _unwrap(acc, wrapped)
@@ -389,20 +298,33 @@ def iter_train(
         model.eval()
     seconds = time.perf_counter() - t0
     mem, kind = peak_memory(acc.device)
-    yield {
-        "event": "train_done", "stage": stage, "steps": done, "tokens": done * per_step, "seconds": seconds,
-        "tokens_per_s": done * per_step / seconds if seconds > 0 and done else 0.0,
-        "mean_loss": sum(losses) / len(losses) if losses else None, "cancelled": cancelled,
-        "peak_memory_bytes": mem, "peak_memory_kind": kind, "optimizer_state": optimizer_state,
-    }
+    yield TrainDone(done, done * per_step, seconds, done * per_step / seconds if seconds > 0 and done else 0.0,
+                    sum(losses) / len(losses) if losses else None, cancelled, mem, kind, optimizer_state, stage)
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+def _accumulate(acc, wrapped, teacher, batch: torch.Tensor, cfg: TrainConfig) -> tuple[float, float, float]:
+    """Forward and backward of one optimiser step's batch in ``grad_accum`` micro-batches (gradients summed,
+    synchronised across processes on the last one); returns this process's (loss, LM loss, KD loss)."""
+    world = acc.num_processes
+    loss_sum = lm_sum = kd_sum = 0.0
+    for a in range(cfg.grad_accum):
+        # this process's micro-batch: rows [rank, rank + world, ...] of the accumulation slice
+        mb = batch[a * cfg.batch_size * world : (a + 1) * cfg.batch_size * world][acc.process_index :: world]
+        mb = mb.to(acc.device)
+        sync = acc.no_sync(wrapped) if a < cfg.grad_accum - 1 else contextlib.nullcontext()
+        with sync:
+            with acc.autocast():
+                logits = wrapped(input_ids=mb, use_cache=False).logits
+                t_logits = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_logits = teacher(input_ids=mb, use_cache=False).logits
+            loss, lm, kd = lm_and_distill_loss(logits, mb, t_logits, cfg.distill_weight, cfg.temperature)
+            acc.backward(loss / cfg.grad_accum)
+        loss_sum += loss.item() / cfg.grad_accum
+        lm_sum += lm.item() / cfg.grad_accum
+        kd_sum += (kd.item() if kd is not None else 0.0) / cfg.grad_accum
+    return loss_sum, lm_sum, kd_sum
 
 
 def _optimizer_tensors(opt) -> dict[str, torch.Tensor]:
@@ -417,11 +339,12 @@ def _optimizer_tensors(opt) -> dict[str, torch.Tensor]:
 
 
 def train(model: nn.Module, tokenizer, tokens: int, config: TrainConfig | None = None, **kwargs) -> dict:
-    """Run :func:`iter_train` to the end; returns its ``train_done`` dict plus the loss curve."""
+    """Run :func:`iter_train` to the end; returns its :class:`TrainDone` as a dict plus the loss curve."""
     curve = []
-    last = {}
+    last = None
     for ev in iter_train(model, tokenizer, tokens, config, **kwargs):
-        if ev["event"] == "train_step":
-            curve.append(ev["loss"])
-        last = ev
-    return {**last, "losses": curve}
+        if isinstance(ev, TrainStep):
+            curve.append(ev.loss)
+        else:
+            last = ev
+    return {**last.to_dict(), "optimizer_state": last.optimizer_state, "losses": curve}

@@ -9,6 +9,7 @@ import torch
 
 from pruner.accel import (
     AccelConfig,
+    event_dict,
     iter_accel,
     latest_checkpoint,
     load_checkpoint,
@@ -18,8 +19,9 @@ from pruner.accel import (
 )
 from pruner.prune import PruneConfig
 from pruner.structure import count_parameters, geometry, layer_widths
+from pruner.testing import tiny_tokenizer
 from pruner.train import TrainConfig, make_accelerator
-from tests.test_train import tiny_llama, tiny_tokenizer
+from tests.test_train import tiny_llama
 
 
 def tiny_cfg(**kw) -> AccelConfig:
@@ -53,7 +55,7 @@ def test_accel_prunes_in_stages_and_trains_between():
     p0 = count_parameters(model)["total"]
     group = geometry(model).params_per_group  # the coarsest unit the pruner removes
     cfg = tiny_cfg()
-    events = list(iter_accel(model, tok, cfg, accelerator=make_accelerator("no", cpu=True)))
+    events = [event_dict(e) for e in iter_accel(model, tok, cfg, accelerator=make_accelerator("no", cpu=True))]
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done"
     assert kinds.count("pruned") == 3 and kinds.count("trained") == 3 and "prune_step" in kinds
@@ -111,7 +113,7 @@ def test_interrupted_run_resumes_identical(tmp_path):
         return seen["stage3"]
 
     events = []
-    for ev in iter_accel(model, tok, cfg, out_dir=tmp_path / "b", accelerator=acc, should_stop=stop):
+    for ev in map(event_dict, iter_accel(model, tok, cfg, out_dir=tmp_path / "b", accelerator=acc, should_stop=stop)):
         events.append(ev)
         if ev["event"] == "train_step" and ev["stage"] == 3:
             seen["stage3"] = True
@@ -151,7 +153,7 @@ def test_cancel_during_pruning_keeps_the_start():
     evs = []
     for ev in iter_accel(model, tok, tiny_cfg(eval_initial=False), accelerator=make_accelerator("no", cpu=True),
                          should_stop=lambda: any(e["event"] == "prune_step" for e in evs)):
-        evs.append(ev)
+        evs.append(event_dict(ev))
     assert evs[-1]["event"] == "cancelled" and evs[-1]["stage"] == 0
     assert layer_widths(model) == widths
     for k, v in _weights(model).items():
@@ -172,7 +174,7 @@ def test_an_error_or_a_closed_stream_mid_stage_restores_the_last_completed_stage
             return False
 
         stream = iter_accel(model, tok, tiny_cfg(eval_initial=False), accelerator=acc, should_stop=should_stop)
-        for ev in stream:
+        for ev in map(event_dict, stream):
             if ev["event"] == "trained" and ev["stage"] == 1:
                 seen["weights"], seen["widths"] = _weights(model), layer_widths(model)
             if ev["event"] == "pruned" and ev["stage"] == 2:

@@ -22,11 +22,12 @@ def worker(out: str) -> None:
     """One rank: a tiny model, two stages, then write the weights and what this rank saw."""
     from safetensors.torch import save_file
 
-    from pruner.accel import iter_accel
+    from pruner.accel import event_dict, iter_accel
     from pruner.structure import layer_widths
+    from pruner.testing import tiny_tokenizer
     from pruner.train import make_accelerator
     from tests.test_accel import tiny_cfg
-    from tests.test_train import tiny_llama, tiny_tokenizer
+    from tests.test_train import tiny_llama
 
     acc = make_accelerator("no", cpu=True)
     model = tiny_llama()
@@ -34,7 +35,7 @@ def worker(out: str) -> None:
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.01)
-    events = [ev["event"] for ev in iter_accel(model, tiny_tokenizer(), tiny_cfg(stages=2, eval_initial=False),
+    events = [event_dict(ev)["event"] for ev in iter_accel(model, tiny_tokenizer(), tiny_cfg(stages=2, eval_initial=False),
                                                accelerator=acc)]
     rank = acc.process_index
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items() if k != "lm_head.weight"}

@@ -27,15 +27,15 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def studio_url():
-    import app
+    from studio.ui import CSS, build_demo
     from tests.test_session import tiny_model, tiny_tokenizer
 
-    app.STARTUP.update(source="tiny", model=tiny_model(), tok=tiny_tokenizer())
+    demo = build_demo(tiny_model(), tiny_tokenizer(), source="tiny")
     port = free_port()
-    app.demo.queue(default_concurrency_limit=1)
-    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, css=app.CSS)
+    demo.queue(default_concurrency_limit=1)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, css=CSS)
     yield f"http://127.0.0.1:{port}/"
-    app.demo.close()
+    demo.close()
 
 
 def plot_data(page, elem_id: str):
@@ -90,6 +90,9 @@ def test_measure_move_a_slider_and_prune(studio_url):
         page.wait_for_function(
             "n => { const gd = document.querySelector('#alloc-heatmap .js-plotly-plot');"
             " return gd && gd.data.length && gd.data[0].x.length > n; }", arg=planned, timeout=30_000)
+        preview = plot_data(page, "alloc-heatmap")["data"]
+        planned_attn = [row[0] for row in preview[0]["z"]]  # the first planned column, per layer
+        planned_mlp = [row[0] for row in preview[1]["z"]]
 
         page.click("#step-btn")
         wait_status(page, "Step 1 done", timeout=120_000)
@@ -106,6 +109,11 @@ def test_measure_move_a_slider_and_prune(studio_url):
         arch = plot_data(page, "arch")["data"]
         removed = sum(arch[1]["x"]) + sum(arch[3]["x"])  # KV groups and channels removed
         assert removed > 0
+        # the preview before the step is what the step did: the share removed per layer, attention and MLP
+        cut_attn = [r / (k + r) for k, r in zip(arch[0]["x"], arch[1]["x"], strict=True)]
+        cut_mlp = [r / (k + r) for k, r in zip(arch[2]["x"], arch[3]["x"], strict=True)]
+        assert cut_attn == pytest.approx(planned_attn, abs=1e-9)
+        assert cut_mlp == pytest.approx(planned_mlp, abs=1e-9)
 
         page.get_by_role("tab", name="Studio").click()
         page.click("#undo")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model
 
 import pruner
+from pruner.testing import tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 

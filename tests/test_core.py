@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from conftest import random_windows, tiny_model
 
 import pruner
 from pruner.allocation import allocate_sparsity, plan_widths
 from pruner.importance import Importance, measure_importance
 from pruner.structure import LayerCut, apply_patch, build_cut, count_parameters, geometry, layer_widths
+from pruner.testing import random_windows, tiny_model
 
 
 def logits(model, ids):

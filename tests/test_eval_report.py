@@ -48,7 +48,7 @@ def test_report_prints_one_column_per_model_and_dashes_only_where_missing(tmp_pa
 
 def test_eval_suite_measures_efficiency_alone_and_the_report_prefers_the_later_file(tmp_path, tiny_tokenizer, capsys):
     from benchmarks.eval_suite import main as suite
-    from tests.conftest import tiny_model
+    from pruner.testing import tiny_model
 
     folders = []
     for name, width in (("dense", 64), ("narrow", 32)):

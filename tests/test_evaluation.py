@@ -32,7 +32,7 @@ from pruner.evaluation import suite as suite_mod
 from pruner.evaluation import tasks as tasks_mod
 from pruner.evaluation.scoring import choice_metrics, mean_stderr
 from pruner.importance import Cancelled
-from tests.conftest import tiny_model
+from pruner.testing import tiny_model
 
 # published sizes of the splits used (lm-evaluation-harness defaults)
 PUBLISHED = {"arc_easy": 2376, "arc_challenge": 1172, "hellaswag": 10042, "openbookqa": 500, "piqa": 1838,

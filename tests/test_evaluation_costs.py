@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pruner.evaluation import compare, efficiency, macs_per_token
-from tests.conftest import TINY, tiny_model
+from pruner.testing import TINY, tiny_model
 
 
 def test_macs_per_token_counts_every_linear_once_plus_attention():

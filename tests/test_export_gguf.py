@@ -8,11 +8,11 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from conftest import random_windows, tiny_model, uneven_model
 
 from pruner.export import ExportError, export_gguf, load_gguf_model, read_gguf
 from pruner.export.gguf import _gguf_tensors, permute_qk, unpermute_qk, write_gguf
 from pruner.structure import layer_widths
+from pruner.testing import random_windows, tiny_model, uneven_model
 
 
 def uneven(arch: str):

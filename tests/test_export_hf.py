@@ -9,12 +9,12 @@ import sys
 
 import pytest
 import torch
-from conftest import random_windows, tiny_model, uneven_model
 from safetensors.torch import load_file, save_file
 
 from pruner.export import ExportError, check_folder, export_hf, model_card, model_facts, refuse_pickles
 from pruner.export.hf import load_exported
 from pruner.structure import LayerCut, apply_patch, build_cut, layer_widths
+from pruner.testing import HIDE_PROJECT, random_windows, tiny_model, uneven_model
 
 ARCHS = ("llama", "qwen2", "mistral")
 
@@ -24,13 +24,14 @@ def uneven(arch: str):
 
 
 def clean_env(tmp_path) -> dict:
-    """An environment where ``pruner`` cannot be imported (no PYTHONPATH; run from an empty folder)."""
+    """An environment without the project on the path (no PYTHONPATH; run from an empty folder; the script
+    hides the installed packages too)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "hf_modules"))
     return env
 
 
-STRANGER = r"""
+STRANGER = HIDE_PROJECT + r"""
 import json, os, sys
 try:
     import pruner

@@ -18,6 +18,7 @@ from pruner.export import export_gguf, export_hf, read_gguf
 from pruner.export.gguf import permute_qk
 from pruner.io import DEFAULT_GGUF
 from pruner.structure import LayerCut, apply_patch, build_cut
+from pruner.testing import HIDE_PROJECT
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +55,7 @@ def test_default_model_uneven_export_hf_and_gguf(default_model, tmp_path):
         logits = model(ids).logits
         gen = model.generate(ids, max_new_tokens=8, do_sample=False)
     save_file({"ids": ids, "logits": logits, "gen": gen}, str(tmp_path / "ref.safetensors"))
-    script = (
+    script = HIDE_PROJECT + (
         "import json, sys, torch\n"
         "from safetensors.torch import load_file\n"
         "from transformers import AutoModelForCausalLM\n"

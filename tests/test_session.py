@@ -4,38 +4,22 @@ from __future__ import annotations
 
 import json
 import zipfile
-from functools import lru_cache
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from pruner import load_model
 from pruner.data import load_text
-from pruner.session import SessionError, StudioSession, StudioSettings
 from pruner.structure import count_parameters, layer_widths
+from pruner.testing import tiny_model as _tiny_model
+from pruner.testing import tiny_tokenizer
+from studio import SessionError, StudioSession, StudioSettings
+from studio.quality import Quality
 
 
-@lru_cache(maxsize=1)
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level BPE (320 tokens) trained in memory on a few KB of Wikipedia text."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tk.train_from_iterator([load_text("wiki")[:8000]], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="</s>")
-
-
-def tiny_model(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512,
-                      tie_word_embeddings=True)
-    return LlamaForCausalLM(cfg).eval()
+def tiny_model(seed: int = 0):
+    """The studio tests' model: three layers, tied embeddings (like the default model)."""
+    return _tiny_model("llama", seed, perturb=False, num_hidden_layers=3, tie_word_embeddings=True)
 
 
 def tiny_settings(**kw) -> StudioSettings:
@@ -58,25 +42,25 @@ def same_state(a: dict, b: dict) -> bool:
 
 def test_measure_is_cached_and_fills_the_importance_columns():
     s = tiny_session()
-    assert s.importance_columns() == ([], [])
-    imp = s.measure()
-    assert s.measure() is imp  # cached: same model, same settings
+    assert s.schedule.importance_columns() == ([], [])
+    imp = s.schedule.measure()
+    assert s.schedule.measure() is imp  # cached: same model, same settings
     assert imp.tokens == 4 * 32
-    labels, cols = s.importance_columns()
+    labels, cols = s.schedule.importance_columns()
     assert labels == ["step 1 (next)"] and cols == [imp.layer_importance]
     s.configure(tiny_settings(seed=1))  # another calibration sample: the cache no longer applies
-    assert not s.has_current_importance()
-    sec, source = s.estimate_seconds()
+    assert not s.schedule.has_current_importance()
+    sec, source = s.costs.importance_seconds(s.settings)
     assert sec > 0 and "measured in this session" in source
 
 
 def test_preview_plans_to_the_target_without_touching_the_model():
     s = tiny_session()
     with pytest.raises(SessionError, match="Measure importance first"):
-        s.preview()
-    s.measure()
+        s.schedule.preview()
+    s.schedule.measure()
     before = state(s.model)
-    p = s.preview()
+    p = s.schedule.preview()
     assert same_state(before, state(s.model))
     assert p.reached and len(p.params) >= 2
     assert all(a > b for a, b in zip(p.params, p.params[1:], strict=False))
@@ -85,16 +69,16 @@ def test_preview_plans_to_the_target_without_touching_the_model():
     assert len(p.attention) == len(p.mlp) == len(p.allocated) == len(p.params)
     assert all(len(row) == 3 for row in p.mlp)
     # a smaller budget needs more steps; a lower target too
-    assert len(s.preview(tiny_settings(step=0.02)).params) > len(p.params)
-    assert len(s.preview(tiny_settings(target=0.7)).params) > len(p.params)
+    assert len(s.schedule.preview(tiny_settings(step=0.02)).params) > len(p.params)
+    assert len(s.schedule.preview(tiny_settings(target=0.7)).params) > len(p.params)
 
 
 def test_budget_for_steps_gives_about_that_many_steps():
     s = tiny_session()
-    s.measure()
+    s.schedule.measure()
     for n in (2, 5):
-        delta = s.budget_for_steps(n, 0.8)
-        planned = len(s.preview(tiny_settings(target=0.8, step=delta, amplitude=0.0)).params)
+        delta = s.schedule.budget_for_steps(n, 0.8)
+        planned = len(s.schedule.preview(tiny_settings(target=0.8, step=delta, amplitude=0.0)).params)
         assert n <= planned <= n + 2
 
 
@@ -103,28 +87,28 @@ def test_step_eval_undo_reset():
     p0 = count_parameters(s.model)["total"]
     original = state(s.original)
     w0 = layer_widths(s.model)
-    rec = s.step()
+    rec = s.schedule.step()
     assert rec.params_total < p0 and s.steps_taken == 1
-    ev = s.quick_eval("The history of")
+    ev = s.quality.quick_eval("The history of")
     assert ev.params == rec.params_total and ev.perplexity["window"] == 64 and ev.perplexity["perplexity"] > 1
     assert ev.tokens_per_s > 0 and isinstance(ev.generation, str) and isinstance(ev.original_generation, str)
-    assert [p.step for p in s.trajectory] == [0, 1]
-    assert s.trajectory[0].params == p0 and s.trajectory[1].params == rec.params_total
-    alloc, attn, mlp = s.sparsity_history()
+    assert [p.step for p in s.quality.trajectory] == [0, 1]
+    assert s.quality.trajectory[0].params == p0 and s.quality.trajectory[1].params == rec.params_total
+    alloc, attn, mlp = s.schedule.sparsity_history()
     assert len(alloc) == 1 and max(mlp[0]) > 0
     s.undo()
-    assert layer_widths(s.model) == w0 and s.steps_taken == 0 and [p.step for p in s.trajectory] == [0]
+    assert layer_widths(s.model) == w0 and s.steps_taken == 0 and [p.step for p in s.quality.trajectory] == [0]
     with pytest.raises(SessionError, match="Nothing to undo"):
         s.undo()
-    s.step()
+    s.schedule.step()
     s.reset()
-    assert layer_widths(s.model) == w0 and count_parameters(s.model)["total"] == p0 and s.trajectory == []
+    assert layer_widths(s.model) == w0 and count_parameters(s.model)["total"] == p0 and s.quality.trajectory == []
     assert same_state(original, state(s.original))  # the original is never pruned
 
 
 def test_a_failed_step_leaves_the_model_as_it_was(monkeypatch):
     s = tiny_session()
-    s.measure()
+    s.schedule.measure()
     before = state(s.model)
 
     def broken(*a, **k):
@@ -132,7 +116,7 @@ def test_a_failed_step_leaves_the_model_as_it_was(monkeypatch):
 
     monkeypatch.setattr("pruner.prune.build_cut", broken)
     with pytest.raises(RuntimeError, match="surgery failed"):
-        s.step()
+        s.schedule.step()
     assert same_state(before, state(s.model)) and s.steps_taken == 0
     assert not s.busy  # the session is usable again
 
@@ -140,11 +124,11 @@ def test_a_failed_step_leaves_the_model_as_it_was(monkeypatch):
 def test_cancel_during_a_run_keeps_the_model_intact():
     s = tiny_session()
     before = state(s.model)
-    run = s.run_to_target(prompt="The")
+    run = s.schedule.run_to_target(prompt="The")
     first = next(run)
     assert "measuring importance" in first.message
     with pytest.raises(SessionError, match="busy"):
-        s.step()  # one task at a time per session
+        s.schedule.step()  # one task at a time per session
     s.cancel()
     rest = list(run)
     assert rest[-1].done and "Cancelled" in rest[-1].message
@@ -153,15 +137,15 @@ def test_cancel_during_a_run_keeps_the_model_intact():
 
 def test_run_to_target_streams_every_step_and_meets_the_target():
     s = tiny_session()
-    updates = list(s.run_to_target(prompt="The", evaluate_every=1))
+    updates = list(s.schedule.run_to_target(prompt="The", evaluate_every=1))
     steps = [u for u in updates if u.evaluation is not None]
     assert len(steps) == s.steps_taken >= 2
     assert updates[-1].done and "Target reached" in updates[-1].message
     total0 = s.pruner.origin.params["total"]
     assert count_parameters(s.model)["total"] <= 0.85 * total0 + 0.001 * total0
-    assert [p.step for p in s.trajectory] == list(range(s.steps_taken + 1))
+    assert [p.step for p in s.quality.trajectory] == list(range(s.steps_taken + 1))
     with pytest.raises(SessionError, match="already at or below"):
-        s.step()
+        s.schedule.step()
 
 
 def test_custom_and_uploaded_calibration_settings_are_validated():
@@ -172,24 +156,24 @@ def test_custom_and_uploaded_calibration_settings_are_validated():
         s.configure(tiny_settings(calibration="uploaded file"))
     s.configure(tiny_settings(method="custom", custom=[0.0, 0.3, 0.3], calibration="uploaded file",
                               calibration_text=load_text("stories")[:20000]))
-    rec = s.step()
+    rec = s.schedule.step()
     assert rec.allocated_sparsity[0] == 0.0 and rec.allocated_sparsity[1] > 0
 
 
 def test_uniform_baseline_overlays_without_touching_the_working_model():
     s = tiny_session(target=0.9)
     before = state(s.model)
-    updates = list(s.run_uniform_baseline())
+    updates = list(s.quality.run_uniform_baseline())
     assert updates[-1].done
     assert same_state(before, state(s.model))
-    params = [p.params for p in s.baseline]
+    params = [p.params for p in s.quality.baseline]
     assert len(params) >= 2 and params == sorted(params, reverse=True)
 
 
 def test_export_zip_and_report_round_trip(tmp_path):
     s = tiny_session()
-    s.step()
-    s.quick_eval("The")
+    s.schedule.step()
+    s.quality.quick_eval("The")
     z = s.export_zip(tmp_path)
     with zipfile.ZipFile(z) as f:
         names = set(f.namelist())
@@ -209,16 +193,16 @@ def test_summary_names_device_and_parameters():
     s = tiny_session()
     md = s.summary_markdown()
     assert "cpu" in md and "3 layers" in md and f"{count_parameters(s.model)['total']:,} parameters" in md
-    assert "calibration tokens per sub-step" in s.cost_markdown()
+    assert "calibration tokens per sub-step" in s.costs.prune_markdown(s.settings)
 
 
 def test_zero_shot_table_for_pruned_and_original(tmp_path, monkeypatch):
     pytest.importorskip("pruner.evaluation")
     monkeypatch.setenv("ADAPT_PRUNER_CACHE", str(tmp_path))  # keep the results cache out of the user's
     s = tiny_session()
-    assert StudioSession.zero_shot_available() and "arc_easy" in StudioSession.zero_shot_tasks()
-    table = s.zero_shot(["arc_easy"], 4, with_original=True)
+    assert "arc_easy" in Quality.zero_shot_tasks()
+    table = s.quality.zero_shot(["arc_easy"], 4, with_original=True)
     assert set(table["model"]) == {"pruned (0 steps)", "original"}
     assert set(table["metric"].dropna()) <= {"acc", "acc_norm", "acc_norm/acc"}  # the last names the average
     with pytest.raises(SessionError, match="at least one task"):
-        s.zero_shot([], 4)
+        s.quality.zero_shot([], 4)

@@ -8,8 +8,8 @@ import pytest
 
 import pruner.accel
 import pruner.train
-from pruner.session import SessionError
 from pruner.structure import count_parameters, layer_widths
+from studio import SessionError
 from tests.test_session import same_state, state, tiny_session
 
 TRAIN = dict(train_seq_len=32, train_batch=2, train_data="stories", lr=3e-3)
@@ -18,21 +18,21 @@ STEP_TOKENS = 32 * 2
 
 def test_train_round_streams_losses_and_lowers_perplexity():
     s = tiny_session(**TRAIN)
-    assert "prior for CPU" in s.train_cost_markdown() and "Adapt-Accel" in s.train_cost_markdown()
+    assert "prior for CPU" in s.costs.train_markdown(s.settings) and "Adapt-Accel" in s.costs.train_markdown(s.settings)
     before = state(s.model)
-    updates = list(s.train(tokens=4 * STEP_TOKENS, prompt="The"))
+    updates = list(s.training.train(tokens=4 * STEP_TOKENS, prompt="The"))
     steps = [u for u in updates if u.kind == "train_step"]
     assert len(steps) == 4 and "loss" in steps[0].message
     assert updates[-1].done and "→" in updates[-1].message
-    assert len(s.train_log.losses) == 4 and s.train_log.starts == [0] and s.train_log.labels == ["train 1"]
-    (point,) = s.recovery
+    assert len(s.training.log.losses) == 4 and s.training.log.starts == [0] and s.training.log.labels == ["train 1"]
+    (point,) = s.training.recovery
     assert point.stage is None and point.tokens == 4 * STEP_TOKENS
     assert point.perplexity_after < point.perplexity_before  # lr 3e-3 on a random model: the loss falls
     assert not same_state(before, state(s.model))
-    assert s.last_eval is not None and s.trajectory == []  # training does not add a pruning-trajectory point
+    assert s.quality.last_eval is not None and s.quality.trajectory == []  # training does not add a pruning-trajectory point
     with pytest.raises(SessionError, match="Nothing to undo"):
         s.undo()  # undoing a step would undo the training too
-    cost = s.train_cost_markdown()
+    cost = s.costs.train_markdown(s.settings)
     assert "measured in this session" in cost and "256 optimiser steps of 2 × 32" in cost  # 16,384 tokens
 
 
@@ -41,10 +41,10 @@ def test_training_input_is_checked_before_anything_changes():
     before = state(s.model)
     for tokens, msg in ((0, "positive"), (-5, "positive"), (10**9, "more than this studio runs")):
         with pytest.raises(SessionError, match=msg):
-            list(s.train(tokens=tokens))
+            list(s.training.train(tokens=tokens))
     with pytest.raises(SessionError, match="learning rate"):
-        list(s.train(tokens=STEP_TOKENS, settings=replace(s.settings, lr=5.0)))
-    assert same_state(before, state(s.model)) and not s.busy and s.train_log.losses == []
+        list(s.training.train(tokens=STEP_TOKENS, settings=replace(s.settings, lr=5.0)))
+    assert same_state(before, state(s.model)) and not s.busy and s.training.log.losses == []
 
 
 def test_an_error_during_training_restores_the_weights(monkeypatch):
@@ -60,18 +60,18 @@ def test_an_error_during_training_restores_the_weights(monkeypatch):
     s = tiny_session(**TRAIN)
     before = state(s.model)
     with pytest.raises(RuntimeError, match="out of memory"):
-        list(s.train(tokens=5 * STEP_TOKENS))
+        list(s.training.train(tokens=5 * STEP_TOKENS))
     assert same_state(before, state(s.model))  # two optimiser steps were taken, and undone
-    assert s.train_log.losses == [] and s.train_log.starts == [] and s.recovery == [] and not s.busy
+    assert s.training.log.losses == [] and s.training.log.starts == [] and s.training.recovery == [] and not s.busy
 
 
 def test_cancelled_training_keeps_its_completed_steps():
     s = tiny_session(**TRAIN)
-    run = s.train(tokens=6 * STEP_TOKENS)
+    run = s.training.train(tokens=6 * STEP_TOKENS)
     for u in run:
         if u.kind == "train_step" and "step 2/" in u.message:
             s.cancel()
-    assert len(s.train_log.losses) == 2 and s.recovery[0].tokens == 2 * STEP_TOKENS
+    assert len(s.training.log.losses) == 2 and s.training.recovery[0].tokens == 2 * STEP_TOKENS
     assert u.done and "cancelled after 2 step(s)" in u.message and not s.busy
 
 
@@ -82,27 +82,27 @@ def accel_session(**kw):
 def test_run_accel_streams_stages_and_grows_the_heatmap_columns():
     s = accel_session()
     total0 = count_parameters(s.model)["total"]
-    updates = list(s.run_accel(prompt="The"))
+    updates = list(s.training.run_accel(prompt="The"))
     assert updates[-1].done and "Adapt-Accel done" in updates[-1].message
-    assert [p.stage for p in s.recovery] == [1, 2]
-    assert all(p.perplexity_after < p.perplexity_before for p in s.recovery)  # training recovers every stage
-    assert s.accel_start is not None and s.accel_start.params == total0
-    labels, cols = s.importance_columns()
+    assert [p.stage for p in s.training.recovery] == [1, 2]
+    assert all(p.perplexity_after < p.perplexity_before for p in s.training.recovery)  # training recovers every stage
+    assert s.training.accel_start is not None and s.training.accel_start.params == total0
+    labels, cols = s.schedule.importance_columns()
     assert len(cols) == s.steps_taken >= 2 and any("stage 1" in x for x in labels) and "stage 2" in labels[-1]
     assert [r.index for r in s.pruner.record.steps] == list(range(s.steps_taken))
-    alloc, attn, mlp = s.sparsity_history()
+    alloc, attn, mlp = s.schedule.sparsity_history()
     assert len(alloc) == len(attn) == len(mlp) == s.steps_taken
     assert abs(count_parameters(s.model)["total"] - 0.8 * total0) <= 0.002 * total0
-    assert len(s.train_log.starts) == 2 and s.train_log.labels == ["stage 1", "stage 2"]
-    assert len(s.train_log.losses) == 2 + 4  # linear token shares 1/3 and 2/3 of 6 steps
-    assert s.accel_report["final"]["params"] == count_parameters(s.model)["total"]
+    assert len(s.training.log.starts) == 2 and s.training.log.labels == ["stage 1", "stage 2"]
+    assert len(s.training.log.losses) == 2 + 4  # linear token shares 1/3 and 2/3 of 6 steps
+    assert s.training.accel_report["final"]["params"] == count_parameters(s.model)["total"]
     assert "adapt_accel" in s.report() and len(s.report()["recovery_training"]) == 2
 
 
 def test_cancel_accel_keeps_the_last_completed_stage():
     s = accel_session()
     seen = {}
-    for u in s.run_accel():
+    for u in s.training.run_accel():
         if "Stage 1 trained" in u.message:
             seen["params"] = count_parameters(s.model)["total"]
             seen["state"] = state(s.model)
@@ -111,10 +111,10 @@ def test_cancel_accel_keeps_the_last_completed_stage():
             s.cancel()
     assert "cancelled" in u.message and u.done
     assert count_parameters(s.model)["total"] == seen["params"] and same_state(seen["state"], state(s.model))
-    assert s.steps_taken == seen["steps"] and [p.stage for p in s.recovery] == [1]
-    assert s.train_log.labels == ["stage 1"] and not s.busy
+    assert s.steps_taken == seen["steps"] and [p.stage for p in s.training.recovery] == [1]
+    assert s.training.log.labels == ["stage 1"] and not s.busy
     assert [w.to_dict() for w in layer_widths(s.model)] == s.pruner.record.steps[-1].widths
-    s.step(replace(s.settings, target=0.75))  # the session carries on
+    s.schedule.step(replace(s.settings, target=0.75))  # the session carries on
 
 
 def test_an_error_in_a_stage_puts_the_model_back_at_the_last_completed_stage(monkeypatch):
@@ -129,19 +129,19 @@ def test_an_error_in_a_stage_puts_the_model_back_at_the_last_completed_stage(mon
     s = accel_session()
     seen = {}
     with pytest.raises(RuntimeError, match="out of memory"):
-        for u in s.run_accel():
+        for u in s.training.run_accel():
             if "Stage 1 trained" in u.message:
                 seen["state"], seen["steps"] = state(s.model), s.steps_taken
     assert same_state(seen["state"], state(s.model)) and s.steps_taken == seen["steps"]
-    assert [p.stage for p in s.recovery] == [1] and not s.busy
+    assert [p.stage for p in s.training.recovery] == [1] and not s.busy
 
 
 def test_accel_refuses_a_target_above_the_current_size():
     s = accel_session(target=0.8)
-    list(s.run_to_target())
+    list(s.schedule.run_to_target())
     before = state(s.model)
     with pytest.raises(SessionError, match="below the model's size"):
-        list(s.run_accel(replace(s.settings, target=0.9)))
+        list(s.training.run_accel(replace(s.settings, target=0.9)))
     assert same_state(before, state(s.model)) and not s.busy
 
 
@@ -149,9 +149,9 @@ def test_zero_shot_compares_original_pruned_and_uniform_baseline(tmp_path, monke
     pytest.importorskip("pruner.evaluation")
     monkeypatch.setenv("ADAPT_PRUNER_CACHE", str(tmp_path))
     s = tiny_session(target=0.9)
-    list(s.run_uniform_baseline())
-    assert s.baseline_model is not None
-    steps = list(s.iter_zero_shot(["arc_easy"], 3))
+    list(s.quality.run_uniform_baseline())
+    assert s.quality.baseline_model is not None
+    steps = list(s.quality.iter_zero_shot(["arc_easy"], 3))
     table = steps[-1][1]
     assert list(dict.fromkeys(table["model"])) == ["original", "pruned (0 steps)", "uniform baseline"]
     assert steps[0][1] is None and len(steps) == 4  # one message per model, then the final table

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from pruner.data import load_text
+from pruner.testing import tiny_model, tiny_tokenizer
 from pruner.train import (
     PackedData,
     TrainConfig,
+    TrainDone,
     TrainState,
+    TrainStep,
     WSDSchedule,
     iter_train,
     lm_and_distill_loss,
@@ -22,29 +23,12 @@ from pruner.train import (
 )
 
 
-@functools.lru_cache(maxsize=1)
-def tiny_tokenizer():
-    """A 160-token BPE tokenizer trained on the stories corpus (fast, deterministic)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tk = Tokenizer(models.BPE(unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=160, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
-    tk.train_from_iterator([load_text("stories")[:50_000]], trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                  pad_token="</s>")
-    tok.name_or_path = "tiny-bpe-160"
-    return tok
-
-
-def tiny_llama(seed: int = 0, layers: int = 3) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    # hidden 48 is a multiple of every head count pruning can leave (2, 4, 6), which saving needs
-    cfg = LlamaConfig(vocab_size=len(tiny_tokenizer()), hidden_size=48, intermediate_size=96,
+def tiny_llama(seed: int = 0, layers: int = 3):
+    """The training tests' model: hidden 48 is a multiple of every head count pruning can leave (2, 4, 6), which
+    saving needs; tied embeddings like the default model."""
+    return tiny_model("llama", seed, perturb=False, vocab_size=len(tiny_tokenizer()), hidden_size=48,
                       num_hidden_layers=layers, num_attention_heads=6, num_key_value_heads=3,
                       max_position_embeddings=256, tie_word_embeddings=True)
-    return LlamaForCausalLM(cfg).eval()
 
 
 def small_cfg(**kw) -> TrainConfig:
@@ -123,17 +107,17 @@ def test_training_lowers_the_loss_and_reports_progress():
     model = tiny_llama()
     cfg = small_cfg()
     events = list(iter_train(model, tok, tokens=20 * 64, config=cfg, accelerator=make_accelerator("no", cpu=True)))
-    steps = [e for e in events if e["event"] == "train_step"]
+    steps = [e for e in events if isinstance(e, TrainStep)]
     done = events[-1]
-    assert done["event"] == "train_done" and done["steps"] == 20 == len(steps)
-    assert done["tokens"] == 20 * 64 and done["tokens_per_s"] > 0 and done["peak_memory_bytes"] > 0
-    first, last = sum(e["loss"] for e in steps[:5]) / 5, sum(e["loss"] for e in steps[-5:]) / 5
+    assert isinstance(done, TrainDone) and done.steps == 20 == len(steps)
+    assert done.tokens == 20 * 64 and done.tokens_per_s > 0 and done.peak_memory_bytes > 0
+    first, last = sum(e.loss for e in steps[:5]) / 5, sum(e.loss for e in steps[-5:]) / 5
     assert last < first - 0.3, (first, last)
-    assert {"step", "loss", "lr", "tokens", "tokens_per_s", "eta_s"} <= set(steps[0])
-    assert steps[-1]["eta_s"] == 0
-    assert all(math.isfinite(e["grad_norm"]) for e in steps)
+    assert {"step", "loss", "lr", "tokens", "tokens_per_s", "eta_s"} <= set(steps[0].to_dict())
+    assert steps[-1].eta_s == 0
+    assert all(math.isfinite(e.grad_norm) for e in steps)
     # the optimiser state comes back as tensors (for a safetensors checkpoint)
-    assert done["optimizer_state"] and all(torch.is_tensor(v) for v in done["optimizer_state"].values())
+    assert done.optimizer_state and all(torch.is_tensor(v) for v in done.optimizer_state.values())
 
 
 def test_schedule_and_data_positions_carry_across_calls():
@@ -148,8 +132,8 @@ def test_schedule_and_data_positions_carry_across_calls():
     lrs = []
     for _ in range(2):
         for e in iter_train(tiny_llama(), tok, 3 * 64, cfg, accelerator=acc, data=data, schedule=sched, state=st):
-            if e["event"] == "train_step":
-                lrs.append(e["lr"])
+            if isinstance(e, TrainStep):
+                lrs.append(e.lr)
     assert st.global_step == 6 and st.data_position == 12 and st.tokens_seen == 6 * 64
     assert lrs == [sched.lr(i) for i in range(6)]
 
@@ -171,6 +155,6 @@ def test_distillation_from_teacher_runs_and_reports_kd():
     teacher = tiny_llama(seed=1)
     ev = list(iter_train(tiny_llama(), tok, 2 * 64, small_cfg(distill_weight=0.5), accelerator=make_accelerator("no", cpu=True),
                          teacher=teacher))
-    kd = [e["kd_loss"] for e in ev if e["event"] == "train_step"]
+    kd = [e.kd_loss for e in ev if isinstance(e, TrainStep)]
     assert len(kd) == 2 and all(k > 0 for k in kd)
     assert all(not p.requires_grad for p in teacher.parameters())

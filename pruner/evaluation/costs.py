@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..adapters import adapter_for
+from ..errors import ConfigError
 from ..structure import count_parameters, geometry, layer_widths
 
 
@@ -70,7 +71,7 @@ def efficiency(
       measurement; CPU: the process's resident high-water mark, which never goes down).
     """
     if min(prompt_tokens, new_tokens, prefill_batch, prefill_tokens, repeats) < 1 or warmup < 0:
-        raise ValueError("token counts, batch and repeats must be at least 1 (warmup at least 0)")
+        raise ConfigError("token counts, batch and repeats must be at least 1 (warmup at least 0)")
     adapter_for(model)  # a clear error for an unsupported architecture
     p = next(model.parameters())
     device = p.device

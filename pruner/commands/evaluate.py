@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 
+from .common import add_model_args, add_ppl_args, log, perplexities, write_report
 
-def register(sub, add_model_args, add_ppl_args) -> None:
+
+def register(sub) -> None:
     e = sub.add_parser("eval", help="evaluate a model: zero-shot tasks, perplexity, efficiency")
     add_model_args(e)
     e.add_argument("--tasks", default=None,
@@ -63,9 +65,8 @@ def format_table(res: dict) -> str:
 
 
 def run(args) -> int:
-    from .cli import log, perplexities, write_report
-    from .evaluation import EvalError, efficiency, evaluate, resolve_tasks
-    from .io import describe, load_model
+    from ..evaluation import EvalError, efficiency, evaluate, resolve_tasks
+    from ..io import describe, load_model
 
     tasks = resolve_tasks(args.tasks) if args.tasks else []  # fail on a bad name before loading the model
     if args.limit is not None and args.limit <= 0:
@@ -76,7 +77,7 @@ def run(args) -> int:
     report: dict = {"model": info, "source": str(args.model)}
     if tasks:
         if args.backend == "lm-eval":
-            from .evaluation.harness import evaluate_with_harness
+            from ..evaluation.harness import evaluate_with_harness
 
             report["lm_eval"] = evaluate_with_harness(model, tok, tasks, limit=args.limit, batch_size=args.batch_size)
             print(report["lm_eval"])

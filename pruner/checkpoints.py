@@ -1,0 +1,82 @@
+"""Adapt-Accel checkpoints: after every stage, ``OUT/checkpoints/stage_KK/`` holds the model (the saved-folder
+format of :func:`pruner.save_pruned`), the AdamW state and the RNG states (safetensors, no pickle) and
+``state.json`` (schedule and data positions, the allocated sparsity, the stage records). Written atomically."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import torch
+
+from .accel_config import FORMAT, STATE_FILE, AccelConfig, AccelState
+from .errors import ConfigError
+from .io import load_model, save_pruned
+
+
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    out = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"torch_cuda_{i}"] = s
+    return out
+
+
+def _python_rng() -> list:
+    v, st, g = random.getstate()
+    return [v, list(st), g]
+
+
+def save_checkpoint(folder, model, tokenizer, state: AccelState, cfg: AccelConfig, optimizer_state: dict) -> Path:
+    """Write one stage's checkpoint atomically (temporary folder, then rename)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_pruned(model, tokenizer, tmp / "model")
+    save_file(optimizer_state or {"empty": torch.zeros(0)}, str(tmp / "optimizer.safetensors"))
+    save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
+    state.python_rng = _python_rng()
+    (tmp / STATE_FILE).write_text(json.dumps({"format": FORMAT, "config": cfg.to_dict(), "state": state.to_dict()}))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def latest_checkpoint(out_dir) -> Path | None:
+    """The last completed stage's checkpoint under ``OUT/checkpoints``, or None."""
+    root = Path(out_dir) / "checkpoints"
+    done = sorted(p for p in root.glob("stage_*") if p.is_dir() and not p.name.endswith(".tmp")
+                  and (p / STATE_FILE).is_file()) if root.is_dir() else []
+    return done[-1] if done else None
+
+
+def load_checkpoint(folder, device=None, dtype=None):
+    """``(model, tokenizer, AccelConfig, AccelState)`` from a checkpoint folder; restores the RNG states."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    meta = json.loads((folder / STATE_FILE).read_text())
+    if meta.get("format") != FORMAT:
+        raise ConfigError(f"'{folder}' is not an Adapt-Accel checkpoint (format {meta.get('format')!r})")
+    model, tok = load_model(folder / "model", device=device, dtype=dtype, progress=None)
+    state = AccelState.from_dict(meta["state"])
+    rng = load_file(str(folder / "rng.safetensors"))
+    torch.set_rng_state(rng["torch_cpu"])
+    cuda = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    if state.python_rng:
+        v, st, g = state.python_rng
+        random.setstate((v, tuple(st), g))
+    return model, tok, AccelConfig.from_dict(meta["config"]), state
+
+
+def prune_old_checkpoints(root: Path, keep: int) -> None:
+    done = sorted(p for p in root.glob("stage_*") if p.is_dir() and not p.name.endswith(".tmp"))
+    for p in done[: max(0, len(done) - max(1, keep))]:
+        shutil.rmtree(p, ignore_errors=True)

@@ -1,0 +1,108 @@
+"""``python -m pruner prune`` and ``python -m pruner info``.
+
+    python -m pruner prune --model default --target 0.8 --method adaptive --criterion taylor \\
+        --amplitude 0.02 --out runs/smollm-80 --report runs/smollm-80.json
+    python -m pruner info --model runs/smollm-80
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..config import ATTENTION_POLICIES, CRITERIA, METHODS, PruneConfig
+from ..data import CORPORA
+from .common import add_model_args, add_ppl_args, log, perplexities, write_report
+
+D = PruneConfig  # the defaults live on the config's fields
+
+
+def register(sub) -> None:
+    p = sub.add_parser("prune", help="prune a model to a parameter target and save it")
+    add_model_args(p)
+    p.add_argument("--target", type=float, required=True,
+                   help="fraction of the original parameters to keep (0-1), or a count")
+    p.add_argument("--method", choices=METHODS, default=D.method)
+    p.add_argument("--criterion", choices=CRITERIA, default=D.criterion)
+    p.add_argument("--amplitude", type=float, default=D.amplitude, help="A in s_l ← clip(s_l + Δ − A·Ĩ_l, 0, s_max)")
+    p.add_argument("--step", type=float, default=D.step, help="Δ: mean sparsity added per sub-step")
+    p.add_argument("--max-sparsity", type=float, default=D.max_sparsity)
+    p.add_argument("--multiple", type=int, default=D.multiple, help="round MLP widths down to a multiple of this")
+    p.add_argument("--attention", choices=ATTENTION_POLICIES, default=D.attention,
+                   help="how a layer's budget is split: score (lowest Taylor score per parameter first, groups and "
+                        "channels ranked together) or proportional (attention and MLP share s_l)")
+    p.add_argument("--custom", default=None, help="comma-separated final per-layer sparsities (method custom)")
+    p.add_argument("--calibration", default=D.calibration,
+                   help=f"calibration corpus: {', '.join(CORPORA)} or a text file")
+    p.add_argument("--n-windows", type=int, default=D.n_windows)
+    p.add_argument("--window", type=int, default=D.window)
+    p.add_argument("--batch-size", type=int, default=D.batch_size)
+    p.add_argument("--seed", type=int, default=D.seed)
+    p.add_argument("--measure-once", action="store_true",
+                   help="measure importance once and reuse the surviving units' scores (faster, not the method)")
+    p.add_argument("--out", default=None, help="folder to save the pruned model in")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--report", default=None, help="JSON file for the record and the perplexities")
+    add_ppl_args(p)
+    p.set_defaults(func=run)
+
+    i = sub.add_parser("info", help="print a model's architecture summary (per-layer widths, parameters)")
+    add_model_args(i)
+    i.set_defaults(func=run_info)
+
+
+def config_from_args(args) -> PruneConfig:
+    custom = [float(x) for x in args.custom.split(",")] if args.custom else None
+    return PruneConfig(target=args.target, method=args.method, criterion=args.criterion, amplitude=args.amplitude,
+                       step=args.step, max_sparsity=args.max_sparsity, attention=args.attention,
+                       multiple=args.multiple, custom=custom, calibration=args.calibration,
+                       n_windows=args.n_windows, window=args.window, batch_size=args.batch_size, seed=args.seed,
+                       remeasure=not args.measure_once)
+
+
+def run(args) -> int:
+    from ..io import describe, load_model, save_pruned
+    from ..prune import Pruner
+
+    if args.out and Path(args.out).exists() and any(Path(args.out).iterdir()) and not args.force:
+        log(f"error: '{args.out}' exists and is not empty (use --force to overwrite)")
+        return 2
+    cfg = config_from_args(args)
+    t = time.perf_counter()
+    model, tok = load_model(args.model, device=args.device, dtype=args.dtype, progress=log)
+    log(f"loaded {args.model} in {time.perf_counter() - t:.1f} s: {describe(model)['params']['total']:,} parameters")
+    pruner = Pruner(model, tok, cfg)
+    pruner.record.source = str(args.model)
+    target = pruner.target_params()
+    log(f"target {target:,} parameters ({target / pruner.origin.params['total']:.1%} of the original); "
+        f"calibration {cfg.n_windows} × {cfg.window} tokens of '{cfg.calibration}' per sub-step")
+
+    def progress(rec):
+        log(f"  step {rec.index + 1:3d}: {rec.params_total:,} params ({rec.fraction_of_original:.1%}), "
+            f"importance {rec.seconds_importance:.1f} s, surgery {rec.seconds_surgery:.2f} s"
+            + (f", calib loss {rec.calibration_loss:.3f}" if rec.calibration_loss is not None else ""))
+
+    try:
+        record = pruner.run(progress=progress)
+    except KeyboardInterrupt:
+        log("interrupted: the model keeps the completed sub-steps")
+        record = pruner.record
+        record.stopped = "cancelled"
+    log(f"done: {record.final_params['total']:,} parameters "
+        f"({record.final_params['total'] / record.original_params['total']:.2%} of the original) "
+        f"in {len(record.steps)} sub-steps, {record.seconds_total:.1f} s")
+    ppl = perplexities(model, tok, args)
+    if args.out:
+        save_pruned(model, tok, args.out, record=record, overwrite=args.force)
+        log(f"saved to {args.out}")
+    write_report(args.report, {"record": record.to_dict(), "perplexity": ppl, "model": describe(model)})
+    return 0
+
+
+def run_info(args) -> int:
+    from ..io import describe, load_model
+
+    model, _ = load_model(args.model, device=args.device, dtype=args.dtype, progress=log)
+    print(json.dumps(describe(model), indent=1))
+    return 0

@@ -1,0 +1,89 @@
+"""What a setting will cost before anything runs: importance per sub-step, a Train round, an Adapt-Accel run.
+
+A prior rate (measured on the project's 2-core CPU with the default model, scaled by model size) until the
+session has measured its own throughput.
+"""
+
+from __future__ import annotations
+
+from pruner.accel import token_shares
+from pruner.config import PAPER_CALIBRATION
+
+from .settings import StudioSettings
+from .workspace import Workspace
+
+# Taylor (forward+backward) 32 × 128 tokens ≈ 16 s on the default model in fp32; forward-only criteria about
+# twice as fast. Training (forward + backward + AdamW, 4 × 256 tokens per step) runs at about the Taylor rate.
+PRIOR_TOKENS_PER_S = {"cpu": {"taylor": 256.0, "magnitude": 500.0, "activation": 480.0},
+                      "gpu": {"taylor": 20000.0, "magnitude": 50000.0, "activation": 50000.0}}
+PRIOR_TRAIN_TOKENS_PER_S = {"cpu": 250.0, "gpu": 30000.0}
+PRIOR_MODEL_PARAMS = 134_515_008
+
+
+class Costs:
+    """Rates measured in this session (per criterion, and for training), and estimates made from them."""
+
+    def __init__(self, work: Workspace):
+        self.work = work
+        self.tokens_per_s: dict[str, float] = {}
+
+    def observe(self, what: str, tokens: int, seconds: float) -> None:
+        if seconds > 0 and tokens > 0:
+            self.tokens_per_s[what] = tokens / seconds
+
+    def _rate(self, what: str, prior: float) -> tuple[float, str]:
+        rate = self.tokens_per_s.get(what)
+        if rate is not None:
+            return rate, f"measured in this session: {rate:.0f} tokens/s"
+        kind = "gpu" if self.work.device.type == "cuda" else "cpu"
+        rate = prior * PRIOR_MODEL_PARAMS / max(self.work.original_total, 1)
+        return rate, f"prior for {kind.upper()} scaled to this model: {rate:.0f} tokens/s"
+
+    def _kind(self) -> str:
+        return "gpu" if self.work.device.type == "cuda" else "cpu"
+
+    @staticmethod
+    def calibration_tokens(s: StudioSettings) -> int:
+        return int(s.n_windows) * int(s.window)
+
+    def importance_seconds(self, s: StudioSettings) -> tuple[float, str]:
+        """Estimated seconds of one importance measurement (the bulk of a sub-step), and where the rate comes from."""
+        rate, source = self._rate(s.criterion, PRIOR_TOKENS_PER_S[self._kind()][s.criterion])
+        return self.calibration_tokens(s) / rate, source
+
+    def train_seconds(self, tokens: int) -> tuple[float, str]:
+        rate, source = self._rate("train", PRIOR_TRAIN_TOKENS_PER_S[self._kind()])
+        return tokens / rate, source
+
+    def prune_markdown(self, s: StudioSettings) -> str:
+        sec, source = self.importance_seconds(s)
+        paper = PAPER_CALIBRATION[0] * PAPER_CALIBRATION[1]
+        return (f"**{self.calibration_tokens(s):,} calibration tokens per sub-step** ({s.n_windows} × {s.window}; "
+                f"the paper uses {paper:,}) · importance ≈ **{sec:.0f} s** per sub-step with {s.criterion} "
+                f"({source}), plus the quick evaluation")
+
+    def train_markdown(self, s: StudioSettings) -> str:
+        """What a Train round and an Adapt-Accel run will cost with these settings."""
+        work = self.work
+        try:
+            cfg = s.train_config(getattr(work.model.config, "max_position_embeddings", None))
+            per = cfg.tokens_per_step()
+            n_train = cfg.steps_for(int(s.train_tokens))
+            shares = token_shares(int(s.stages))
+        except (ValueError, TypeError) as exc:
+            return f"⚠️ {exc}"
+        sec, source = self.train_seconds(n_train * per)
+        n_accel = sum(cfg.steps_for(round(x * int(s.accel_tokens))) for x in shares)
+        accel_train, _ = self.train_seconds(n_accel * per)
+        out = (f"**Train**: {n_train} optimiser steps of {cfg.batch_size} × {cfg.seq_len} tokens ≈ **{sec:.0f} s** "
+               f"({source}).  \n")
+        to_remove = work.params() - s.target * work.original_total
+        if to_remove <= 0:
+            return out + "**Adapt-Accel**: the model is already at or below the target; lower the target."
+        geo = work.pruner.geo
+        prunable0 = sum(geo.layer_prunable_params(w) for w in work.pruner.origin.widths)
+        n_sub = int(to_remove / prunable0 / max(s.step, 1e-6)) + int(s.stages)
+        imp, _ = self.importance_seconds(s)
+        return out + (f"**Adapt-Accel**: {int(s.stages)} stages, about {n_sub} pruning sub-steps (≈ {n_sub * imp:.0f} s) "
+                      f"and {n_accel} optimiser steps (≈ {accel_train:.0f} s), plus a quick perplexity after every "
+                      f"prune and train: ≈ **{(n_sub * imp + accel_train) / 60:.1f} min** in all.")

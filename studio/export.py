@@ -1,0 +1,55 @@
+"""Downloads of a session: the run's report (JSON) and the pruned model as a zip of a saved folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import zipfile
+from dataclasses import asdict
+from pathlib import Path
+
+from pruner import save_pruned
+
+
+def report(session) -> dict:
+    """The run's report: pruning record, settings, trajectory, baseline, training and the last evaluation."""
+    work, quality, training = session.work, session.quality, session.training
+    return {
+        "model": work.name,
+        "settings": work.settings.public(),
+        "quick_perplexity_settings": work.settings.ppl_settings(),
+        "record": work.pruner.record.to_dict(),
+        "trajectory": [p.to_dict() for p in quality.trajectory],
+        "uniform_baseline": [p.to_dict() for p in quality.baseline],
+        "recovery_training": [p.to_dict() for p in training.recovery],
+        "training_losses": asdict(training.log),
+        "adapt_accel": training.accel_report,
+        "last_evaluation": asdict(quality.last_eval) if quality.last_eval else None,
+    }
+
+
+def export_report(session, out_dir: str | Path | None = None) -> Path:
+    """Write the report JSON and return its path."""
+    out = Path(out_dir or tempfile.mkdtemp(prefix="adapt-pruner-"))
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "adapt_pruner_report.json"
+    path.write_text(json.dumps(report(session), indent=1, default=str))
+    return path
+
+
+def export_zip(session, out_dir: str | Path | None = None) -> Path:
+    """Save the pruned model with :func:`pruner.save_pruned` and zip the folder; returns the zip's path."""
+    work = session.work
+    with work.task():
+        out = Path(out_dir or tempfile.mkdtemp(prefix="adapt-pruner-"))
+        folder = out / "pruned-model"
+        save_pruned(work.model, work.tokenizer, folder, record=work.pruner.record, overwrite=True)
+        (folder / "studio_report.json").write_text(json.dumps(report(session), indent=1, default=str))
+        zpath = out / "pruned-model.zip"
+        with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as z:
+            for f in sorted(folder.rglob("*")):
+                if f.is_file():
+                    z.write(f, f.relative_to(out))
+        shutil.rmtree(folder, ignore_errors=True)
+        return zpath

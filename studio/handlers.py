@@ -1,0 +1,295 @@
+"""What the page's buttons and sliders do: each handler turns control values into settings, calls one session
+method and returns the page updates. Long handlers are generators that stream progress."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import gradio as gr
+
+import visualizations as viz
+from pruner import PrunerError, load_model
+
+from .session import StudioSession
+from .settings import UPLOADED, StudioSettings
+from .text import READY
+from .views import allocation_figure, loss_figure, page_views
+from .workspace import SessionError
+
+log = logging.getLogger("studio")
+
+
+def settings_from(target, amplitude, step, criterion, method, custom, corpus, upload, n_windows, window, seed,
+                  ppl_tokens, new_tokens) -> StudioSettings:
+    """The schedule controls' values as :class:`StudioSettings` (percentages → fractions)."""
+    text = None
+    if corpus == UPLOADED:
+        if not upload:
+            raise SessionError("Choose a text file to upload, or pick a shipped corpus for calibration")
+        try:
+            text = Path(upload).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SessionError(f"The uploaded file is not readable UTF-8 text ({exc})") from exc
+    values = None
+    if custom is not None and len(custom):
+        try:
+            values = [float(v) / 100 for v in custom.iloc[:, -1]]
+        except (TypeError, ValueError) as exc:
+            raise SessionError("The custom table must hold numbers (final sparsity in %)") from exc
+    return StudioSettings(target=target / 100, amplitude=amplitude, step=step / 100, criterion=criterion,
+                          method=method, custom=values, calibration=corpus, calibration_text=text,
+                          n_windows=int(n_windows), window=int(window), seed=int(seed or 0),
+                          ppl_tokens=int(ppl_tokens), max_new_tokens=int(new_tokens))
+
+
+def with_training(settings: StudioSettings, tokens, lr, distill, stages, accel_tokens) -> StudioSettings:
+    """Add the training controls' values to the settings."""
+    try:
+        lr = float(lr)
+    except (TypeError, ValueError) as exc:
+        raise SessionError(f"The learning rate must be a number, got {lr!r}") from exc
+    return replace(settings, train_tokens=int(tokens), lr=lr, distill=float(distill), stages=int(stages),
+                   accel_tokens=int(accel_tokens))
+
+
+def fail(exc: Exception) -> str:
+    """A readable message for the page (the traceback goes to the server log only)."""
+    if isinstance(exc, PrunerError | ValueError | FileExistsError):
+        msg = str(exc)
+    else:
+        log.exception("studio handler failed")
+        msg = f"{type(exc).__name__}: {exc}"
+    gr.Warning(msg)
+    return f"⚠️ {msg}"
+
+
+class SharedModel:
+    """The startup model, loaded once and shared read-only by every session (each prunes its own copy)."""
+
+    def __init__(self, source: str = "default", model=None, tokenizer=None):
+        self.source, self.model, self.tokenizer = source, model, tokenizer
+        self._lock = threading.Lock()
+
+    def get(self):
+        with self._lock:
+            if self.model is None:
+                self.model, self.tokenizer = load_model(self.source, progress=None)
+        return self.model, self.tokenizer
+
+
+LOADING = "The model is still loading; try again in a moment"
+
+
+def streamed(views_on_error: bool = True):
+    """A generator handler of a session: a short message while the session is not there yet, and any error
+    shown in the status box (with the page redrawn from the session's unchanged state)."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def handler(self, s, *args):
+            if s is None:
+                yield {self.page.status: LOADING}
+                return
+            try:
+                yield from fn(self, s, *args)
+            except Exception as exc:  # noqa: BLE001 - shown to the user
+                yield {self.page.status: fail(exc), **(self.views(s) if views_on_error else {})}
+
+        return handler
+
+    return deco
+
+
+def immediate(fn):
+    """A one-shot handler of a session, with the same guard and error display as :func:`streamed`."""
+
+    @functools.wraps(fn)
+    def handler(self, s, *args):
+        try:
+            if s is None:
+                raise SessionError(LOADING)
+            return fn(self, s, *args)
+        except Exception as exc:  # noqa: BLE001 - shown to the user
+            return {self.page.status: fail(exc)}
+
+    return handler
+
+
+class Handlers:
+    """The handlers of one page; ``page`` holds its components (see :mod:`studio.ui`)."""
+
+    def __init__(self, page, shared: SharedModel):
+        self.page, self.shared = page, shared
+
+    def views(self, s, settings=None) -> dict:
+        return page_views(self.page, s, settings)
+
+    # ------------------------------------------------------------------ sessions
+    def start_session(self):
+        """A new browser session: a private copy of the startup model."""
+        p = self.page
+        try:
+            model, tok = self.shared.get()
+            s = StudioSession.from_shared(model, tok, name=self.shared.source)
+        except Exception as exc:  # noqa: BLE001 - shown to the user
+            return {p.status: fail(exc)}
+        return {p.state: s, p.status: READY, **self.views(s)}
+
+    def load(self, source):
+        p = self.page
+        try:
+            s = StudioSession.load(source.strip() or "default")
+        except Exception as exc:  # noqa: BLE001
+            return {p.status: fail(exc)}
+        return {p.state: s, p.status: f"Loaded **{source}**.", **self.views(s)}
+
+    # ------------------------------------------------------------------ light updates
+    def preview(self, s, *controls):
+        p = self.page
+        if s is None:
+            return {}
+        try:
+            settings = settings_from(*controls)
+            fig, note = allocation_figure(s, settings)
+            return {p.alloc_fig: fig, p.alloc_md: note, p.cost: s.costs.prune_markdown(settings)}
+        except Exception as exc:  # noqa: BLE001
+            return {p.alloc_md: fail(exc)}
+
+    def steps_to_budget(self, s, n_steps, target):
+        """Set Δ so that about ``n_steps`` steps reach the target."""
+        if s is None:
+            return gr.update()
+        try:
+            return gr.update(value=round(100 * s.schedule.budget_for_steps(int(n_steps), target / 100), 2))
+        except Exception as exc:  # noqa: BLE001
+            fail(exc)
+            return gr.update()
+
+    def train_cost(self, s, *values):
+        if s is None:
+            return {}
+        try:
+            return {self.page.train_cost: s.costs.train_markdown(with_training(settings_from(*values[5:]), *values[:5]))}
+        except Exception as exc:  # noqa: BLE001
+            return {self.page.train_cost: fail(exc)}
+
+    def custom_table(self, s):
+        """Per-layer final sparsity (%) for a custom schedule, pre-filled with the adaptive plan's last column."""
+        import pandas as pd
+
+        if s is None:
+            return gr.update()
+        try:
+            vals = s.schedule.final_sparsity_plan()
+        except SessionError as exc:
+            fail(exc)
+            return gr.update()
+        return pd.DataFrame({"layer": list(range(len(vals))), "final sparsity %": [round(100 * v, 1) for v in vals]})
+
+    def cancel(self, s):
+        if s is not None:
+            s.cancel()
+        return {self.page.status: "Cancelling after the current stage … (the model stays intact)"}
+
+    # ------------------------------------------------------------------ model work
+    @streamed(views_on_error=False)
+    def measure(self, s, *controls):
+        p = self.page
+        settings = settings_from(*controls)
+        s.configure(settings)
+        sec, _ = s.costs.importance_seconds(s.settings)
+        yield {p.status: f"Measuring importance on {s.costs.calibration_tokens(s.settings):,} tokens (≈ {sec:.0f} s) …"}
+        imp = s.schedule.measure()
+        yield {p.status: f"Measured in {imp.seconds:.1f} s on {imp.tokens:,} tokens"
+                         + (f" (calibration loss {imp.loss:.3f})." if imp.loss is not None else "."),
+               **self.views(s, settings)}
+
+    @streamed()
+    def step(self, s, prompt, *controls):
+        p = self.page
+        settings = settings_from(*controls)
+        s.configure(settings)
+        if not s.schedule.has_current_importance():
+            sec, _ = s.costs.importance_seconds(s.settings)
+            yield {p.status: f"Step {s.steps_taken + 1}: measuring importance (≈ {sec:.0f} s) …"}
+        rec = s.schedule.step()
+        yield {p.status: f"Step {rec.index + 1} cut: {rec.params_total / 1e6:.2f} M parameters; evaluating …",
+               **self.views(s, settings)}
+        s.quality.quick_eval(prompt)
+        yield {p.status: f"Step {rec.index + 1} done: {rec.params_total / 1e6:.2f} M parameters "
+                         f"({rec.fraction_of_original:.1%} of the original).", **self.views(s, settings)}
+
+    @streamed()
+    def run(self, s, prompt, every, *controls):
+        settings = settings_from(*controls)
+        for u in s.schedule.run_to_target(settings, prompt=prompt, evaluate_every=int(every)):
+            yield {self.page.status: u.message, **(self.views(s, settings) if u.record is not None or u.done else {})}
+
+    def _stream(self, s, updates, settings: StudioSettings, every: float = 0.5):
+        """Page updates for a stream of progress: the loss curve alone for training steps (at most one update per
+        ``every`` seconds), everything otherwise."""
+        p, last = self.page, 0.0
+        for u in updates:
+            if u.kind == "train_step":
+                now = time.monotonic()
+                if now - last >= every:
+                    last = now
+                    yield {p.status: u.message, p.loss_fig: loss_figure(s)}
+            else:
+                yield {p.status: u.message, **self.views(s, settings)}
+
+    @streamed()
+    def train(self, s, prompt, *values):
+        settings = with_training(settings_from(*values[5:]), *values[:5])
+        yield from self._stream(s, s.training.train(settings=settings, prompt=prompt), settings)
+
+    @streamed()
+    def accel(self, s, prompt, *values):
+        settings = with_training(settings_from(*values[5:]), *values[:5])
+        yield from self._stream(s, s.training.run_accel(settings, prompt=prompt), settings)
+
+    @immediate
+    def undo(self, s):
+        rec = s.undo()
+        return {self.page.status: f"Undid step {rec.index + 1}.", **self.views(s)}
+
+    @immediate
+    def reset(self, s):
+        s.reset()
+        return {self.page.status: "Back to the original model.", **self.views(s)}
+
+    @streamed(views_on_error=False)
+    def evaluate(self, s, prompt, *controls):
+        yield {self.page.status: "Evaluating …"}
+        s.quality.quick_eval(prompt, settings_from(*controls))
+        yield {self.page.status: "Evaluated.", **self.views(s)}
+
+    @streamed(views_on_error=False)
+    def baseline(self, s, *controls):
+        settings = settings_from(*controls)
+        for u in s.quality.run_uniform_baseline(settings):
+            yield {self.page.status: u.message, **self.views(s, settings)}
+
+    @immediate
+    def export(self, s):
+        p = self.page
+        path = s.export_zip()
+        return {p.zip_file: str(path), p.report_file: str(s.export_report(path.parent)),
+                p.status: f"Saved the pruned model ({path.stat().st_size / 1e6:.1f} MB zip) and the report."}
+
+    @streamed(views_on_error=False)
+    def zero_shot(self, s, tasks, limit, full, with_original, with_baseline):
+        p = self.page
+        limit = None if full else int(limit)
+        yield {p.status: f"Zero-shot evaluation on {', '.join(tasks)} ({'all' if limit is None else limit} examples each) …"}
+        table = None
+        for msg, table in s.quality.iter_zero_shot(tasks, limit, with_original=with_original,
+                                                   with_baseline=with_baseline):
+            yield {p.status: msg, **({p.zs_table: table.round(3), p.zs_fig: viz.accuracy_bars(table.to_dict("records"))}
+                                     if table is not None else {})}
+        yield {p.status: "Zero-shot evaluation done." if table is not None else "Nothing evaluated."}

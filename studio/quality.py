@@ -1,0 +1,220 @@
+"""How good the working model is: the quick evaluation after every step (parameters, perplexity with its
+settings, tokens/s, side-by-side generations), the perplexity-vs-parameters trajectory, the uniform baseline
+pruned on a copy of the original, and zero-shot accuracy of original, pruned and baseline models."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+
+import torch
+from torch import nn
+
+from pruner import Cancelled, PrunerError, format_perplexity, perplexity
+from pruner.prune import Pruner
+
+from .events import Progress
+from .settings import StudioSettings
+from .workspace import SessionError, Workspace, calibration_text
+
+
+@dataclass
+class Evaluation:
+    """A quick evaluation of the working model."""
+
+    step: int
+    params: int
+    fraction_of_original: float
+    perplexity: dict
+    tokens_per_s: float
+    prompt: str
+    generation: str
+    original_generation: str
+    original_perplexity: dict
+
+    def summary(self) -> str:
+        return (f"{self.params / 1e6:.2f} M parameters ({self.fraction_of_original:.1%} of the original) · "
+                f"perplexity {format_perplexity(self.perplexity)} · {self.tokens_per_s:.1f} tokens/s (greedy "
+                f"generation) · original: perplexity {self.original_perplexity['perplexity']:.2f}")
+
+
+@dataclass
+class TrajectoryPoint:
+    step: int
+    params: int
+    perplexity: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Quality:
+    """Quick evaluation, trajectory, uniform baseline and zero-shot accuracy of one session."""
+
+    def __init__(self, work: Workspace):
+        self.work = work
+        self._original_eval: dict[tuple, tuple[dict, str]] = {}
+        self._yardstick_listeners = []
+        self.clear()
+        work.on_change(self._changed)
+
+    def clear(self) -> None:
+        self.trajectory: list[TrajectoryPoint] = []
+        self.baseline: list[TrajectoryPoint] = []
+        self.baseline_model: nn.Module | None = None  # the uniform baseline's pruned copy (for zero-shot)
+        self.last_eval: Evaluation | None = None
+        self.yardstick = self.work.settings.ppl_settings()  # the settings every trajectory point was measured with
+
+    def on_new_yardstick(self, fn) -> None:
+        """Call ``fn()`` when the quick-perplexity settings change (points measured before are not comparable)."""
+        self._yardstick_listeners.append(fn)
+
+    def _changed(self, change: str) -> None:
+        if change == "reset":
+            self.clear()
+        elif change == "undo":
+            self.trajectory = [p for p in self.trajectory if p.step <= self.work.steps_taken]
+            self.last_eval = None
+
+    def _check_yardstick(self, s: StudioSettings) -> None:
+        if self.yardstick != s.ppl_settings():  # a new yardstick: start over
+            self.trajectory, self.baseline = [], []
+            self.yardstick = s.ppl_settings()
+            for fn in self._yardstick_listeners:
+                fn()
+
+    def label(self) -> str:
+        return f"quick perplexity: {self.work.settings.ppl_settings()}"
+
+    # ------------------------------------------------------------------ quick evaluation
+    def quick_eval(self, prompt: str, settings: StudioSettings | None = None) -> Evaluation:
+        """Parameters, quick perplexity (settings in the result), tokens/s and greedy generations, side by side."""
+        if settings is not None:
+            self.work.settings = settings
+        with self.work.task():
+            return self.evaluate_now(prompt)
+
+    def ppl(self, model: nn.Module) -> dict:
+        s = self.work.settings
+        return perplexity(model, self.work.tokenizer, s.ppl_dataset, s.ppl_split, window=s.ppl_window,
+                          max_tokens=s.ppl_tokens, should_stop=self.work.should_stop)
+
+    @torch.no_grad()
+    def _generate(self, model: nn.Module, prompt: str) -> tuple[str, float]:
+        tok = self.work.tokenizer
+        enc = tok(prompt, return_tensors="pt").to(next(model.parameters()).device)
+        t0 = time.perf_counter()
+        out = model.generate(**enc, max_new_tokens=self.work.settings.max_new_tokens, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+        dt = time.perf_counter() - t0
+        new = out[0, enc["input_ids"].shape[1]:]
+        return tok.decode(new, skip_special_tokens=True), new.numel() / max(dt, 1e-9)
+
+    def _original_reference(self, prompt: str) -> tuple[dict, str]:
+        s = self.work.settings
+        key = (s.ppl_dataset, s.ppl_split, s.ppl_window, s.ppl_tokens, prompt, s.max_new_tokens)
+        if key not in self._original_eval:
+            self._original_eval[key] = (self.ppl(self.work.original), self._generate(self.work.original, prompt)[0])
+        return self._original_eval[key]
+
+    def evaluate_now(self, prompt: str, track: bool = True) -> Evaluation:
+        """The quick evaluation inside a running task. ``track=False``: not a pruning-trajectory point (after
+        training, whose effect the recovery points show)."""
+        work = self.work
+        if not prompt or not prompt.strip():
+            raise SessionError("Type a prompt for the side-by-side generation")
+        try:
+            ref_ppl, ref_gen = self._original_reference(prompt)
+            ppl = self.ppl(work.model)
+        except Cancelled as exc:
+            raise SessionError("Cancelled during the evaluation; the model is unchanged") from exc
+        gen, tps = self._generate(work.model, prompt)
+        params = work.params()
+        ev = Evaluation(work.steps_taken, params, params / work.original_total, ppl, tps, prompt, gen, ref_gen, ref_ppl)
+        self._check_yardstick(work.settings)
+        self.last_eval = ev
+        if not track:
+            return ev
+        if not self.trajectory:
+            self.trajectory.append(TrajectoryPoint(0, work.original_total, ref_ppl["perplexity"]))
+        self.trajectory = [p for p in self.trajectory if p.step != ev.step or ev.step == 0]
+        if ev.step > 0:
+            self.trajectory.append(TrajectoryPoint(ev.step, params, ppl["perplexity"]))
+        self.trajectory.sort(key=lambda p: p.step)
+        return ev
+
+    # ------------------------------------------------------------------ uniform baseline
+    def run_uniform_baseline(self, settings: StudioSettings | None = None) -> Iterator[Progress]:
+        """Prune a copy of the original with the uniform allocation (A = 0) to the same target, with the same
+        quick perplexity after every sub-step; the result overlays the trajectory. The working model is untouched."""
+        work = self.work
+        s = settings or work.settings
+        with work.task():
+            try:
+                model = copy.deepcopy(work.original).eval()
+                cfg = replace(s.prune_config(work.pruner.config), method="uniform", custom=None)
+                pruner = Pruner(model, work.tokenizer, cfg, keep_history=0, calibration_text=calibration_text(s))
+                work.settings = s
+                ref = self.ppl(work.original)
+                self._check_yardstick(s)
+                points = [TrajectoryPoint(0, pruner.origin.params["total"], ref["perplexity"])]
+                self.baseline, self.baseline_model = list(points), None
+                yield Progress("Uniform baseline: pruning a copy of the original with A = 0 …")
+                for rec in pruner.iter_run(should_stop=work.should_stop):
+                    ppl = self.ppl(model)
+                    points.append(TrajectoryPoint(rec.index + 1, rec.params_total, ppl["perplexity"]))
+                    self.baseline = list(points)
+                    yield Progress(f"Uniform baseline step {rec.index + 1}: {rec.params_total / 1e6:.2f} M "
+                                   f"parameters, perplexity {ppl['perplexity']:.2f}", rec)
+                msg = "cancelled" if pruner.record.stopped else "done"
+                if not pruner.record.stopped:  # kept for the zero-shot comparison (dense vs pruned vs uniform)
+                    self.baseline_model = model.eval()
+                yield Progress(f"Uniform baseline {msg}: {len(points) - 1} step(s).", done=True)
+            except (PrunerError, Cancelled) as exc:
+                raise SessionError(f"Uniform baseline stopped: {exc}") from exc
+
+    # ------------------------------------------------------------------ zero-shot evaluation
+    @staticmethod
+    def zero_shot_tasks() -> list[str]:
+        from pruner.evaluation import TASKS
+
+        return list(TASKS)
+
+    def iter_zero_shot(self, tasks: list[str], limit: int | None, with_original: bool = True,
+                       with_baseline: bool = True, batch_size: int = 8, seed: int = 0) -> Iterator[tuple[str, object]]:
+        """Zero-shot accuracy of the working model, then (optionally) the original and the uniform baseline's
+        pruned copy, on the same ``limit`` examples per task (None: every example). Yields ``(message, table)``
+        after each model; the table (acc or acc_norm named per row) holds every model so far."""
+        from pruner.evaluation import EvalError, evaluate, results_table
+
+        work = self.work
+        if not tasks:
+            raise SessionError("Pick at least one task")
+        with work.task():
+            try:
+                models = [(f"pruned ({work.steps_taken} steps)", work.model)]
+                if with_original:
+                    models.insert(0, ("original", work.original))
+                if with_baseline and self.baseline_model is not None:
+                    models.append(("uniform baseline", self.baseline_model))
+                runs = []
+                for label, model in models:
+                    yield f"Zero-shot: evaluating the {label} model on {', '.join(tasks)} …", (
+                        results_table(runs) if runs else None)
+                    runs.append((label, evaluate(model, work.tokenizer, list(tasks), limit, batch_size, seed,
+                                                 should_stop=work.should_stop)))
+                yield f"Zero-shot: {len(runs)} model(s) evaluated.", results_table(runs)
+            except Cancelled as exc:
+                raise SessionError("Zero-shot evaluation cancelled") from exc
+            except EvalError as exc:
+                raise SessionError(str(exc)) from exc
+
+    def zero_shot(self, tasks: list[str], limit: int, with_original: bool = True, batch_size: int = 8, seed: int = 0,
+                  with_baseline: bool = True):
+        """The final table of :meth:`iter_zero_shot`."""
+        out = None
+        for _, table in self.iter_zero_shot(tasks, limit, with_original, with_baseline, batch_size, seed):
+            out = table
+        return out

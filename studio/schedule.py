@@ -1,0 +1,234 @@
+"""The schedule of a session: importance of the current model (measured once per model and setting), the
+preview of the planned sub-steps, prune one step, run to the target.
+
+The preview is :meth:`pruner.Pruner.preview` — the same planner that cuts — so the first planned column is the
+step that "Prune one step" will take with the importance on screen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+from pruner import AllocationError, Cancelled, PrunerError
+from pruner.importance import Importance
+from pruner.planner import Schedule
+from pruner.prune import StepRecord
+
+from .costs import Costs
+from .events import Progress
+from .settings import StudioSettings
+from .workspace import SessionError, Workspace
+
+
+@dataclass
+class Preview:
+    """A planned schedule, per planned step: the allocation, the share of KV groups and of MLP channels removed
+    (of the original) in every layer, and the total parameters."""
+
+    allocated: list[list[float]]  # [step][layer] s_l
+    attention: list[list[float]]
+    mlp: list[list[float]]
+    params: list[int]
+    reached: bool  # the plan meets the target
+    exact_first: bool  # the first planned step is exactly the next real step
+    notes: list[str] = field(default_factory=list)
+    widths: list[list[dict]] = field(default_factory=list)  # [step][layer] LayerWidths as dicts
+
+    @classmethod
+    def of(cls, plan: Schedule, original) -> Preview:
+        out = cls([], [], [], [], plan.reached, bool(plan.steps) and not plan.steps[0].estimate, list(plan.notes))
+        for st in plan.steps:
+            out.allocated.append(list(st.sparsity))
+            out.attention.append([1 - w.num_kv_heads / o.num_kv_heads for w, o in zip(st.widths, original, strict=True)])
+            out.mlp.append([1 - w.intermediate_size / o.intermediate_size
+                            for w, o in zip(st.widths, original, strict=True)])
+            out.params.append(st.params)
+            out.widths.append([w.to_dict() for w in st.widths])
+        return out
+
+
+class ScheduleControl:
+    """Importance cache, preview, steps and runs of one session."""
+
+    def __init__(self, work: Workspace, costs: Costs, quality):
+        self.work, self.costs, self.quality = work, costs, quality
+        self.importance: Importance | None = None
+        self._key: tuple | None = None
+        self.tags: dict[int, str] = {}  # step index -> "stage k" for steps taken by Adapt-Accel
+        work.on_change(self._changed)
+
+    def _changed(self, change: str) -> None:
+        if change == "reset":
+            self.tags.clear()
+        n = self.work.steps_taken
+        self.tags = {i: t for i, t in self.tags.items() if i < n}
+
+    # ------------------------------------------------------------------ importance
+    def _current_key(self) -> tuple:
+        c, text = self.work.pruner.config, self.work.pruner.calibration_text
+        return (self.work.version, c.criterion, c.calibration, c.n_windows, c.window, c.seed, c.batch_size,
+                hash(text) if text else None)
+
+    def has_current_importance(self) -> bool:
+        return self.importance is not None and self._key == self._current_key()
+
+    def current_importance(self) -> Importance | None:
+        return self.importance if self.has_current_importance() else None
+
+    def shown_importance(self) -> tuple[Importance | None, int]:
+        """The latest measurement to display, and the (1-based) step it was taken before."""
+        if self.has_current_importance():
+            return self.importance, self.work.steps_taken + 1
+        last = self.work.pruner.last_measurement
+        return (last, self.work.steps_taken) if last is not None else (None, 0)
+
+    def measure(self, settings: StudioSettings | None = None) -> Importance:
+        """Importance of the current model on the next step's calibration sample (cached until something changes)."""
+        if settings is not None:
+            self.work.configure(settings)
+        with self.work.task():
+            return self._measure()
+
+    def _measure(self) -> Importance:
+        if self.has_current_importance():
+            return self.importance
+        try:
+            imp = self.work.pruner.measure(should_stop=self.work.should_stop)
+        except Cancelled as exc:
+            raise SessionError("Cancelled: importance was not measured, the model is unchanged") from exc
+        self.importance, self._key = imp, self._current_key()
+        self.costs.observe(imp.criterion, imp.tokens, imp.seconds)
+        return imp
+
+    def importance_columns(self, normalised: bool = False) -> tuple[list[str], list[list[float]]]:
+        """Layer importance per measurement, for the layers × steps heatmap: the importance each step used, then
+        the pending measurement of the current model (if any)."""
+        key = "layer_importance_norm" if normalised else "layer_importance"
+        labels, cols = [], []
+        for rec in self.work.pruner.record.steps:
+            tag = self.tags.get(rec.index)
+            labels.append(f"step {rec.index + 1}" + (f" · {tag}" if tag else ""))
+            cols.append(getattr(rec, key))
+        if self.has_current_importance():
+            labels.append(f"step {self.work.steps_taken + 1} (next)")
+            cols.append(getattr(self.importance, key))
+        return labels, cols
+
+    def sparsity_history(self) -> tuple[list[list[float]], list[list[float]], list[list[float]]]:
+        """Per taken step: (allocated s_l, attention removed, MLP removed), each [step][layer]."""
+        orig = self.work.pruner.origin.widths
+        alloc, attn, mlp = [], [], []
+        for rec in self.work.pruner.record.steps:
+            alloc.append(list(rec.allocated_sparsity))
+            attn.append([1 - w["num_kv_heads"] / o.num_kv_heads for w, o in zip(rec.widths, orig, strict=True)])
+            mlp.append([1 - w["intermediate_size"] / o.intermediate_size for w, o in zip(rec.widths, orig, strict=True)])
+        return alloc, attn, mlp
+
+    # ------------------------------------------------------------------ preview
+    def preview(self, settings: StudioSettings | None = None) -> Preview:
+        """Every remaining step, planned by the pruner's planner with the importance measured now (or, after a
+        step, the last measurement's scores of the surviving units: an estimate). Changes nothing."""
+        work = self.work
+        s = settings or work.settings
+        try:
+            cfg = s.prune_config(work.pruner.config)
+        except PrunerError as exc:
+            raise SessionError(str(exc)) from exc
+        if not work.surgery.acquire(timeout=2.0):
+            raise SessionError("The model is being cut; the preview updates when the step finishes")
+        try:
+            imp = self.current_importance()
+            if imp is None and work.pruner.last_measurement is None:
+                raise SessionError("Measure importance first: the plan needs the layer and unit scores")
+            if work.planner_target_reached(cfg):
+                raise SessionError(f"The model is already at or below the target ({s.target:.0%} of the original);"
+                                   " lower the target to prune further")
+            plan = work.pruner.preview(imp, cfg, measure=False)
+        except AllocationError as exc:
+            raise SessionError(str(exc)) from exc
+        except PrunerError as exc:
+            raise SessionError(str(exc)) from exc
+        finally:
+            work.surgery.release()
+        out = Preview.of(plan, work.pruner.origin.widths)
+        if imp is None:
+            out.notes.insert(0, f"an estimate from the importance measured before step {work.steps_taken}")
+        return out
+
+    def final_sparsity_plan(self, settings: StudioSettings | None = None) -> list[float]:
+        """Per-layer final sparsity of the adaptive plan (a starting point for a custom schedule)."""
+        s = replace(settings or self.work.settings, method="adaptive", custom=None)
+        p = self.preview(s)
+        return p.allocated[-1] if p.allocated else list(self.work.pruner.sparsity)
+
+    def budget_for_steps(self, n_steps: int, target: float | None = None) -> float:
+        """The per-step budget Δ that reaches ``target`` (fraction of the original parameters) in about
+        ``n_steps`` steps: the prunable share still to remove, spread evenly (clipping can add a step or two)."""
+        if n_steps < 1:
+            raise SessionError("The number of steps must be at least 1")
+        work = self.work
+        target = work.settings.target if target is None else target
+        prunable0 = sum(work.pruner.geo.layer_prunable_params(w) for w in work.pruner.origin.widths)
+        to_remove = work.params() - target * work.original_total
+        if to_remove <= 0:
+            raise SessionError("The model is already at or below this target")
+        return min(0.5, max(0.001, to_remove / prunable0 / n_steps))
+
+    # ------------------------------------------------------------------ pruning
+    def step(self, settings: StudioSettings | None = None) -> StepRecord:
+        """One sub-step (re-using the importance measured for the current model when it is still valid)."""
+        if settings is not None:
+            self.work.configure(settings)
+        with self.work.task():
+            if self.work.planner_target_reached():
+                raise SessionError(f"The model is already at or below the target ({self.work.pruner.config.target:.0%}"
+                                   " of the original); lower the target to prune further")
+            return self._step()
+
+    def _step(self) -> StepRecord:
+        imp = self._measure()
+        try:
+            return self.work.step(imp, self.work.should_stop)
+        except Cancelled as exc:
+            raise SessionError("Cancelled: the model is unchanged") from exc
+        except PrunerError as exc:
+            raise SessionError(str(exc)) from exc
+
+    def run_to_target(self, settings: StudioSettings | None = None, prompt: str | None = None,
+                      evaluate_every: int = 1) -> Iterator[Progress]:
+        """Sub-steps until the target, yielding a :class:`Progress` before and after each one; ``cancel()`` stops
+        after the current measurement or step (completed steps are kept). With ``prompt``, a quick evaluation
+        follows every ``evaluate_every``-th step and the last one."""
+        work = self.work
+        if settings is not None:
+            work.configure(settings)
+        with work.task():
+            try:
+                work.pruner.target_params()
+            except PrunerError as exc:
+                raise SessionError(str(exc)) from exc
+            for k in range(work.pruner.config.max_steps):
+                if work.planner_target_reached():
+                    break
+                sec, _ = self.costs.importance_seconds(work.settings)
+                yield Progress(f"Step {work.steps_taken + 1}: measuring importance on "
+                               f"{self.costs.calibration_tokens(work.settings):,} tokens (≈ {sec:.0f} s) …")
+                try:
+                    rec = self._step()
+                except SessionError:
+                    if work.cancelled:
+                        yield Progress(f"Cancelled after {k} step(s) of this run; the model is intact.", done=True)
+                        return
+                    raise
+                ev = None
+                last = work.planner_target_reached()
+                if prompt is not None and ((k + 1) % max(evaluate_every, 1) == 0 or last):
+                    yield Progress(f"Step {rec.index + 1} done; quick evaluation …", rec)
+                    ev = self.quality.evaluate_now(prompt)
+                yield Progress(f"Step {rec.index + 1} done: {rec.params_total / 1e6:.2f} M parameters "
+                               f"({rec.fraction_of_original:.1%})", rec, ev)
+                if work.cancelled:
+                    yield Progress(f"Cancelled after step {rec.index + 1}; the model is intact.", rec, ev, done=True)
+                    return
+            yield Progress(f"Target reached: {work.params() / 1e6:.2f} M parameters.", done=True)

@@ -1,0 +1,210 @@
+"""The page: its layout and which handler each control calls. Nothing is built at import time:
+:func:`build_demo` makes a fresh ``gr.Blocks`` (one per call, so tests and the Space entry point each get
+their own) around a shared startup model.
+
+On a ZeroGPU Space the model work runs inside ``spaces.GPU``; elsewhere nothing is wrapped.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from types import SimpleNamespace
+
+import gradio as gr
+
+from pruner.config import CRITERIA, METHODS
+from pruner.data import CORPORA, CORPUS_DESCRIPTIONS
+
+from . import text
+from .handlers import Handlers, SharedModel
+from .quality import Quality
+from .settings import UPLOADED, StudioSettings
+
+try:  # ZeroGPU Spaces: GPU work must run inside functions decorated with spaces.GPU
+    import spaces
+
+    gpu = spaces.GPU(duration=120)
+    gpu_long = spaces.GPU(duration=600)  # training and Adapt-Accel
+except ImportError:  # anywhere else: nothing to wrap
+
+    def gpu(fn):
+        return fn
+
+    gpu_long = gpu
+
+CSS = resources.files("studio").joinpath("studio.css").read_text(encoding="utf-8")
+HEAVY = dict(concurrency_id="model", concurrency_limit=1)  # one model-heavy task at a time, server-wide
+LIGHT = dict(concurrency_id="preview", concurrency_limit=4)
+D = StudioSettings  # the studio's defaults
+
+
+def build_demo(model=None, tokenizer=None, source: str = "default") -> gr.Blocks:
+    """The studio as a ``gr.Blocks``. ``model``/``tokenizer``: the startup model, shared read-only by every
+    browser session (each prunes a private copy); when None it is loaded from ``source`` on the first visit."""
+    shared = SharedModel(source, model, tokenizer)
+    with gr.Blocks(title="Adapt-Pruner Studio") as demo:
+        page = SimpleNamespace(state=gr.State(None))  # a StudioSession per browser tab, created by demo.load
+        gr.Markdown(text.INTRO)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=330, elem_classes="controls"):
+                _controls(page)
+            with gr.Column(scale=3):
+                _tabs(page)
+        _wire(demo, page, Handlers(page, shared))
+    return demo
+
+
+def _controls(page) -> None:
+    """The left column: model, calibration, schedule, buttons, quick evaluation, training."""
+    page.status = gr.Markdown(text.LOADING, elem_id="status", elem_classes="status-box")
+    page.summary = gr.Markdown(elem_id="summary")
+    with gr.Accordion("Model", open=False):
+        page.source = gr.Textbox("default", label="Model", info="“default” (SmolLM2-135M-Instruct), a local "
+                                 "folder, a pruned folder, a .gguf file or a hub id")
+        page.load_btn = gr.Button("Load model")
+    with gr.Accordion("Calibration data", open=False):
+        page.corpus = gr.Dropdown([*CORPORA, UPLOADED], value=D.calibration, label="Corpus",
+                                  info="; ".join(f"{k}: {v}" for k, v in CORPUS_DESCRIPTIONS.items()))
+        page.upload = gr.File(label="Text file (for “uploaded file”)", file_types=[".txt", ".md"], type="filepath")
+        with gr.Row():
+            page.n_windows = gr.Slider(2, 128, D.n_windows, step=1, label="windows", elem_id="n-windows")
+            page.window = gr.Slider(32, 512, D.window, step=32, label="window length (tokens)")
+        page.seed = gr.Number(D.seed, label="seed", precision=0)
+    page.cost = gr.Markdown(elem_id="cost")
+    gr.Markdown("### Schedule")
+    page.target = gr.Slider(30, 99, round(100 * D.target), step=1, label="target size (% of the original parameters)",
+                            elem_id="target")
+    page.amplitude = gr.Slider(0, 0.1, D.amplitude, step=0.005, label="amplitude A", elem_id="amplitude",
+                               info="how strongly importance shifts sparsity between layers (0 = uniform)")
+    with gr.Row():
+        page.step = gr.Slider(0.5, 10, 100 * D.step, step=0.25, label="budget per step Δ (%)", elem_id="step")
+        page.n_steps = gr.Slider(1, 60, 12, step=1, label="…or number of steps", info="sets Δ")
+    with gr.Row():
+        page.criterion = gr.Radio(list(CRITERIA), value=D.criterion, label="unit criterion")
+        page.method = gr.Radio(list(METHODS), value=D.method, label="allocation")
+    with gr.Accordion("Custom schedule (final sparsity per layer)", open=False):
+        page.custom = gr.Dataframe(headers=["layer", "final sparsity %"], datatype=["number", "number"],
+                                   interactive=True, label="edit the last column; used when allocation = custom")
+        page.fill_custom = gr.Button("Fill from the adaptive plan", size="sm")
+    with gr.Row():
+        page.measure_btn = gr.Button("Measure importance", variant="primary", elem_id="measure", min_width=60)
+        page.step_btn = gr.Button("Prune one step", variant="primary", elem_id="step-btn", min_width=60)
+    with gr.Row():
+        page.run_btn = gr.Button("Run to target", elem_id="run", min_width=60)
+        page.cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel", min_width=60)
+    with gr.Row():
+        page.undo_btn = gr.Button("Undo step", size="sm", elem_id="undo", min_width=60)
+        page.reset_btn = gr.Button("Reset", size="sm", elem_id="reset", min_width=60)
+        page.baseline_btn = gr.Button("Uniform baseline", size="sm", elem_id="baseline", min_width=60)
+    with gr.Accordion("Quick evaluation", open=False):
+        page.prompt = gr.Textbox(text.PROMPT, label="prompt", elem_id="prompt")
+        with gr.Row():
+            page.ppl_tokens = gr.Slider(256, 8192, D.ppl_tokens, step=256, label="perplexity tokens",
+                                        info=f"WikiText-2 test, {D.ppl_window}-token windows")
+            page.new_tokens = gr.Slider(4, 64, D.max_new_tokens, step=4, label="generated tokens")
+        page.every = gr.Slider(1, 10, 1, step=1, label="during a run, evaluate every n-th step")
+        page.eval_btn = gr.Button("Evaluate now", size="sm")
+    _training_controls(page)
+
+
+def _training_controls(page) -> None:
+    with gr.Accordion("Recovery training · Adapt-Accel", open=False, elem_id="train-box"):
+        with gr.Row():
+            page.train_tokens = gr.Slider(1024, 262_144, D.train_tokens, step=1024, label="tokens per Train round",
+                                          elem_id="train-tokens")
+            page.lr = gr.Dropdown(["3e-5", "1e-4", "3e-4", "1e-3"], value=f"{D.lr:.0e}".replace("e-0", "e-"),
+                                  label="peak learning rate", allow_custom_value=True)
+        page.distill = gr.Slider(0, 1, D.distill, step=0.05, label="distillation weight",
+                                 info="0 = language-model loss only; 1 = KL to the original model only")
+        page.train_cost = gr.Markdown(elem_id="train-cost")
+        page.train_btn = gr.Button("Train", elem_id="train-btn")
+        with gr.Row():
+            page.stages = gr.Slider(1, 12, D.stages, step=1, label="Adapt-Accel stages", elem_id="stages")
+            page.accel_tokens = gr.Slider(4096, 1_048_576, D.accel_tokens, step=4096,
+                                          label="Adapt-Accel tokens (all stages)", elem_id="accel-tokens")
+        page.accel_btn = gr.Button("Run Adapt-Accel", variant="primary", elem_id="accel-btn")
+        gr.Markdown(text.EXPLAIN_ACCEL_TARGET, elem_classes="explain")
+
+
+def _tabs(page) -> None:
+    """The right column: the studio's figures, the architecture, zero-shot evaluation, export."""
+    with gr.Tabs():
+        with gr.Tab("Studio"):
+            with gr.Row():
+                with gr.Column():
+                    page.layer_fig = gr.Plot(elem_id="layer-heatmap", show_label=False)
+                    gr.Markdown(text.EXPLAIN_LAYER, elem_classes="explain")
+                with gr.Column():
+                    page.unit_fig = gr.Plot(elem_id="unit-heatmap", show_label=False)
+                    gr.Markdown(text.EXPLAIN_UNITS, elem_classes="explain")
+            with gr.Row():
+                with gr.Column():
+                    page.alloc_fig = gr.Plot(elem_id="alloc-heatmap", show_label=False)
+                    page.alloc_md = gr.Markdown(elem_id="alloc-note")
+                    gr.Markdown(text.EXPLAIN_ALLOC, elem_classes="explain")
+                with gr.Column():
+                    page.traj_fig = gr.Plot(elem_id="trajectory", show_label=False)
+                    page.metrics = gr.Markdown(elem_id="metrics")
+                    gr.Markdown(text.EXPLAIN_EVAL, elem_classes="explain")
+            with gr.Row():
+                page.gen_orig = gr.Textbox(label="original model", lines=3, interactive=False, elem_id="gen-orig")
+                page.gen_pruned = gr.Textbox(label="pruned model", lines=3, interactive=False, elem_id="gen-pruned")
+            with gr.Row():
+                with gr.Column():
+                    page.loss_fig = gr.Plot(elem_id="loss-curve", show_label=False)
+                with gr.Column():
+                    gr.Markdown(text.EXPLAIN_TRAIN, elem_classes="explain")
+        with gr.Tab("Architecture"):
+            page.arch_fig = gr.Plot(elem_id="arch", show_label=False)
+            gr.Markdown(text.EXPLAIN_ARCH, elem_classes="explain")
+        with gr.Tab("Evaluate"):
+            gr.Markdown(text.EXPLAIN_ZERO_SHOT)
+            with gr.Row():
+                page.zs_tasks = gr.CheckboxGroup(Quality.zero_shot_tasks(), value=["arc_easy", "piqa"], label="tasks")
+                with gr.Column(min_width=200):
+                    page.zs_limit = gr.Slider(10, 500, 50, step=10, label="examples per task (quick)",
+                                              info="a seeded sample: the same examples every time")
+                    page.zs_full = gr.Checkbox(False, label="full data instead (every example; hours on a CPU)")
+                with gr.Column(min_width=160):
+                    page.zs_orig = gr.Checkbox(True, label="also the original model")
+                    page.zs_base = gr.Checkbox(True, label="also the uniform baseline (once it has run)")
+            page.zs_btn = gr.Button("Evaluate zero-shot", elem_id="zs-btn")
+            page.zs_fig = gr.Plot(elem_id="zs-bars", show_label=False)
+            page.zs_table = gr.Dataframe(label="results", interactive=False, elem_id="zs-table")
+        with gr.Tab("Export"):
+            gr.Markdown(text.EXPLAIN_EXPORT)
+            page.export_btn = gr.Button("Prepare downloads")
+            with gr.Row():
+                page.zip_file = gr.File(label="pruned model (zip)", interactive=False)
+                page.report_file = gr.File(label="report (JSON)", interactive=False)
+
+
+def _wire(demo: gr.Blocks, p, h: Handlers) -> None:
+    controls = [p.target, p.amplitude, p.step, p.criterion, p.method, p.custom, p.corpus, p.upload, p.n_windows,
+                p.window, p.seed, p.ppl_tokens, p.new_tokens]
+    train_controls = [p.train_tokens, p.lr, p.distill, p.stages, p.accel_tokens]
+    everything = [p.state, p.status, p.summary, p.layer_fig, p.unit_fig, p.alloc_fig, p.alloc_md, p.arch_fig,
+                  p.traj_fig, p.metrics, p.gen_orig, p.gen_pruned, p.cost, p.loss_fig, p.train_cost]
+    demo.load(h.start_session, None, everything, **HEAVY)
+    p.load_btn.click(gpu(h.load), [p.source], everything, **HEAVY)
+    p.measure_btn.click(gpu(h.measure), [p.state, *controls], everything, **HEAVY)
+    p.step_btn.click(gpu(h.step), [p.state, p.prompt, *controls], everything, **HEAVY)
+    p.run_btn.click(gpu(h.run), [p.state, p.prompt, p.every, *controls], everything, **HEAVY)
+    p.cancel_btn.click(h.cancel, [p.state], [p.status], concurrency_limit=None)
+    p.undo_btn.click(h.undo, [p.state], everything, **HEAVY)
+    p.reset_btn.click(h.reset, [p.state], everything, **HEAVY)
+    p.eval_btn.click(gpu(h.evaluate), [p.state, p.prompt, *controls], everything, **HEAVY)
+    p.baseline_btn.click(gpu(h.baseline), [p.state, *controls], everything, **HEAVY)
+    p.export_btn.click(h.export, [p.state], [p.status, p.zip_file, p.report_file], **HEAVY)
+    p.train_btn.click(gpu_long(h.train), [p.state, p.prompt, *train_controls, *controls], everything, **HEAVY)
+    p.accel_btn.click(gpu_long(h.accel), [p.state, p.prompt, *train_controls, *controls], everything, **HEAVY)
+    p.zs_btn.click(gpu(h.zero_shot), [p.state, p.zs_tasks, p.zs_limit, p.zs_full, p.zs_orig, p.zs_base],
+                   [p.status, p.zs_table, p.zs_fig], **HEAVY)
+    p.fill_custom.click(h.custom_table, [p.state], [p.custom], **LIGHT)
+    p.n_steps.release(h.steps_to_budget, [p.state, p.n_steps, p.target], [p.step], **LIGHT)
+    for c in (p.target, p.amplitude, p.step, p.n_windows, p.window):
+        c.release(h.preview, [p.state, *controls], [p.alloc_fig, p.alloc_md, p.cost], **LIGHT)
+    for c in (p.criterion, p.method, p.corpus, p.custom):
+        c.change(h.preview, [p.state, *controls], [p.alloc_fig, p.alloc_md, p.cost], **LIGHT)
+    for c in (p.train_tokens, p.stages, p.accel_tokens, p.target, p.step, p.n_windows, p.window):
+        c.release(h.train_cost, [p.state, *train_controls, *controls], [p.train_cost], **LIGHT)

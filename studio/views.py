@@ -1,0 +1,76 @@
+"""Every figure and text of the page, made from a session's state (pure reads; no model work but the preview)."""
+
+from __future__ import annotations
+
+import visualizations as viz
+
+from .session import StudioSession
+from .settings import StudioSettings
+from .text import LOADING, NO_EVAL
+from .workspace import SessionError
+
+
+def loss_figure(s: StudioSession):
+    log = s.training.log
+    return viz.loss_curve(list(range(1, len(log.losses) + 1)), log.losses,
+                          stage_starts=[i + 1 for i in log.starts], stage_labels=log.labels)
+
+
+def allocation_figure(s: StudioSession, settings: StudioSettings | None):
+    """The allocated sparsity of the steps taken and of the plan to the target, and a note about the plan."""
+    alloc, attn, mlp = s.schedule.sparsity_history()
+    try:
+        p = s.schedule.preview(settings)
+        alloc, attn, mlp = alloc + p.allocated, attn + p.attention, mlp + p.mlp
+        exact = "the first is exactly the next step" if p.exact_first else "all estimated"
+        note = (f"Plan: **{s.steps_taken} taken + {len(p.params)} more step(s)** to "
+                f"{(p.params[-1] if p.params else 0) / 1e6:.2f} M parameters ({exact})"
+                + ("" if p.reached or not p.params else " (target not reachable)")
+                + ("  \n" + "; ".join(p.notes) if p.notes else ""))
+    except SessionError as exc:
+        note = str(exc)
+    labels = [str(k + 1) for k in range(len(attn))]
+    fig = viz.allocated_sparsity_heatmap(attn, mlp, labels, n_done=s.steps_taken, allocated=alloc)
+    return fig, note
+
+
+def unit_figure(s: StudioSession):
+    imp, before = s.schedule.shown_importance()
+    if imp is None:
+        return viz.unit_importance_heatmap([], [])
+    return viz.unit_importance_heatmap(imp.group_scores, imp.channel_scores, criterion=imp.criterion,
+                                       note=f"measured before step {before}")
+
+
+def trajectory_figure(s: StudioSession):
+    q, t = s.quality, s.training
+    traj, base = q.trajectory, q.baseline
+    return viz.trajectory_figure([p.params for p in traj], [p.perplexity for p in traj], q.label(),
+                                 [p.params for p in base] or None, [p.perplexity for p in base] or None,
+                                 steps=[p.step for p in traj], recovery=t.recovery,
+                                 accel_start=(t.accel_start.params, t.accel_start.perplexity)
+                                 if t.accel_start else None)
+
+
+def page_views(page, s: StudioSession | None, settings: StudioSettings | None = None) -> dict:
+    """Every figure and text of ``page`` from the session's state."""
+    if s is None:
+        return {page.status: LOADING}
+    labels, cols = s.schedule.importance_columns()
+    planned, plan_note = allocation_figure(s, settings)
+    ev = s.quality.last_eval
+    return {
+        page.summary: s.summary_markdown(),
+        page.layer_fig: viz.layer_importance_heatmap(cols, labels),
+        page.unit_fig: unit_figure(s),
+        page.alloc_fig: planned,
+        page.alloc_md: plan_note,
+        page.arch_fig: viz.architecture_figure(list(s.pruner.origin.widths), s.work.widths()),
+        page.traj_fig: trajectory_figure(s),
+        page.loss_fig: loss_figure(s),
+        page.train_cost: s.costs.train_markdown(settings or s.settings),
+        page.metrics: ev.summary() if ev else NO_EVAL,
+        page.gen_orig: ev.original_generation if ev else "",
+        page.gen_pruned: ev.generation if ev else "",
+        page.cost: s.costs.prune_markdown(settings or s.settings),
+    }

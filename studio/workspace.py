@@ -1,0 +1,206 @@
+"""The models of one studio session and their lifecycle: the working model and its :class:`pruner.Pruner`, the
+untouched original, one task at a time, cancel, undo and reset.
+
+Everything else in a session (the schedule view, evaluation, training, export) reads the workspace and is told
+when the working model changes, so that what it shows never describes a model that is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import threading
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from pruner import PrunerError, adapter_for, count_parameters, describe, layer_widths
+from pruner.config import PruneConfig
+from pruner.data import CORPORA
+from pruner.planner import target_params, target_tolerance
+from pruner.prune import Pruner, StepRecord
+
+from .settings import UPLOADED, StudioSettings
+
+
+class SessionError(PrunerError):
+    """A request the session cannot carry out, with a message meant for the page."""
+
+
+#: What happened to the working model, as told to a session's parts: a step was cut, undone, the weights were
+#: trained (or Adapt-Accel changed shape and weights), or the model was reset to the original.
+CHANGES = ("step", "undo", "train", "reset")
+
+
+class Workspace:
+    """The working model, the original and the pruner of one session."""
+
+    def __init__(self, model: nn.Module, tokenizer, original: nn.Module | None = None, name: str = "model",
+                 settings: StudioSettings | None = None, keep_history: int = 3):
+        adapter_for(model)  # fail early on an unsupported architecture
+        self.name = name
+        self.tokenizer = tokenizer
+        # the pristine model: never pruned, may be shared read-only between sessions
+        self.original = original if original is not None else copy.deepcopy(model)
+        self.original.eval()
+        self.model = model.eval()
+        self.settings = settings or StudioSettings()
+        self.keep_history = keep_history
+        self.version = 0  # bumped on every change of the working model
+        self._listeners: list[Callable[[str], None]] = []
+        self._flag_lock = threading.Lock()
+        self._busy = False
+        self.surgery = threading.Lock()  # held while the model's structure changes (short)
+        self._stop = threading.Event()
+        self.pruner = self._new_pruner()
+
+    def _new_pruner(self, record=None) -> Pruner:
+        p = Pruner(self.model, self.tokenizer, self._prune_config(self.settings), keep_history=self.keep_history,
+                   calibration_text=calibration_text(self.settings))
+        if record is not None:
+            p.record = record
+        return p
+
+    def _prune_config(self, settings: StudioSettings):
+        try:
+            return settings.prune_config(getattr(self, "pruner", None) and self.pruner.config)
+        except PrunerError as exc:
+            raise SessionError(str(exc)) from exc
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def steps_taken(self) -> int:
+        return len(self.pruner.record.steps)
+
+    @property
+    def original_total(self) -> int:
+        return self.pruner.origin.params["total"]
+
+    def params(self) -> int:
+        return count_parameters(self.model)["total"]
+
+    def widths(self):
+        return layer_widths(self.model)
+
+    def planner_target_reached(self, config: PruneConfig | None = None) -> bool:
+        """True when the working model is at the target of ``config`` (default: the pruner's), within the
+        library's tolerance."""
+        cfg = config or self.pruner.config
+        return self.params() <= target_params(cfg.target, self.original_total) + target_tolerance(self.original_total)
+
+    def summary(self) -> dict:
+        """Architecture summary of the working model (see :func:`pruner.describe`) plus the original size."""
+        d = describe(self.model)
+        d["name"] = self.name
+        d["original_params"] = self.original_total
+        return d
+
+    # ------------------------------------------------------------------ one task at a time, cancel
+    @contextlib.contextmanager
+    def task(self) -> Iterator[None]:
+        """Hold the session for one task. A flag, not a thread-owned lock: a UI generator may be resumed in
+        different worker threads."""
+        with self._flag_lock:
+            if self._busy:
+                raise SessionError("This session is busy with another task; wait for it or press Cancel")
+            self._busy = True
+        self._stop.clear()
+        try:
+            yield
+        finally:
+            with self._flag_lock:
+                self._busy = False
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    def cancel(self) -> None:
+        """Ask the running task to stop at the next safe point (the model stays intact)."""
+        self._stop.set()
+
+    def clear_cancel(self) -> None:
+        self._stop.clear()
+
+    @property
+    def should_stop(self) -> Callable[[], bool]:
+        return self._stop.is_set
+
+    @property
+    def cancelled(self) -> bool:
+        return self._stop.is_set()
+
+    # ------------------------------------------------------------------ settings
+    def configure(self, settings: StudioSettings) -> None:
+        """Apply new settings to the next steps (validated; the model is not touched)."""
+        if not 0 < settings.target < 1:
+            raise SessionError(f"The target must be a fraction of the original size in (0, 1), got {settings.target}")
+        n = len(self.pruner.sparsity)
+        if settings.method == "custom" and (settings.custom is None or len(settings.custom) != n):
+            raise SessionError(f"A custom schedule needs one final sparsity per layer ({n} values)")
+        text = calibration_text(settings)
+        cfg = self._prune_config(settings)
+        try:
+            self.pruner.configure(cfg, text)
+        except PrunerError as exc:
+            raise SessionError(str(exc)) from exc
+        self.settings = settings
+
+    # ------------------------------------------------------------------ changes of the working model
+    def on_change(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(change)`` (one of :data:`CHANGES`) after every change of the working model."""
+        self._listeners.append(listener)
+
+    def changed(self, change: str) -> None:
+        self.version += 1
+        for fn in self._listeners:
+            fn(change)
+
+    def adopt(self, sparsity: list[float] | None = None) -> None:
+        """After training or Adapt-Accel changed the model outside the pruner: a fresh Pruner on it that keeps the
+        record (the undo history is cleared, since undoing a step would also undo the training)."""
+        self.pruner = self._new_pruner(self.pruner.record)
+        if sparsity is not None:
+            self.pruner.sparsity = list(sparsity)
+        self.pruner._finish_record()
+        self.changed("train")
+
+    def step(self, importance, should_stop) -> StepRecord:
+        with self.surgery:
+            rec = self.pruner.step(None, importance=importance, should_stop=should_stop)
+        self.changed("step")
+        return rec
+
+    def undo(self) -> StepRecord:
+        """Undo the last step (up to ``keep_history`` steps back)."""
+        with self.task():
+            with self.surgery:
+                rec = self.pruner.undo()
+            if rec is None:
+                raise SessionError(f"Nothing to undo (the history keeps the last {self.keep_history} steps)")
+            self.changed("undo")
+            return rec
+
+    def reset(self) -> None:
+        """Back to the original model (a fresh copy)."""
+        with self.task():
+            with self.surgery:
+                self.model = copy.deepcopy(self.original).eval()
+                self.pruner = self._new_pruner()
+            self.changed("reset")
+
+
+def calibration_text(settings: StudioSettings) -> str | None:
+    """The uploaded calibration text, or None for a shipped corpus; a clear error for anything else."""
+    if settings.calibration == UPLOADED:
+        if not settings.calibration_text or not settings.calibration_text.strip():
+            raise SessionError("Choose a text file to upload, or pick a shipped corpus for calibration")
+        return settings.calibration_text
+    if settings.calibration not in CORPORA:
+        raise SessionError(f"Unknown calibration corpus '{settings.calibration}'")
+    return None

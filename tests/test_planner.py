@@ -1,0 +1,91 @@
+"""One planner: the preview is what the pruner does. For every method × attention policy on the tiny models,
+the first planned step equals the next real step with the same importance, and with importance held fixed the
+last planned widths are the widths the run reaches."""
+
+from __future__ import annotations
+
+import pytest
+
+import pruner
+from pruner.config import ATTENTION_POLICIES, METHODS
+from pruner.planner import target_tolerance, top_units
+from pruner.structure import layer_widths
+from pruner.testing import tiny_model
+
+CUSTOM = [0.3, 0.6, 0.4, 0.55]
+
+
+def config(method: str, attention: str, **kw) -> pruner.PruneConfig:
+    base = dict(target=0.7, method=method, attention=attention, step=0.05, amplitude=0.05, n_windows=4, window=24,
+                batch_size=4, calibration="wikitext2", custom=CUSTOM if method == "custom" else None)
+    return pruner.PruneConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("attention", ATTENTION_POLICIES)
+@pytest.mark.parametrize("method", METHODS)
+def test_the_first_planned_step_is_the_next_real_step(arch, method, attention, tiny_tokenizer):
+    p = pruner.Pruner(tiny_model(arch), tiny_tokenizer, config(method, attention))
+    for _ in range(2):  # from the dense model, and again after a step
+        imp = p.measure()
+        plan = p.preview(imp)
+        assert plan.reached and plan.steps and not plan.steps[0].estimate
+        assert all(s.estimate for s in plan.steps[1:])  # later ones reuse today's scores
+        first = plan.steps[0]
+        rec = p.step(importance=imp)
+        assert layer_widths(p.model) == first.widths
+        assert rec.params_total == first.params
+        assert rec.allocated_sparsity == first.sparsity
+        assert rec.fraction == first.fraction
+
+
+@pytest.mark.parametrize("attention", ATTENTION_POLICIES)
+@pytest.mark.parametrize("method", METHODS)
+def test_with_importance_held_fixed_the_plan_is_the_run(arch, method, attention, tiny_tokenizer):
+    model = tiny_model(arch)
+    p = pruner.Pruner(model, tiny_tokenizer, config(method, attention, remeasure=False))
+    plan = p.preview()  # measures once; the run then reuses that measurement
+    assert not any(s.estimate for s in plan.steps)
+    steps = list(p.iter_run())
+    assert len(steps) == len(plan.steps) >= 2
+    assert layer_widths(model) == plan.steps[-1].widths
+    assert [r.params_total for r in steps] == [s.params for s in plan.steps]
+    assert [r.allocated_sparsity for r in steps] == [s.sparsity for s in plan.steps]
+    total0 = p.origin.params["total"]
+    assert abs(steps[-1].params_total - 0.7 * total0) <= max(target_tolerance(total0), p.geo.params_per_group)
+
+
+def test_preview_changes_nothing_and_previews_other_settings(tiny_tokenizer):
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    p = pruner.Pruner(model, tiny_tokenizer, config("adaptive", "score"))
+    imp = p.measure()
+    here = p.preview(imp)
+    lower = p.preview(imp, config=config("adaptive", "score", target=0.5))
+    assert len(lower.steps) > len(here.steps) and p.config.target == 0.7
+    assert all(k in before and (v == before[k]).all() for k, v in model.state_dict().items())
+    assert p.record.steps == []
+
+
+def test_preview_needs_a_measurement_for_the_score_policy(tiny_tokenizer):
+    p = pruner.Pruner(tiny_model(), tiny_tokenizer, config("adaptive", "score"))
+    with pytest.raises(pruner.AllocationError, match="Measure importance first"):
+        p.preview(measure=False)
+    # the proportional policy with a uniform allocation needs no scores to plan the widths
+    q = pruner.Pruner(tiny_model(), tiny_tokenizer, config("uniform", "proportional"))
+    plan = q.planner.schedule(q.sparsity, q.widths(), pruner.planner.UnitScores.of(None), q.target_params())
+    assert plan.reached and plan.steps[0].keep_groups is None
+
+
+def test_a_stale_preview_after_a_step_is_all_estimates(tiny_tokenizer):
+    p = pruner.Pruner(tiny_model(), tiny_tokenizer, config("adaptive", "score"))
+    p.step()
+    plan = p.preview(measure=False)
+    assert plan.steps and all(s.estimate for s in plan.steps)
+
+
+def test_one_tolerance_and_ties_to_the_lower_index():
+    assert target_tolerance(134_515_008) == 134_515 and target_tolerance(10) == 1
+    import torch
+
+    assert top_units(torch.tensor([1.0, 3.0, 3.0, 0.5]), 2) == [1, 2]
+    assert top_units(torch.tensor([2.0, 2.0, 2.0]), 1) == [0]
