@@ -251,21 +251,27 @@ class Pruner:
         old_origin = Origin(list(self.origin.widths), dict(self.origin.params),
                             [list(g) for g in self.origin.kept_groups], [list(c) for c in self.origin.kept_channels])
         old = (list(self.sparsity), self._last)
-        inverse = apply_patch(self.model, patch, self.adapter)
-        for li, cut in cuts.items():
-            self.origin.kept_groups[li] = [self.origin.kept_groups[li][i] for i in cut.keep_groups]
-            self.origin.kept_channels[li] = [self.origin.kept_channels[li][i] for i in cut.keep_channels]
-        self.sparsity = planned.sparsity
-        self._last = (shown, scores.restricted(planned.keep_groups, planned.keep_channels))
-        t2 = time.perf_counter()
-        if measured:
-            sec, tokens = t1 - t0, shown.tokens
-        elif importance is not None:
-            sec, tokens = importance.seconds, importance.tokens
-        else:  # the held measurement again: nothing measured in this sub-step
-            sec, tokens = 0.0, 0
-        rec = self._step_record(index, planned, shown, sec, tokens, t2 - t1)
-        self.record.steps.append(rec)
+        inverse = apply_patch(self.model, patch, self.adapter)  # all or nothing
+        try:  # the bookkeeping up to the written record: on any error the cut is undone
+            for li, cut in cuts.items():
+                self.origin.kept_groups[li] = [self.origin.kept_groups[li][i] for i in cut.keep_groups]
+                self.origin.kept_channels[li] = [self.origin.kept_channels[li][i] for i in cut.keep_channels]
+            self.sparsity = planned.sparsity
+            self._last = (shown, scores.restricted(planned.keep_groups, planned.keep_channels))
+            t2 = time.perf_counter()
+            if measured:
+                sec, tokens = t1 - t0, shown.tokens
+            elif importance is not None:
+                sec, tokens = importance.seconds, importance.tokens
+            else:  # the held measurement again: nothing measured in this sub-step
+                sec, tokens = 0.0, 0
+            rec = self._step_record(index, planned, shown, sec, tokens, t2 - t1)
+            self.record.steps.append(rec)
+        except BaseException:
+            apply_patch(self.model, inverse, self.adapter)
+            self.sparsity, self._last = old
+            self.origin.kept_groups, self.origin.kept_channels = old_origin.kept_groups, old_origin.kept_channels
+            raise
         self._history.append((inverse, old[0], old_origin, rec, old[1]))
         if len(self._history) > self.keep_history:
             self._history.pop(0)
