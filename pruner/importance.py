@@ -28,6 +28,8 @@ from torch import nn
 from .adapters import adapter_for
 from .config import CRITERIA
 from .errors import Cancelled, ConfigError, ResourceError
+from .lean import causal_lm_loss, checkpointed
+from .memory import MemoryWatch
 from .structure import Geometry, geometry, layer_widths_of
 
 
@@ -44,6 +46,7 @@ class Importance:
     tokens: int = 0
     loss: float | None = None
     seconds: float = 0.0
+    memory: dict | None = None  # peak memory of the pass and what it is made of (see measure_importance)
 
 
 def normalise_importance(values: list[float]) -> list[float]:
@@ -230,10 +233,13 @@ def measure_importance(
     prunable = [p for layer in layers
                 for mod in (*adapter.attn_linears(layer).values(), *adapter.mlp_linears(layer).values())
                 for p in mod.parameters()]
+    watch = MemoryWatch(next(model.parameters()).device)
     try:
-        with _gradients_only_for(model, prunable if crit.needs_grad else []):
+        with _gradients_only_for(model, prunable if crit.needs_grad else []), watch:
             try:
-                n_tok, loss = _forward_backward(model, windows, batch_size, crit.needs_grad, should_stop, progress)
+                with checkpointed(layers) if crit.needs_grad else contextlib.nullcontext():
+                    n_tok, loss = _forward_backward(model, windows, batch_size, crit.needs_grad, should_stop,
+                                                    progress)
             except (torch.OutOfMemoryError, MemoryError) as exc:
                 raise ResourceError(out_of_memory("measuring importance", windows, batch_size, model)) from exc
             group_scores, channel_scores = [], []
@@ -251,7 +257,23 @@ def measure_importance(
     imp = [-c for c in cos]
     return Importance(layer_cos=cos, layer_importance=imp, layer_importance_norm=normalise_importance(imp),
                       group_scores=group_scores, channel_scores=channel_scores, criterion=criterion, tokens=n_tok,
-                      loss=loss, seconds=time.perf_counter() - t0)
+                      loss=loss, seconds=time.perf_counter() - t0,
+                      memory=_memory_report(model, watch, prunable if crit.needs_grad else [], windows, batch_size))
+
+
+def _memory_report(model: nn.Module, watch: MemoryWatch, scored: list, windows: torch.Tensor, batch: int) -> dict:
+    """The pass's peak against the weights: ``ratio_to_weights`` = (weights + what the pass added on top of the
+    loaded model at its peak) / weights — the issue's "in all" (weights, gradients of the scored matrices, one
+    batch of activations, the runtime's own scratch)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    out = {"kind": watch.kind, "weights_bytes": weights,
+           "scored_gradient_bytes": sum(p.numel() * p.element_size() for p in scored),
+           "batch_tokens": min(batch, windows.shape[0]) * windows.shape[1],
+           "before_bytes": watch.before, "peak_bytes": watch.peak}
+    if watch.peak is not None and watch.before is not None:
+        out["pass_extra_bytes"] = max(0, watch.peak - watch.before)
+        out["ratio_to_weights"] = (weights + out["pass_extra_bytes"]) / weights
+    return out
 
 
 def out_of_memory(what: str, windows: torch.Tensor, batch_size: int, model: nn.Module) -> str:
@@ -274,14 +296,16 @@ def _forward_backward(model, windows, batch_size, use_grad, should_stop, progres
         if should_stop is not None and should_stop():
             raise Cancelled("importance measurement cancelled")
         batch = windows[bi * batch_size : (bi + 1) * batch_size].to(device)
-        with torch.set_grad_enabled(use_grad):
-            out = model(input_ids=batch, labels=batch if use_grad else None, use_cache=False)
-            if use_grad:
-                # weight each batch by its share of the tokens, so the sum is the mean loss
-                (out.loss * batch.shape[0] / windows.shape[0]).backward()
-                loss_sum += out.loss.item() * batch.shape[0]
+        if use_grad:
+            loss = causal_lm_loss(model, batch)  # lean: chunked over the vocabulary (see pruner.lean)
+            # weight each batch by its share of the windows, so the sum is the mean loss
+            (loss * batch.shape[0] / windows.shape[0]).backward()
+            loss_sum += loss.item() * batch.shape[0]
+            del loss
+        else:
+            with torch.no_grad():
+                model(input_ids=batch, use_cache=False)
         n_tok += batch.numel()
-        del out
         if progress is not None:
             progress(bi + 1, n_batches)
     return n_tok, (loss_sum / windows.shape[0] if use_grad else None)
