@@ -29,7 +29,7 @@ from .adapters import adapter_for
 from .config import CRITERIA
 from .errors import Cancelled, ConfigError, ResourceError
 from .lean import causal_lm_loss, checkpointed
-from .memory import MemoryWatch
+from .memory import MemoryWatch, tame_allocator, touch_weights
 from .structure import Geometry, geometry, layer_widths_of
 
 
@@ -233,6 +233,8 @@ def measure_importance(
     prunable = [p for layer in layers
                 for mod in (*adapter.attn_linears(layer).values(), *adapter.mlp_linears(layer).values())
                 for p in mod.parameters()]
+    tame_allocator()
+    touch_weights(model)
     watch = MemoryWatch(next(model.parameters()).device)
     try:
         with _gradients_only_for(model, prunable if crit.needs_grad else []), watch:

@@ -66,3 +66,37 @@ class MemoryWatch:
     def __exit__(self, *exc) -> None:
         if self._isolated:
             self.peak = peak_memory(self.device)[0]
+
+
+_TAMED = False
+
+
+def tame_allocator() -> None:
+    """Fix glibc's mmap threshold at 128 KiB (once per process).
+
+    By default glibc raises the threshold after every large free, so the next backward pass's activations come
+    from the heap, which is then fragmented and not returned: measured on the default model, a Taylor pass then
+    peaks 0.2 GB higher and keeps 0.5 GB after it ends. With the threshold fixed, every tensor above 128 KiB is
+    its own mapping and goes back to the system when freed. A no-op where the C library is not glibc.
+    """
+    global _TAMED
+    if _TAMED:
+        return
+    _TAMED = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+@torch.no_grad()
+def touch_weights(model) -> None:
+    """Read one element per memory page of every weight, so weights mapped lazily from a safetensors file are
+    resident before a measurement starts (their first reading is not counted as the measurement's memory)."""
+    for p in model.parameters():
+        if p.device.type == "cpu":
+            flat = p.detach().reshape(-1)
+            flat[:: max(1, 4096 // flat.element_size())].sum()
