@@ -40,6 +40,7 @@ from .structure import (
     is_uniform,
     layer_widths,
     origin_of,
+    standard_head_counts,
     sync_config,
 )
 
@@ -303,12 +304,8 @@ def _save_config(model: nn.Module, folder: Path) -> None:
     except Exception:  # huggingface_hub's StrictDataclassClassValidationError wraps the ValueError
         cfg = copy.deepcopy(model.config)
         geo = geometry(model)
-        heads = cfg.hidden_size // geo.head_dim  # the unpruned head count of a standard config
-        if heads < geo.n_rep or heads % geo.n_rep or cfg.hidden_size % heads:  # head_dim independent of it (Gemma)
-            heads = next((h for h in range(geo.n_rep, cfg.hidden_size + 1, geo.n_rep) if cfg.hidden_size % h == 0),
-                         heads)
-        cfg.num_attention_heads = heads
-        cfg.num_key_value_heads = max(1, heads // geo.n_rep)
+        cfg.num_attention_heads, cfg.num_key_value_heads = standard_head_counts(cfg.hidden_size, geo.head_dim,
+                                                                                geo.n_rep)
         cfg.save_pretrained(folder)
 
 

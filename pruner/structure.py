@@ -342,5 +342,15 @@ def sync_config(model: nn.Module, adapter: Adapter | None = None) -> list[LayerW
     return widths
 
 
+def standard_head_counts(hidden_size: int, head_dim: int, n_rep: int) -> tuple[int, int]:
+    """Global ``(num_attention_heads, num_key_value_heads)`` that a stock config accepts (hidden_size a multiple of
+    the head count) and that keep ``n_rep`` query heads per KV head. For a config whose widest layer's head count
+    is refused; the per-layer widths (tensors, ``pruned_widths.json`` or the per-layer lists) are the truth."""
+    heads = hidden_size // head_dim  # the unpruned head count of a standard config
+    if heads < n_rep or heads % n_rep or hidden_size % heads:  # head_dim independent of hidden / heads (Gemma)
+        heads = next((h for h in range(n_rep, hidden_size + 1, n_rep) if hidden_size % h == 0), heads)
+    return heads, max(1, heads // n_rep)
+
+
 def is_uniform(widths: Sequence[LayerWidths]) -> bool:
     return len(set(widths)) <= 1
