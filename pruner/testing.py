@@ -21,13 +21,15 @@ _SPECIAL = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)  # the tiny toke
 EXTRA = {
     # q_norm / k_norm over head_dim (shared by all heads); head_dim 8 = hidden / heads
     "qwen3": dict(head_dim=8, **_SPECIAL),
-    # head_dim 16 ≠ hidden / heads, query_pre_attn_scalar ≠ head_dim, both soft-cappings, sliding-window layers
-    # (window 6 < the test sequences) alternating with global ones, tied embeddings scaled by √hidden
-    "gemma2": dict(head_dim=16, query_pre_attn_scalar=24, attn_logit_softcapping=3.0, final_logit_softcapping=5.0,
+    # head_dim 16 ≠ hidden / heads, query_pre_attn_scalar ≠ head_dim, both soft-cappings (caps low enough to bite
+    # on random weights), sliding-window layers (window 6 < the test sequences) alternating with global ones, tied
+    # embeddings scaled by √hidden, sandwich norms
+    "gemma2": dict(head_dim=16, query_pre_attn_scalar=24, attn_logit_softcapping=0.3, final_logit_softcapping=1.0,
                    sliding_window=6, tie_word_embeddings=True, **_SPECIAL),
     # as Gemma-2 plus per-head q_norm / k_norm; layers 0-2 sliding (local rope base), layer 3 global
-    "gemma3_text": dict(head_dim=16, query_pre_attn_scalar=24, sliding_window=6, tie_word_embeddings=True,
-                        layer_types=["sliding_attention"] * 3 + ["full_attention"], **_SPECIAL),
+    "gemma3_text": dict(head_dim=16, query_pre_attn_scalar=24, final_logit_softcapping=1.0, sliding_window=6,
+                        tie_word_embeddings=True, layer_types=["sliding_attention"] * 3 + ["full_attention"],
+                        **_SPECIAL),
     "phi3": dict(**_SPECIAL),  # fused qkv_proj and gate_up_proj
     "olmo2": dict(**_SPECIAL),  # q_norm / k_norm over the whole q / k projection, post-norms
 }

@@ -343,3 +343,44 @@ def test_uniform_qwen3_gguf_matches_the_transformers_loader(tmp_path, tiny_token
     ids = random_windows(2, 16)
     torch.testing.assert_close(logits(loaded, ids), logits(model, ids), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(logits(load_gguf_model(tmp_path / "q.gguf"), ids), logits(model, ids))
+
+
+def test_a_gemma3_gguf_loads_as_gemma3_text_and_prunes(tmp_path, tiny_tokenizer):
+    """Gemma-3-270M comes as a GGUF: transformers reads a gemma3 GGUF as Gemma3ForCausalLM with a Gemma3TextConfig
+    (model_type gemma3_text), which this adapter prunes. The file is laid out as llama.cpp's converter does (its
+    names, norms stored as 1 + w; one KV group of head_dim 256, as in the real model)."""
+    import gguf
+    from transformers import AutoModelForCausalLM
+
+    src = tiny_model("gemma3_text", head_dim=256, query_pre_attn_scalar=256, num_attention_heads=4,
+                     num_key_value_heads=1, final_logit_softcapping=None, layer_types=None, sliding_window=512,
+                     num_hidden_layers=2)
+    c, names = src.config, gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, 2)
+    w = gguf.GGUFWriter(str(tmp_path / "g.gguf"), arch="gemma3")
+    for add, value in ((w.add_block_count, 2), (w.add_context_length, c.max_position_embeddings),
+                       (w.add_embedding_length, 64), (w.add_vocab_size, 320), (w.add_feed_forward_length, 96),
+                       (w.add_head_count, 4), (w.add_head_count_kv, 1), (w.add_key_length, 256),
+                       (w.add_value_length, 256), (w.add_layer_norm_rms_eps, c.rms_norm_eps),
+                       (w.add_rope_freq_base, 1e6), (w.add_sliding_window, 512)):
+        add(value)
+    for k, t in src.state_dict().items():
+        if k != "lm_head.weight":  # tied
+            w.add_tensor(names.get_name(k, try_suffixes=(".weight",)), (t + 1 if "norm" in k else t).float().numpy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="g.gguf", dtype=torch.float32).eval()
+    assert (type(model).__name__, type(model.config).__name__) == ("Gemma3ForCausalLM", "Gemma3TextConfig")
+    assert model.config.model_type == "gemma3_text"
+    ids = random_windows(2, 16)
+    torch.testing.assert_close(logits(model, ids), logits(src, ids))
+    from pruner.io import _strip_quantization
+
+    _strip_quantization(model)
+    rec = pruner.Pruner(model, tiny_tokenizer, config(target=0.96, method="uniform")).run()
+    assert [w["num_kv_heads"] for w in rec.final_widths] == [1, 1]  # one KV group: only MLP channels can go
+    total0 = rec.original_params["total"]
+    assert abs(rec.final_params["total"] - round(0.96 * total0)) <= target_tolerance(total0)
+    loaded, _ = pruner.load_model(str(pruner.save_pruned(model, tiny_tokenizer, tmp_path / "pruned")))
+    torch.testing.assert_close(logits(loaded, ids), logits(model, ids), rtol=0, atol=0)
