@@ -145,14 +145,18 @@ def test_generation_with_kv_cache_after_uneven_pruning(new_arch):
 # ---------------------------------------------------------------- counting, scoring, the run
 
 
-def test_parameter_count_after_a_step_equals_the_planned_count(new_arch, tiny_tokenizer):
+def test_parameter_count_after_a_step_equals_the_planned_count_and_undo_restores(new_arch, tiny_tokenizer):
     p = pruner.Pruner(tiny_model(new_arch), tiny_tokenizer, config(step=0.1))
+    ids = random_windows(2, 12)
+    ref = logits(p.model, ids)
     imp = p.measure()
     planned = p.preview(imp).steps[0]
     rec = p.step(importance=imp)
     assert count_parameters(p.model)["total"] == planned.params == rec.params_total
     assert layer_widths(p.model) == planned.widths
     assert len({w.num_kv_heads for w in planned.widths} | {w.intermediate_size for w in planned.widths}) > 1
+    p.undo()
+    torch.testing.assert_close(logits(p.model, ids), ref, rtol=0, atol=0)
 
 
 def test_run_to_target_lands_on_it(new_arch, tiny_tokenizer):
@@ -343,6 +347,9 @@ def test_uniform_qwen3_gguf_matches_the_transformers_loader(tmp_path, tiny_token
     ids = random_windows(2, 16)
     torch.testing.assert_close(logits(loaded, ids), logits(model, ids), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(logits(load_gguf_model(tmp_path / "q.gguf"), ids), logits(model, ids))
+    summary = export_gguf(model, tiny_tokenizer, tmp_path / "out", dtype="f16")
+    assert summary["verify"]["agreement"] == 1.0
+    assert "llama.cpp's `qwen3` architecture" in (tmp_path / "out" / "README.md").read_text()
 
 
 def test_a_gemma3_gguf_loads_as_gemma3_text_and_prunes(tmp_path, tiny_tokenizer):
