@@ -222,3 +222,17 @@ def test_phi3_layers_read_their_own_widths_and_follow_the_model_config():
     assert views[0].hidden_size == model.config.hidden_size
 
 
+
+
+def test_adapt_accel_restore_puts_every_part_back(new_arch):
+    """Adapt-Accel's restore after an error copies every prunable part back (fused Linears, OLMo-2's norms)."""
+    from pruner.accel import _restore, _snapshot
+
+    model = tiny_model(new_arch)
+    pruner.origin_of(model)  # a Pruner records it before anything is cut
+    ids = random_windows(2, 12)
+    ref, snap = logits(model, ids), _snapshot(model)
+    apply_patch(model, build_cut(model, {0: LayerCut([1, 3], list(range(0, 96, 3))), 3: LayerCut([2], [4, 5])}))
+    _restore(model, snap)
+    assert layer_widths(model) == layer_widths(snap)
+    torch.testing.assert_close(logits(model, ids), ref, rtol=0, atol=0)
