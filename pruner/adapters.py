@@ -197,9 +197,9 @@ def adapter_for_config(config) -> Adapter:
     model_type = getattr(config, "model_type", None)
     if model_type not in ADAPTERS:
         families = ", ".join(a.family for a in ADAPTERS.values())
+        hint = " For multimodal Gemma-3, load its text model (Gemma3ForCausalLM, gemma3_text)." if model_type == "gemma3" else ""
         raise UnsupportedArchitectureError(
-            f"Architecture '{model_type}' is not supported. Supported model types: {SUPPORTED} ({families}; "
-            "Gemma-3 as its text-only model, gemma3_text)."
+            f"Architecture '{model_type}' is not supported. Supported model types: {SUPPORTED} ({families}).{hint}"
         )
     return ADAPTERS[model_type]
 

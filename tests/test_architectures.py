@@ -236,3 +236,16 @@ def test_adapt_accel_restore_puts_every_part_back(new_arch):
     _restore(model, snap)
     assert layer_widths(model) == layer_widths(snap)
     torch.testing.assert_close(logits(model, ids), ref, rtol=0, atol=0)
+
+
+def test_an_unsupported_architecture_gets_one_line_naming_every_supported_one():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from pruner.adapters import ADAPTERS
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
+    with pytest.raises(pruner.UnsupportedArchitectureError) as err:
+        pruner.Pruner(model, None)
+    msg = str(err.value)
+    assert "\n" not in msg and "'gpt2'" in msg and all(t in msg for t in ADAPTERS)
+    assert isinstance(err.value, pruner.PrunerError)
