@@ -42,8 +42,9 @@ NOT_WRITTEN = {
     "gemma2": "norm weights stored as 1 + w, soft-capping keys and a query scale fixed at 1/sqrt(head_dim)",
     "gemma3_text": "norm weights stored as 1 + w, a sliding-window pattern fixed at every 6th layer global and a "
                    "query scale fixed at 1/sqrt(head_dim)",
-    "phi3": "the fused attn_qkv and ffn_up tensors and Phi-3's rope factors",
-    "olmo2": "its post-norm tensor layout, and transformers cannot read an olmo2 GGUF back to verify it",
+    "phi3": "the fused attn_qkv / ffn_up tensors, whose q part llama.cpp sizes at the hidden size (no head can go)",
+    "olmo2": "attn_q / attn_output sized at the hidden size (no head can go), and transformers cannot read an olmo2 "
+             "GGUF back to verify it",
 }
 PERMUTED = ("llama", "deci")  # architectures whose q/k rows llama.cpp expects permuted
 DTYPES = ("f32", "f16", "bf16")
