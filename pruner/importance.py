@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .adapters import adapter_for
+from .adapters import GROUP_ROLES, Adapter, adapter_for, role_sizes
 from .config import CRITERIA
 from .errors import Cancelled, ConfigError, ResourceError
 from .lean import causal_lm_loss, checkpointed
 from .memory import MemoryWatch, tame_allocator, touch_weights
-from .structure import Geometry, geometry, layer_widths_of
+from .structure import Geometry, LayerWidths, geometry, layer_widths_of
 
 
 @dataclass
@@ -68,31 +68,39 @@ def _hidden_out(output) -> torch.Tensor:
 
 
 def _unit_scores_from_elementwise(
-    geo: Geometry, n_kv: int, e: dict[str, torch.Tensor], eb: dict[str, torch.Tensor | None]
+    geo: Geometry, adapter: Adapter, width: LayerWidths, e: dict[str, torch.Tensor], eb: dict[str, torch.Tensor | None]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum element-wise scores of q/k/v/o/gate/up/down (and biases) into KV-group and channel scores."""
-    d, r = geo.head_dim, geo.n_rep
-    q = e["q"].sum(1).view(n_kv, r * d).sum(1)
-    k = e["k"].sum(1).view(n_kv, d).sum(1)
-    v = e["v"].sum(1).view(n_kv, d).sum(1)
-    o = e["o"].sum(0).view(n_kv, r * d).sum(1)
-    groups = q + k + v + o
-    for name, width in (("q", r * d), ("k", d), ("v", d)):
-        if eb.get(name) is not None:
-            groups = groups + eb[name].view(n_kv, width).sum(1)
-    channels = e["gate"].sum(1) + e["up"].sum(1) + e["down"].sum(0)
-    for name in ("gate", "up"):
-        if eb.get(name) is not None:
-            channels = channels + eb[name]
+    """Sum element-wise scores of a layer's parts (by path: weights ``e``, biases ``eb``; unit vectors in ``e``)
+    into KV-group and channel scores, through the adapter's logical view (a fused matrix's rows split by role)."""
+    n_kv = width.num_kv_heads
+    sizes = role_sizes(width.num_heads, n_kv, width.intermediate_size, geo.head_dim)
+    w, b, u = adapter.role_scores(e, eb, sizes)
+    groups = sum(w[role].view(n_kv, -1).sum(1) for role in GROUP_ROLES)
+    channels = w["gate"] + w["up"] + w["down"]
+    for extra in (b, u):  # biases, then unit-vector entries, each on the rows they follow
+        for role, t in extra.items():
+            if role in GROUP_ROLES:
+                groups = groups + t.view(n_kv, -1).sum(1)
+            else:
+                channels = channels + t
     return groups.double().cpu(), channels.double().cpu()
 
 
 # ---------------------------------------------------------------------- criteria: one class each
 
 
+def _weight(part) -> torch.Tensor:
+    return part.weight if isinstance(part, nn.Module) else part
+
+
+def _bias(part) -> torch.Tensor | None:
+    return part.bias if isinstance(part, nn.Module) else None
+
+
 class Criterion:
-    """How the weights of one unit are scored: element-wise contributions of every projection (and bias), which
-    :func:`_unit_scores_from_elementwise` sums per KV group and per MLP channel."""
+    """How the weights of one unit are scored: element-wise contributions of every part of a layer (a Linear's
+    weight and bias, a unit vector), keyed by the part's path, which :func:`_unit_scores_from_elementwise` sums per
+    KV group and per MLP channel."""
 
     name = ""
     needs_grad = False  # the criterion reads ∂L/∂W (a backward pass per batch)
@@ -101,7 +109,7 @@ class Criterion:
         """Register the forward hooks the criterion needs; returns their handles."""
         return []
 
-    def elementwise(self, li: int, mods: dict[str, nn.Linear]) -> tuple[dict, dict]:
+    def elementwise(self, li: int, parts: dict) -> tuple[dict, dict]:
         raise NotImplementedError
 
 
@@ -110,12 +118,12 @@ class Taylor(Criterion):
 
     name, needs_grad = "taylor", True
 
-    def elementwise(self, li, mods):
+    def elementwise(self, li, parts):
         # float32 products: bf16 sums over millions of elements would lose the ranking
-        e = {k: (m.weight.float() * m.weight.grad.float()).abs() for k, m in mods.items()}
-        eb = {k: (m.bias.float() * m.bias.grad.float()).abs() if m.bias is not None and m.bias.grad is not None
-              else None for k, m in mods.items()}
-        return e, eb
+        def score(t):
+            return (t.float() * t.grad.float()).abs() if t is not None and t.grad is not None else None
+
+        return ({k: score(_weight(p)) for k, p in parts.items()}, {k: score(_bias(p)) for k, p in parts.items()})
 
 
 class Magnitude(Criterion):
@@ -123,17 +131,16 @@ class Magnitude(Criterion):
 
     name = "magnitude"
 
-    def elementwise(self, li, mods):
-        return ({k: m.weight.float().abs() for k, m in mods.items()},
-                {k: m.bias.float().abs() if m.bias is not None else None for k, m in mods.items()})
+    def elementwise(self, li, parts):
+        return ({k: _weight(p).float().abs() for k, p in parts.items()},
+                {k: _bias(p).float().abs() if _bias(p) is not None else None for k, p in parts.items()})
 
 
 class Activation(Criterion):
-    """Wanda-style |W_ij| · ‖X_j‖₂, X the input activations of each module (q/k/v share q's input, up shares
-    gate's)."""
+    """Wanda-style |W_ij| · ‖X_j‖₂, X the input activations of the module each part belongs to (q/k/v see the
+    same input; a unit vector's entry j scales input feature j of its norm)."""
 
     name = "activation"
-    SOURCE = {"q": "q", "k": "q", "v": "q", "o": "o", "gate": "gate", "up": "gate", "down": "down"}
 
     def __init__(self):
         self.sq: dict[tuple[int, str], torch.Tensor] = {}
@@ -148,14 +155,17 @@ class Activation(Criterion):
 
         handles = []
         for li, layer in enumerate(layers):
-            a, m = adapter.attn_linears(layer), adapter.mlp_linears(layer)
-            for role, mod in (("q", a["q"]), ("o", a["o"]), ("gate", m["gate"]), ("down", m["down"])):
-                handles.append(mod.register_forward_pre_hook(hook((li, role))))
+            for path in adapter.parts(layer):
+                handles.append(adapter.owner(layer, path).register_forward_pre_hook(hook((li, path))))
         return handles
 
-    def elementwise(self, li, mods):
-        norm = {k: self.sq[(li, k)].sqrt() for k in ("q", "o", "gate", "down")}
-        return {k: m.weight.float().abs() * norm[self.SOURCE[k]][None, :] for k, m in mods.items()}, {}
+    def elementwise(self, li, parts):
+        e = {}
+        for k, p in parts.items():
+            norm = self.sq[(li, k)].sqrt()
+            w = _weight(p).float().abs()
+            e[k] = w * (norm[None, :] if w.ndim == 2 else norm)
+        return e, {}
 
 
 CRITERION_CLASSES: dict[str, type[Criterion]] = {c.name: c for c in (Taylor, Magnitude, Activation)}
@@ -230,9 +240,8 @@ def measure_importance(
     t0 = time.perf_counter()
     cosines = _LayerCosines(layers)
     handles = cosines.handles + crit.attach(layers, adapter)
-    prunable = [p for layer in layers
-                for mod in (*adapter.attn_linears(layer).values(), *adapter.mlp_linears(layer).values())
-                for p in mod.parameters()]
+    prunable = [p for layer in layers for part in adapter.parts(layer).values()
+                for p in (part.parameters() if isinstance(part, nn.Module) else [part])]
     tame_allocator()
     touch_weights(model)
     watch = MemoryWatch(next(model.parameters()).device)
@@ -247,9 +256,8 @@ def measure_importance(
             group_scores, channel_scores = [], []
             with torch.no_grad():
                 for li, layer in enumerate(layers):
-                    mods = {**adapter.attn_linears(layer), **adapter.mlp_linears(layer)}
-                    e, eb = crit.elementwise(li, mods)
-                    g, c = _unit_scores_from_elementwise(geo, layer_widths_of(layer, adapter, geo).num_kv_heads, e, eb)
+                    e, eb = crit.elementwise(li, adapter.parts(layer))
+                    g, c = _unit_scores_from_elementwise(geo, adapter, layer_widths_of(layer, adapter, geo), e, eb)
                     group_scores.append(g)
                     channel_scores.append(c)
     finally:

@@ -10,7 +10,8 @@ Saved-folder format (no pickle anywhere)::
     tokenizer files
 
 Loading a pruned folder builds the skeleton on the ``meta`` device from the config, applies the per-layer
-shapes, then loads the weights with ``load_state_dict(assign=True)`` (the gpt-fast pattern).
+shapes through the architecture's adapter (fused projections and the norms sliced with the heads included), then
+loads the weights with ``load_state_dict(assign=True)`` (the gpt-fast pattern; :mod:`pruner.skeleton`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .data import package_dir
 from .errors import ConfigError, ModelLoadError
 from .formats import DEFAULT_GGUF, DEFAULT_NAME, FORMAT, RECORD_FILE, WIDTHS_FILE, cache_dir, refuse_pickles
 from .outputs import check_output_folder, replace_folder
+from .skeleton import finish, skeleton
 from .structure import (
     ORIGIN_ATTR,
     LayerWidths,
@@ -38,6 +40,7 @@ from .structure import (
     is_uniform,
     layer_widths,
     origin_of,
+    standard_head_counts,
     sync_config,
 )
 
@@ -301,20 +304,15 @@ def _save_config(model: nn.Module, folder: Path) -> None:
     except Exception:  # huggingface_hub's StrictDataclassClassValidationError wraps the ValueError
         cfg = copy.deepcopy(model.config)
         geo = geometry(model)
-        heads = cfg.hidden_size // geo.head_dim  # the unpruned head count of a standard config
-        cfg.num_attention_heads = heads
-        cfg.num_key_value_heads = max(1, heads // geo.n_rep)
+        cfg.num_attention_heads, cfg.num_key_value_heads = standard_head_counts(cfg.hidden_size, geo.head_dim,
+                                                                                geo.n_rep)
         cfg.save_pretrained(folder)
-
-
-def _resize_linear(lin: nn.Linear, out_f: int, in_f: int) -> nn.Linear:
-    return nn.Linear(in_f, out_f, bias=lin.bias is not None, device="meta", dtype=lin.weight.dtype)
 
 
 def load_pruned(folder, device=None, dtype=None):
     """Rebuild a model saved by :func:`save_pruned`: meta skeleton → per-layer shapes → weights."""
     from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     folder = Path(folder)
     dev = pick_device(device)
@@ -341,19 +339,7 @@ def load_pruned(folder, device=None, dtype=None):
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise ModelLoadError(f"'{folder}' has no model.safetensors")
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dt)
-    head_dim = config.head_dim
-    hidden = config.hidden_size
-    for layer, w in zip(adapter.layers(model), widths, strict=True):
-        a, m = adapter.attn_linears(layer), adapter.mlp_linears(layer)
-        adapter.set_attn_linear(layer, "q", _resize_linear(a["q"], w.num_heads * head_dim, hidden))
-        adapter.set_attn_linear(layer, "k", _resize_linear(a["k"], w.num_kv_heads * head_dim, hidden))
-        adapter.set_attn_linear(layer, "v", _resize_linear(a["v"], w.num_kv_heads * head_dim, hidden))
-        adapter.set_attn_linear(layer, "o", _resize_linear(a["o"], hidden, w.num_heads * head_dim))
-        adapter.set_mlp_linear(layer, "gate", _resize_linear(m["gate"], w.intermediate_size, hidden))
-        adapter.set_mlp_linear(layer, "up", _resize_linear(m["up"], w.intermediate_size, hidden))
-        adapter.set_mlp_linear(layer, "down", _resize_linear(m["down"], hidden, w.intermediate_size))
+    model = skeleton(config, widths, dt)  # parameters on meta, each layer with its recorded widths
     try:
         with safe_open(str(weights), framework="pt", device="cpu") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}
@@ -374,9 +360,7 @@ def load_pruned(folder, device=None, dtype=None):
         raise ModelLoadError(f"'{folder}': the weights do not match the recorded widths ({detail})")
     state = {k: v.to(dt) if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=False, assign=True)
-    if tied:
-        model.tie_weights()
-    _materialize_buffers(model, config)
+    finish(model, config, f"'{folder}'")
     model.to(dev).eval()
     sync_config(model, adapter)
     if "origin" in meta:
@@ -386,19 +370,6 @@ def load_pruned(folder, device=None, dtype=None):
     except Exception as exc:
         raise ModelLoadError(f"'{folder}': the tokenizer could not be loaded: {_first_line(exc)}") from exc
     return model, _finish_tokenizer(tok)
-
-
-def _materialize_buffers(model: nn.Module, config) -> None:
-    """Non-persistent buffers (rotary inverse frequencies) are not in the weights: rebuild their modules."""
-    for name, module in list(model.named_modules()):
-        if any(b.is_meta for b in module.buffers(recurse=False)):
-            parent_name, _, attr = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            with torch.device("cpu"):
-                setattr(parent, attr, type(module)(config=config))
-    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if leftover:
-        raise ModelLoadError(f"Some tensors were not loaded: {leftover[:5]}")
 
 
 def describe(model: nn.Module) -> dict:
