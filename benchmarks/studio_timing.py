@@ -40,13 +40,13 @@ def machine() -> dict:
             "cpu_count": os.cpu_count(), "cuda": torch.cuda.is_available(), "loadavg_1m": os.getloadavg()[0]}
 
 
-def session_timing(model: str, steps: int, prompt: str) -> dict:
+def session_timing(model: str, steps: int, prompt: str, device: str = "auto") -> dict:
     """Time the StudioSession path; figures are built as the UI would build them."""
     import visualizations as viz
     from studio import StudioSession, StudioSettings
 
     t_imports = time.perf_counter()
-    s = StudioSession.load(model, settings=StudioSettings())
+    s = StudioSession.load(model, device=device, settings=StudioSettings())
     t_load = time.perf_counter()
     imp = s.schedule.measure()
     labels, cols = s.schedule.importance_columns()
@@ -205,6 +205,7 @@ def main() -> None:
     p.add_argument("--evaluate", action="store_true",
                    help="browser mode: then run to the target, the uniform baseline and the zero-shot comparison "
                         "(dense vs adaptive vs uniform)")
+    p.add_argument("--device", default="auto", help="session mode: auto, cpu or cuda")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args()
     if a.browser:
@@ -212,7 +213,7 @@ def main() -> None:
             a.screenshots.mkdir(parents=True, exist_ok=True)
         result = {"mode": "browser", **browser_timing(a.model, a.steps, a.screenshots, a.accel, a.evaluate)}
     else:
-        result = {"mode": "session", **session_timing(a.model, a.steps, a.prompt)}
+        result = {"mode": "session", **session_timing(a.model, a.steps, a.prompt, a.device)}
     result.update(model=a.model, machine=machine(), command=" ".join(sys.argv))
     out = a.out or ROOT / "benchmarks" / "results" / f"studio_timing_{result['mode']}.json"
     out.write_text(json.dumps(result, indent=1))

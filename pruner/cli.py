@@ -10,11 +10,11 @@ import argparse
 
 import torch
 
-from .commands import accel, evaluate, export, prune
+from .commands import accel, evaluate, export, fetch, prune
 from .commands.common import log
 from .errors import PrunerError
 
-COMMANDS = (prune, evaluate, export, accel)
+COMMANDS = (prune, evaluate, export, accel, fetch)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,3 +39,16 @@ def refuse_pickles(path: str | os.PathLike, error: type[ModelLoadError] = ModelL
         raise error(f"'{path}' holds its weights only as pickle files ({', '.join(pickles[:3])}), which this project "
                     "never loads (they can run arbitrary code); convert them to safetensors once, in an environment "
                     "you trust (save_pretrained writes them)")
+
+
+def strip_quantization(model) -> None:
+    """GGUF-loaded models are flagged as quantized although they are de-quantized fp32; unflag them so they
+    can be saved and trained."""
+    q = getattr(model, "hf_quantizer", None)
+    if q is not None:
+        q.remove_quantization_config(model)
+    if hasattr(model.config, "quantization_config"):
+        try:
+            del model.config.quantization_config
+        except AttributeError:
+            pass

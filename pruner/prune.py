@@ -68,6 +68,7 @@ class StepRecord:
     seconds_importance: float
     seconds_surgery: float
     calibration_tokens: int
+    importance_memory: dict | None = None  # the importance pass's peak memory and its ratio to the weights
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -300,6 +301,7 @@ class Pruner:
             seconds_importance=sec_imp,
             seconds_surgery=sec_cut,
             calibration_tokens=tokens,
+            importance_memory=imp.memory if tokens else None,
         )
 
     def undo(self) -> StepRecord | None:
@@ -349,7 +351,9 @@ class Pruner:
     def _finish_record(self) -> None:
         self.record.final_params = count_parameters(self.model, self.adapter)
         self.record.final_widths = [w.to_dict() for w in self.widths()]
-        self.record.peak_memory_bytes, self.record.peak_memory_kind = peak_memory(self.device)
+        # the importance pass resets the peak counter for its own measurement: keep the run's maximum
+        now, self.record.peak_memory_kind = peak_memory(self.device)
+        self.record.peak_memory_bytes = max(now, self.record.peak_memory_bytes or 0)
 
 
 def prune_to_target(model: nn.Module, tokenizer, config: PruneConfig | None = None, **kwargs) -> PruneRecord:

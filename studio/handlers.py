@@ -158,8 +158,12 @@ class Handlers:
     def load(self, source, request: gr.Request):
         p = self.page
         try:
-            s = StudioSession.load(source.strip() or "default")
-            self.pool.add(request.session_hash, s)  # replaces (and frees) the tab's previous session
+            self.pool.release(request.session_hash)  # the tab's previous session and its models go first
+            self.pool.claim(None)  # a model loaded for this tab alone counts against the limit
+            model, tok = load_model(source.strip() or "default", progress=None)
+            s = StudioSession.from_shared(model, tok, name=source.strip() or "default")
+            s.work.own_original = True
+            self.pool.add(request.session_hash, s)
         except Exception as exc:  # noqa: BLE001
             return {p.status: fail(exc)}
         return {p.state: s, p.status: f"Loaded **{source}**.", **self.views(s)}

@@ -57,7 +57,7 @@ class SessionPool:
         """Called (with its workspace) before a session makes its private copy: refuses when the studio is full."""
         self.sweep()
         with self._lock:
-            private = sum(1 for s in self._sessions.values() if s.work is not work and s.work.private)
+            private = sum(1 for s in self._sessions.values() if s.work is not work and s.work.holds_memory)
         if private >= self.max_private:
             raise SessionError(f"The studio is full: {private} visitors are pruning their own copy of the model "
                                "right now. Try again in a minute (measuring, previews and evaluation still work).")
@@ -87,5 +87,5 @@ class SessionPool:
     def stats(self) -> dict:
         with self._lock:
             sessions = list(self._sessions.values())
-        return {"sessions": len(sessions), "private_copies": sum(1 for s in sessions if s.work.private),
+        return {"sessions": len(sessions), "private_copies": sum(1 for s in sessions if s.work.holds_memory),
                 "max_private": self.max_private, "idle_seconds": self.idle_seconds}

@@ -60,13 +60,25 @@ def build_demo(model=None, tokenizer=None, source: str = "default", pool: Sessio
     return demo
 
 
+def model_choices() -> list[tuple[str, str]]:
+    """The model picker: the default model and the shipped real models (those not fetched yet say how)."""
+    from pruner.shipped import SHIPPED, is_fetched
+
+    out = [("default — SmolLM2-135M-Instruct (embedded)", "default")]
+    for name, m in SHIPPED.items():
+        out.append((f"{name} — {m.title}" if is_fetched(name) else
+                    f"{name} — not fetched yet: run `adapt-pruner fetch {name}`", name))
+    return out
+
+
 def _controls(page) -> None:
     """The left column: model, calibration, schedule, buttons, quick evaluation, training."""
     page.status = gr.Markdown(text.LOADING, elem_id="status", elem_classes="status-box")
     page.summary = gr.Markdown(elem_id="summary")
     with gr.Accordion("Model", open=False):
-        page.source = gr.Textbox("default", label="Model", info="“default” (SmolLM2-135M-Instruct), a local "
-                                 "folder, a pruned folder, a .gguf file or a hub id")
+        page.source = gr.Dropdown(model_choices(), value="default", allow_custom_value=True, label="Model",
+                                  info="“default” (SmolLM2-135M-Instruct), a fetched real model, or type a local "
+                                       "folder, a pruned folder, a .gguf file or a hub id")
         page.load_btn = gr.Button("Load model")
     with gr.Accordion("Calibration data", open=False):
         page.corpus = gr.Dropdown([*CORPORA, UPLOADED], value=D.calibration, label="Corpus",

@@ -49,8 +49,9 @@ class Workspace:
         self.name = name
         self.tokenizer = tokenizer
         # the pristine model: never pruned, may be shared read-only between sessions
-        self._shared_original = original is not None
         self.original = original if original is not None else copy.deepcopy(model)
+        self._copy_on_write = model is self.original  # the working model starts as the original itself
+        self.own_original = original is None  # the original belongs to this session alone (not shared)
         self.original.eval()
         self.model = model.eval()
         self.before_private: Callable[[Workspace], None] | None = None
@@ -171,6 +172,11 @@ class Workspace:
         """True once the working model is this session's own copy."""
         return self.model is not None and self.model is not self.original
 
+    @property
+    def holds_memory(self) -> bool:
+        """True when the session holds a model of its own (a private copy, or an original loaded for it alone)."""
+        return self.model is not None and (self.private or self.own_original)
+
     def ensure_private(self) -> None:
         """Make the working model this session's own copy before its first change (a no-op when it is)."""
         self.check_open()
@@ -233,7 +239,7 @@ class Workspace:
         this session owns its original."""
         with self.task():
             with self.surgery:
-                self.model = self.original if self._shared_original else copy.deepcopy(self.original).eval()
+                self.model = self.original if self._copy_on_write else copy.deepcopy(self.original).eval()
                 self.pruner = self._new_pruner()
             self.changed("reset")
 

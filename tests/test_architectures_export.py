@@ -173,7 +173,7 @@ def test_a_gemma3_gguf_loads_as_gemma3_text_and_prunes(tmp_path, tiny_tokenizer)
     assert model.config.model_type == "gemma3_text"
     ids = random_windows(2, 16)
     torch.testing.assert_close(logits(model, ids), logits(src, ids))
-    from pruner.io import _strip_quantization
+    from pruner.formats import strip_quantization as _strip_quantization
 
     _strip_quantization(model)
     cfg = pruner.PruneConfig(target=0.96, method="uniform", n_windows=4, window=32, batch_size=4, calibration="wikitext2")

@@ -29,7 +29,7 @@ def test_permutation_is_invertible():
     torch.testing.assert_close(p[1:8:2], w[4:8], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama"])
 def test_f32_gguf_round_trip_metadata_and_tensors(tmp_path, arch, tiny_tokenizer):
     model = uneven(arch)
     path = tmp_path / "m.gguf"
@@ -59,6 +59,31 @@ def test_f32_gguf_round_trip_metadata_and_tensors(tmp_path, arch, tiny_tokenizer
     ids = random_windows(2, 16)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(ids).logits, model(ids).logits)
+
+
+def test_qwen2_is_written_only_where_llama_cpp_can_hold_it(tmp_path, tiny_tokenizer):
+    from pruner.export import ExportError
+    from pruner.structure import LayerCut, apply_patch, build_cut
+
+    # lost heads, or per-layer widths: llama.cpp's qwen2 loader sizes q at the hidden size, one n_ff for all layers
+    with pytest.raises(ExportError, match="lost attention heads"):
+        write_gguf(uneven("qwen2"), tiny_tokenizer, tmp_path / "a.gguf", dtype="f32")
+    model = tiny_model("qwen2")
+    apply_patch(model, build_cut(model, {li: LayerCut([0, 1, 2, 3], list(range(0, 96, 2))) for li in range(4)}))
+    apply_patch(model, build_cut(model, {0: LayerCut([0, 1, 2, 3], list(range(40)))}))
+    with pytest.raises(ExportError, match="different widths"):
+        write_gguf(model, tiny_tokenizer, tmp_path / "b.gguf", dtype="f32")
+    assert not (tmp_path / "a.gguf").exists() and not (tmp_path / "b.gguf").exists()
+    # every head kept, one MLP width for every layer: written as qwen2 with its biases, and read back exactly
+    model = tiny_model("qwen2")
+    apply_patch(model, build_cut(model, {li: LayerCut([0, 1, 2, 3], list(range(0, 96, 2))) for li in range(4)}))
+    info = write_gguf(model, tiny_tokenizer, tmp_path / "c.gguf", dtype="f32")
+    back = read_gguf(tmp_path / "c.gguf")
+    assert info["arch"] == "qwen2" and back["metadata"]["qwen2.feed_forward_length"] == 48
+    assert "blk.0.attn_q.bias" in back["tensors"]
+    ids = random_windows(2, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(load_gguf_model(tmp_path / "c.gguf")(ids).logits, model(ids).logits)
 
 
 def test_tokenizer_metadata_from_hf_bpe(tmp_path, tiny_tokenizer):

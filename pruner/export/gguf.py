@@ -30,13 +30,16 @@ from ..adapters import adapter_for
 from ..data import package_dir
 from ..formats import DEFAULT_GGUF
 from ..skeleton import empty_model, finish
-from ..structure import is_uniform, sync_config
+from ..structure import geometry, is_uniform, sync_config
 from .common import ExportError, describe_source, model_facts, staging
 
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}  # llama -> deci if uneven
 #: llama.cpp architectures whose loader creates every layer's tensors with the first layer's head count and
 #: feed-forward length (``hparams.n_head()`` / ``n_ff()`` in ``load_tensors``): uniform widths only
-UNIFORM_ONLY = {"qwen3": "qwen3", "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3", "olmo2": "olmo2"}
+UNIFORM_ONLY = {"qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3",
+                "olmo2": "olmo2"}
+#: llama.cpp loaders that size the q projection and attn_output at the hidden size: no query head can go
+Q_AT_HIDDEN = {"qwen2": "qwen2"}
 #: architectures this exporter has no tensor layout for, with what llama.cpp's would need
 NOT_WRITTEN = {
     "gemma2": "norm weights stored as 1 + w, soft-capping keys and a query scale fixed at 1/sqrt(head_dim)",
@@ -180,11 +183,16 @@ def _add_tokenizer(writer, tokenizer, n_vocab: int) -> str:
     return "byte-level BPE from the Hugging Face tokenizer"
 
 
-def gguf_arch(adapter, widths) -> str:
+def gguf_arch(adapter, widths, head_dim: int | None = None, hidden: int | None = None) -> str:
     """The llama.cpp architecture a model is written as, or an :class:`ExportError` (one line) saying why it cannot
-    be: per-layer widths where llama.cpp's loader for the architecture sizes every layer alike, or an architecture
-    whose GGUF layout this exporter does not write."""
+    be: per-layer widths where llama.cpp's loader for the architecture sizes every layer alike, removed query heads
+    where it sizes q at the hidden size, or an architecture whose GGUF layout this exporter does not write."""
     mt, family = adapter.model_type, adapter.family or adapter.model_type
+    if mt in Q_AT_HIDDEN and head_dim and hidden and any(w.num_heads * head_dim != hidden for w in widths):
+        raise ExportError(
+            f"GGUF export refused for this {family} model: it has lost attention heads, and llama.cpp's "
+            f"'{Q_AT_HIDDEN[mt]}' architecture sizes the q projection and attn_output at the hidden size ({hidden}), "
+            "so it cannot hold them (export --format hf keeps them)")
     if mt in UNIFORM_ONLY and not is_uniform(widths):
         raise ExportError(
             f"GGUF export refused for this {family} model: its layers have different widths, and llama.cpp's "
@@ -207,7 +215,7 @@ def write_gguf(model: nn.Module, tokenizer, path: str | os.PathLike, dtype: str 
         raise ExportError(f"GGUF dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
     adapter = adapter_for(model)
     widths = sync_config(model, adapter)
-    arch = gguf_arch(adapter, widths)
+    arch = gguf_arch(adapter, widths, geometry(model, adapter).head_dim, model.config.hidden_size)
     cfg = model.config
     notes = []
     if adapter.model_type == "mistral" and getattr(cfg, "sliding_window", None):

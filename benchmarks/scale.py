@@ -1,0 +1,189 @@
+"""Benchmark (issue 12): how the cost grows with the model — the default model, Gemma-3-270M and Qwen2.5-0.5B.
+
+Per model (those present; the shipped ones after ``adapt-pruner fetch NAME``):
+
+* load time: first (de-quantizing the GGUF, from the fetch record or timed here for the default model) and cached;
+* one importance pass (Taylor, the lean backward): seconds, the ratio to a plain forward+backward of the model's
+  own loss on the same tokens, its peak memory and the ratio of (weights + what the pass adds) to the weights;
+* one prune to 90 % of the parameters (adaptive, Taylor, score policy): sub-steps, surgery seconds, WikiText-2
+  test perplexity (512-token windows, no BOS) against the dense model;
+* with ``--compare80`` (Qwen2.5-0.5B): adaptive vs uniform at 80 %.
+
+The JSON file is rewritten after every model, so an interrupted run keeps what it finished.
+
+    .venv/bin/python benchmarks/scale.py --models default,gemma3-270m,qwen2.5-0.5b --compare80 qwen2.5-0.5b \\
+        --out benchmarks/results/scale_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import pruner
+from pruner.data import calibration_windows
+from pruner.importance import measure_importance
+from pruner.memory import tame_allocator, touch_weights
+from pruner.shipped import SHIPPED, is_fetched, model_dir
+
+#: Per model: calibration windows and per-step budget (the bigger models take fewer, larger sub-steps on a CPU).
+SETTINGS = {"default": dict(n_windows=32, window=128, step=0.02),
+            "gemma3-270m": dict(n_windows=16, window=128, step=0.04),
+            "qwen2.5-0.5b": dict(n_windows=16, window=128, step=0.04)}
+PPL = dict(dataset="wikitext2", split="test", window=512, max_tokens=32_768)
+#: Gemma is trained with <bos> at the start of every sequence and is far off without it; the others not.
+BOS = {"gemma3-270m": True}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def machine() -> dict:
+    return {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "loadavg_1m_at_start": os.getloadavg()[0]}
+
+
+def first_load(name: str) -> dict | None:
+    """The first load: the GGUF de-quantized (default model: timed now in a temporary cache; shipped models:
+    the fetch's own record)."""
+    if name == "default":
+        tmp = tempfile.mkdtemp(prefix="adapt-pruner-first-")
+        old = os.environ.get("ADAPT_PRUNER_CACHE")
+        os.environ["ADAPT_PRUNER_CACHE"] = tmp
+        try:
+            t = time.perf_counter()
+            pruner.load_model("default", device="cpu", progress=None)
+            return {"seconds": time.perf_counter() - t, "what": "de-quantize the GGUF and cache safetensors"}
+        finally:
+            if old is None:
+                del os.environ["ADAPT_PRUNER_CACHE"]
+            else:
+                os.environ["ADAPT_PRUNER_CACHE"] = old
+            shutil.rmtree(tmp, ignore_errors=True)
+    rec = model_dir(name) / "fetch_record.json"
+    return json.loads(rec.read_text()) if rec.is_file() else None
+
+
+def plain_backward_seconds(model, windows: torch.Tensor, batch: int) -> float:
+    """The model's own loss, forward + backward, gradients for the same (scored) matrices, no checkpointing."""
+    from pruner.adapters import adapter_for
+
+    ad = adapter_for(model)
+    scored = [p for layer in ad.layers(model) for part in ad.parts(layer).values()
+              for p in (part.parameters() if isinstance(part, torch.nn.Module) else [part])]
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in scored:
+        p.requires_grad_(True)
+    t = time.perf_counter()
+    for i in range(0, windows.shape[0], batch):
+        b = windows[i : i + batch].to(next(model.parameters()).device)
+        (model(input_ids=b, labels=b, use_cache=False).loss * b.shape[0] / windows.shape[0]).backward()
+    sec = time.perf_counter() - t
+    for p, f in zip(model.parameters(), flags, strict=True):
+        p.requires_grad_(f)
+        p.grad = None
+    return sec
+
+
+def ppl(model, tok, name: str) -> dict:
+    return pruner.perplexity(model, tok, PPL["dataset"], PPL["split"], window=PPL["window"],
+                             max_tokens=PPL["max_tokens"], bos=BOS.get(name, False))
+
+
+def prune_to(model, tok, target: float, method: str, s: dict, name: str) -> dict:
+    cfg = pruner.PruneConfig(target=target, method=method, n_windows=s["n_windows"], window=s["window"],
+                             step=s["step"])
+    p = pruner.Pruner(model, tok, cfg)
+    t = time.perf_counter()
+    for rec in p.iter_run():
+        m = rec.importance_memory or {}
+        log(f"  {method} sub-step {rec.index + 1}: {rec.fraction_of_original:.2%}, importance "
+            f"{rec.seconds_importance:.1f} s, surgery {rec.seconds_surgery:.2f} s, pass "
+            f"{m.get('ratio_to_weights', float('nan')):.2f}× weights")
+    seconds = time.perf_counter() - t
+    steps = p.record.steps
+    out = {"target": target, "method": method, "settings": cfg.to_dict(), "params": p.record.final_params["total"],
+           "fraction": p.record.final_params["total"] / p.record.original_params["total"],
+           "sub_steps": len(steps), "seconds": seconds,
+           "seconds_importance": [r.seconds_importance for r in steps],
+           "seconds_surgery": [r.seconds_surgery for r in steps],
+           "importance_memory": [r.importance_memory for r in steps],
+           "peak_memory_bytes": p.record.peak_memory_bytes, "peak_memory_kind": p.record.peak_memory_kind}
+    out["perplexity"] = ppl(model, tok, name)
+    log(f"  {method} {target:.0%}: {out['fraction']:.2%} in {seconds:.0f} s, ppl {out['perplexity']['perplexity']:.2f}")
+    return out
+
+
+def bench(name: str, args) -> dict:
+    s = SETTINGS.get(name, SETTINGS["default"])
+    out = {"model": name, "settings": {**s, "batch_size": 8, "criterion": "taylor", "attention": "score",
+                                       "calibration": "wiki", "perplexity": PPL}}
+    out["first_load"] = first_load(name) if args.first_load else None
+    t = time.perf_counter()
+    model, tok = pruner.load_model(name, device=args.device, dtype=args.dtype, progress=None)
+    out["cached_load_seconds"] = time.perf_counter() - t
+    info = pruner.describe(model)
+    out["architecture"] = {k: info[k] for k in ("model_type", "layers", "hidden_size", "head_dim", "vocab_size",
+                                                 "params", "dtype", "device")}
+    out["architecture"].update(num_heads=info["num_heads"][0], num_kv_heads=info["num_kv_heads"][0],
+                               intermediate_size=info["intermediate_size"][0])
+    log(f"{name}: {info['params']['total']:,} parameters, loaded in {out['cached_load_seconds']:.1f} s")
+    touch_weights(model)
+    windows = calibration_windows(tok, "wiki", s["n_windows"], s["window"], seed=0)
+    imp = measure_importance(model, windows, "taylor", batch_size=8)
+    plain = plain_backward_seconds(model, windows, 8)
+    out["importance"] = {"seconds": imp.seconds, "tokens": imp.tokens, "plain_forward_backward_seconds": plain,
+                         "ratio_to_plain": imp.seconds / plain, "memory": imp.memory}
+    log(f"{name}: importance {imp.seconds:.1f} s vs plain fwd+bwd {plain:.1f} s; pass "
+        f"{imp.memory.get('ratio_to_weights', float('nan')):.2f}× weights")
+    del imp
+    out["dense_perplexity"] = ppl(model, tok, name)
+    log(f"{name}: dense ppl {out['dense_perplexity']['perplexity']:.2f}")
+    out["prune_90"] = prune_to(model, tok, 0.9, "adaptive", s, name)
+    if name in args.compare80:
+        out["adaptive_80"] = prune_to(model, tok, 0.8, "adaptive", s, name)  # continues from 90 %
+        del model
+        model, tok = pruner.load_model(name, device=args.device, dtype=args.dtype, progress=None)
+        out["uniform_80"] = prune_to(model, tok, 0.8, "uniform", s, name)
+    return out
+
+
+def main() -> None:
+    a = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    a.add_argument("--models", default="default,gemma3-270m,qwen2.5-0.5b")
+    a.add_argument("--compare80", default="qwen2.5-0.5b", help="models that also get adaptive vs uniform at 80 %%")
+    a.add_argument("--device", default="cpu")
+    a.add_argument("--dtype", default="float32")
+    a.add_argument("--no-first-load", dest="first_load", action="store_false")
+    a.add_argument("--out", required=True)
+    args = a.parse_args()
+    args.compare80 = [m for m in args.compare80.split(",") if m]
+    tame_allocator()
+    result = {"machine": machine(), "device": args.device, "dtype": args.dtype, "models": {}, "skipped": {}}
+    for name in [m for m in args.models.split(",") if m]:
+        if name in SHIPPED and not is_fetched(name):
+            result["skipped"][name] = f"not fetched (adapt-pruner fetch {name})"
+            log(f"{name}: skipped, not fetched")
+            continue
+        result["models"][name] = bench(name, args)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    result["machine"]["loadavg_1m_at_end"] = os.getloadavg()[0]
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The GPU check (≤ 10 minutes on one GPU): the CUDA tests, the studio timing on the default model, and the scale
+# benchmark on the default model and the largest model present, all on CUDA. JSON results go to $OUT
+# (default runs/gpu). Run it where a GPU is lent:   OUT=runs/gpu bash scripts/gpu_check.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/gpu}
+PY=${PYTHON:-.venv/bin/python}
+mkdir -p "$OUT"
+"$PY" - <<'PY'
+import torch, sys
+if not torch.cuda.is_available():
+    sys.exit("gpu_check: no CUDA device here")
+print("cuda:", torch.cuda.get_device_name(0), torch.version.cuda, "torch", torch.__version__)
+PY
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/nvidia-smi.csv" || true
+echo "[gpu] CUDA tests"
+"$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py tests/test_devices.py --junitxml "$OUT/cuda_tests.xml"
+echo "[gpu] studio timing on the default model"
+"$PY" benchmarks/studio_timing.py --steps 2 --device cuda --out "$OUT/studio_timing_cuda.json"
+models=default
+for m in gemma3-270m qwen2.5-0.5b; do
+  if "$PY" -c "import sys; from pruner.shipped import is_fetched; sys.exit(0 if is_fetched('$m') else 1)"; then
+    models="$models,$m"
+  fi
+done
+echo "[gpu] scale benchmark: $models"
+"$PY" benchmarks/scale.py --device cuda --dtype bfloat16 --models "$models" --out "$OUT/scale_cuda.json"
+echo "[gpu] done: $OUT"
