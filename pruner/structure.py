@@ -45,7 +45,9 @@ class Geometry:
     n_rep: int  # query heads per KV head
     attn_bias: bool  # q/k/v have biases (Qwen2)
     o_bias: bool
-    mlp_bias: bool
+    mlp_bias: bool  # gate/up have biases
+    down_bias: bool = False  # down_proj has a bias (mlp_bias, or FLAP's compensation)
+    layer_other: int = 0  # parameters of a layer outside its seven projections (the two norms)
 
     @property
     def params_per_group(self) -> int:
@@ -63,8 +65,12 @@ class Geometry:
 
     def layer_prunable_params(self, w: LayerWidths) -> int:
         """Parameters of a layer's prunable part (attention groups + MLP channels; o/down biases are fixed)."""
-        fixed = (self.hidden_size if self.o_bias else 0) + (self.hidden_size if self.mlp_bias else 0)
+        fixed = (self.hidden_size if self.o_bias else 0) + (self.hidden_size if self.down_bias else 0)
         return w.num_kv_heads * self.params_per_group + w.intermediate_size * self.params_per_channel + fixed
+
+    def layer_params(self, w: LayerWidths) -> int:
+        """Every parameter of a decoder layer of these widths (its norms included)."""
+        return self.layer_prunable_params(w) + self.layer_other
 
 
 def geometry(model: nn.Module, adapter: Adapter | None = None) -> Geometry:
@@ -76,6 +82,7 @@ def geometry(model: nn.Module, adapter: Adapter | None = None) -> Geometry:
     mlp = adapter.mlp_linears(layer)
     n_heads = lin["q"].out_features // head_dim
     n_kv = lin["k"].out_features // head_dim
+    projections = sum(p.numel() for m in (*lin.values(), *mlp.values()) for p in m.parameters())
     return Geometry(
         hidden_size=cfg.hidden_size,
         head_dim=head_dim,
@@ -83,6 +90,8 @@ def geometry(model: nn.Module, adapter: Adapter | None = None) -> Geometry:
         attn_bias=lin["q"].bias is not None,
         o_bias=lin["o"].bias is not None,
         mlp_bias=mlp["gate"].bias is not None,
+        down_bias=mlp["down"].bias is not None,
+        layer_other=sum(p.numel() for p in layer.parameters()) - projections,
     )
 
 
@@ -103,12 +112,40 @@ def count_parameters(model: nn.Module, adapter: Adapter | None = None) -> dict[s
 
 @dataclass
 class Origin:
-    """What the model looked like before any pruning, and which original units each layer still has."""
+    """What the model looked like before any pruning, and which original units each layer still has.
+
+    Every list has one entry per *current* layer: its original widths, and the original indices of its kept units;
+    ``kept_layers`` gives each current layer's original index (layers removed by depth pruning are missing) and
+    ``n_layers`` the original depth.
+    """
 
     widths: list[LayerWidths]
     params: dict
     kept_groups: list[list[int]]
     kept_channels: list[list[int]]
+    kept_layers: list[int] | None = None  # None: no layer removed
+    n_layers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kept_layers is None:
+            self.kept_layers = list(range(len(self.widths)))
+        if self.n_layers is None:
+            self.n_layers = len(self.widths)
+
+    @property
+    def removed_layers(self) -> list[int]:
+        """Original indices of the layers that depth pruning removed."""
+        return sorted(set(range(self.n_layers)) - set(self.kept_layers))
+
+    def copy(self) -> Origin:
+        return Origin(list(self.widths), dict(self.params), [list(g) for g in self.kept_groups],
+                      [list(c) for c in self.kept_channels], list(self.kept_layers), self.n_layers)
+
+    def without_layers(self, remove: Sequence[int]) -> Origin:
+        """The origin after removing the current layers ``remove``."""
+        keep = [i for i in range(len(self.widths)) if i not in set(remove)]
+        return Origin([self.widths[i] for i in keep], dict(self.params), [list(self.kept_groups[i]) for i in keep],
+                      [list(self.kept_channels[i]) for i in keep], [self.kept_layers[i] for i in keep], self.n_layers)
 
     def to_dict(self) -> dict:
         return {
@@ -116,11 +153,14 @@ class Origin:
             "params": self.params,
             "kept_groups": self.kept_groups,
             "kept_channels": self.kept_channels,
+            "kept_layers": self.kept_layers,
+            "n_layers": self.n_layers,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> Origin:
-        return cls([LayerWidths(**w) for w in d["widths"]], d["params"], d["kept_groups"], d["kept_channels"])
+        return cls([LayerWidths(**w) for w in d["widths"]], d["params"], d["kept_groups"], d["kept_channels"],
+                   d.get("kept_layers"), d.get("n_layers"))
 
 
 ORIGIN_ATTR = "_adapt_pruner_origin"
@@ -154,7 +194,7 @@ def _new_linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear
     lin = nn.Linear(in_f, out_f, bias=bias is not None, device="meta")
     lin.weight = nn.Parameter(weight.contiguous(), requires_grad=like.weight.requires_grad)
     if bias is not None:
-        lin.bias = nn.Parameter(bias.contiguous(), requires_grad=like.bias.requires_grad)
+        lin.bias = nn.Parameter(bias.contiguous(), requires_grad=(like.bias if like.bias is not None else like.weight).requires_grad)
     return lin
 
 
@@ -174,12 +214,32 @@ def select_cols(lin: nn.Linear, idx: torch.Tensor) -> nn.Linear:
     return _new_linear(w, b, lin)
 
 
+def compensated_cols(lin: nn.Linear, idx: torch.Tensor, mean: torch.Tensor) -> nn.Linear:
+    """Like :func:`select_cols`, with FLAP's bias compensation: the dropped inputs' mean contribution goes into the
+    bias, ``b' = b + W[:, dropped] · mean[dropped]`` (a zero bias is created when there is none), so on the mean
+    input the output is unchanged. ``mean``: the mean of every current input feature over the calibration tokens."""
+    w = lin.weight.data
+    if mean.numel() != w.shape[1]:
+        raise ValueError(f"compensation needs one mean per input feature ({w.shape[1]}), got {mean.numel()}")
+    dropped = torch.ones(w.shape[1], dtype=torch.bool)
+    dropped[idx.cpu()] = False
+    shift = w.detach().cpu().double()[:, dropped] @ mean.detach().cpu().double()[dropped]  # float64: exact enough
+    bias = (lin.bias.data if lin.bias is not None else torch.zeros_like(w[:, 0])) + shift.to(w.device, w.dtype)
+    return _new_linear(w.index_select(1, idx.to(w.device)), bias, lin)
+
+
 @dataclass
 class LayerCut:
-    """Which units of one layer to keep (indices into the layer's *current* units, ascending)."""
+    """Which units of one layer to keep (indices into the layer's *current* units, ascending).
+
+    ``o_mean`` / ``down_mean``: the mean of every current input of o_proj / down_proj; when given, the cut
+    compensates the removed inputs with a bias (:func:`compensated_cols`), even when it removes nothing there.
+    """
 
     keep_groups: list[int]
     keep_channels: list[int]
+    o_mean: torch.Tensor | None = None
+    down_mean: torch.Tensor | None = None
 
 
 def build_cut(model: nn.Module, cuts: dict[int, LayerCut], adapter: Adapter | None = None) -> dict:
@@ -202,23 +262,20 @@ def build_cut(model: nn.Module, cuts: dict[int, LayerCut], adapter: Adapter | No
         if len(set(cut.keep_groups)) != len(cut.keep_groups) or len(set(cut.keep_channels)) != len(cut.keep_channels):
             raise ValueError(f"layer {li}: duplicate unit indices")
         new = {}
-        if len(cut.keep_groups) != cur.num_kv_heads:
-            a = adapter.attn_linears(layer)
+        a, m = adapter.attn_linears(layer), adapter.mlp_linears(layer)
+        cut_groups = len(cut.keep_groups) != cur.num_kv_heads
+        if cut_groups or (cut.o_mean is not None and a["o"].bias is None):
             q_idx, kv_idx = group_rows(geo, sorted(cut.keep_groups))
-            new["attn"] = {
-                "q": select_rows(a["q"], q_idx),
-                "k": select_rows(a["k"], kv_idx),
-                "v": select_rows(a["v"], kv_idx),
-                "o": select_cols(a["o"], q_idx),
-            }
-        if len(cut.keep_channels) != cur.intermediate_size:
-            m = adapter.mlp_linears(layer)
+            new["attn"] = {"q": select_rows(a["q"], q_idx), "k": select_rows(a["k"], kv_idx),
+                           "v": select_rows(a["v"], kv_idx)} if cut_groups else {}
+            new["attn"]["o"] = (compensated_cols(a["o"], q_idx, cut.o_mean) if cut.o_mean is not None
+                                else select_cols(a["o"], q_idx))
+        cut_channels = len(cut.keep_channels) != cur.intermediate_size
+        if cut_channels or (cut.down_mean is not None and m["down"].bias is None):
             c_idx = torch.tensor(sorted(cut.keep_channels), dtype=torch.long)
-            new["mlp"] = {
-                "gate": select_rows(m["gate"], c_idx),
-                "up": select_rows(m["up"], c_idx),
-                "down": select_cols(m["down"], c_idx),
-            }
+            new["mlp"] = {"gate": select_rows(m["gate"], c_idx), "up": select_rows(m["up"], c_idx)} if cut_channels else {}
+            new["mlp"]["down"] = (compensated_cols(m["down"], c_idx, cut.down_mean) if cut.down_mean is not None
+                                  else select_cols(m["down"], c_idx))
         if new:
             patch[li] = new
     return patch
@@ -226,6 +283,9 @@ def build_cut(model: nn.Module, cuts: dict[int, LayerCut], adapter: Adapter | No
 
 def apply_patch(model: nn.Module, patch: dict, adapter: Adapter | None = None) -> dict:
     """Swap in the modules of a patch; returns the inverse patch (the old modules), usable to undo."""
+    if callable(getattr(patch, "apply_to", None)):  # a change of depth (pruner.depth.DepthPatch)
+        origin_of(model)
+        return patch.apply_to(model)
     adapter = adapter or adapter_for(model)
     origin_of(model)  # record the unpruned widths before the first cut
     layers = adapter.layers(model)
