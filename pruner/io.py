@@ -5,7 +5,8 @@ Saved-folder format (no pickle anywhere)::
     model.safetensors        weights (tied embeddings stored once)
     config.json              the transformers config; global widths = the widest layer (uniform → exact)
     pruned_widths.json       {"format": "adapt-pruner/1", "layers": [{num_heads, num_kv_heads, intermediate_size}],
-                              "origin": {...}}: enough to rebuild every layer's shapes
+                              "biases": [[roles with a bias] per layer], "origin": {...}}: enough to rebuild every
+                              layer's shapes (FLAP's o_proj / down_proj biases included)
     pruning_record.json      the run's record, when given
     tokenizer files
 
@@ -224,6 +225,7 @@ def save_pruned(model: nn.Module, tokenizer, out_dir, record=None, overwrite: bo
             "model_type": adapter.model_type,
             "uniform": is_uniform(widths),
             "layers": [w.to_dict() for w in widths],
+            "biases": layer_biases(model, adapter),
             "params": count_parameters(model, adapter),
             "origin": origin_of(model).to_dict(),
         }
@@ -258,8 +260,16 @@ def _save_config(model: nn.Module, folder: Path) -> None:
         cfg.save_pretrained(folder)
 
 
-def _resize_linear(lin: nn.Linear, out_f: int, in_f: int) -> nn.Linear:
-    return nn.Linear(in_f, out_f, bias=lin.bias is not None, device="meta", dtype=lin.weight.dtype)
+def layer_biases(model: nn.Module, adapter=None) -> list[list[str]]:
+    """Per decoder layer, the projections (q, k, v, o, gate, up, down) that carry a bias."""
+    adapter = adapter or adapter_for(model)
+    return [sorted(role for role, lin in {**adapter.attn_linears(layer), **adapter.mlp_linears(layer)}.items()
+                   if lin.bias is not None) for layer in adapter.layers(model)]
+
+
+def _resize_linear(lin: nn.Linear, out_f: int, in_f: int, bias: bool | None = None) -> nn.Linear:
+    bias = lin.bias is not None if bias is None else bias
+    return nn.Linear(in_f, out_f, bias=bias, device="meta", dtype=lin.weight.dtype)
 
 
 def load_pruned(folder, device=None, dtype=None):
@@ -291,15 +301,18 @@ def load_pruned(folder, device=None, dtype=None):
         model = AutoModelForCausalLM.from_config(config, dtype=dt)
     head_dim = config.head_dim
     hidden = config.hidden_size
-    for layer, w in zip(adapter.layers(model), widths, strict=True):
+    biases = meta.get("biases") or [None] * len(widths)  # folders saved before FLAP: the config's biases
+    if len(biases) != len(widths):
+        raise ModelLoadError(f"'{folder}': {WIDTHS_FILE} lists biases for {len(biases)} of {len(widths)} layers")
+    for layer, w, b in zip(adapter.layers(model), widths, biases, strict=True):
         a, m = adapter.attn_linears(layer), adapter.mlp_linears(layer)
-        adapter.set_attn_linear(layer, "q", _resize_linear(a["q"], w.num_heads * head_dim, hidden))
-        adapter.set_attn_linear(layer, "k", _resize_linear(a["k"], w.num_kv_heads * head_dim, hidden))
-        adapter.set_attn_linear(layer, "v", _resize_linear(a["v"], w.num_kv_heads * head_dim, hidden))
-        adapter.set_attn_linear(layer, "o", _resize_linear(a["o"], hidden, w.num_heads * head_dim))
-        adapter.set_mlp_linear(layer, "gate", _resize_linear(m["gate"], w.intermediate_size, hidden))
-        adapter.set_mlp_linear(layer, "up", _resize_linear(m["up"], w.intermediate_size, hidden))
-        adapter.set_mlp_linear(layer, "down", _resize_linear(m["down"], hidden, w.intermediate_size))
+        shapes = {"q": (a["q"], w.num_heads * head_dim, hidden), "k": (a["k"], w.num_kv_heads * head_dim, hidden),
+                  "v": (a["v"], w.num_kv_heads * head_dim, hidden), "o": (a["o"], hidden, w.num_heads * head_dim),
+                  "gate": (m["gate"], w.intermediate_size, hidden), "up": (m["up"], w.intermediate_size, hidden),
+                  "down": (m["down"], hidden, w.intermediate_size)}
+        for role, (lin, out_f, in_f) in shapes.items():
+            new = _resize_linear(lin, out_f, in_f, None if b is None else role in b)
+            (adapter.set_attn_linear if role in a else adapter.set_mlp_linear)(layer, role, new)
     try:
         with safe_open(str(weights), framework="pt", device="cpu") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}

@@ -11,7 +11,10 @@ while ``deci`` (llama.cpp's Llama variant for Nemotron-NAS models) is the same n
 permutation with per-layer ``head_count``, ``head_count_kv`` and ``feed_forward_length``. Qwen2 is written as
 ``qwen2`` (no permutation, q/k/v biases). Where layers differ, those three keys are arrays with one entry per
 layer, and ``{arch}.attention.key_length`` / ``value_length`` give the head size (it can no longer be derived
-as embedding_length / head_count).
+as embedding_length / head_count). A model with fewer layers (ShortGPT) is a plain model with a smaller
+``block_count``. FLAP's o_proj / down_proj biases are written as ``blk.N.attn_output.bias`` / ``blk.N.ffn_down.bias``
+for ``llama`` and ``deci``, whose llama.cpp loaders create them as optional tensors (``TENSOR_NOT_REQUIRED``);
+llama.cpp's ``qwen2`` loader has neither, so such a Qwen2 model is refused with the reason.
 """
 
 from __future__ import annotations
@@ -42,8 +45,12 @@ LAYER_TENSORS = {
     "self_attn.v_proj.weight": "attn_v.weight", "self_attn.v_proj.bias": "attn_v.bias",
     "self_attn.o_proj.weight": "attn_output.weight", "self_attn.o_proj.bias": "attn_output.bias",
     "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
+    "mlp.down_proj.weight": "ffn_down.weight", "mlp.gate_proj.bias": "ffn_gate.bias",
+    "mlp.up_proj.bias": "ffn_up.bias", "mlp.down_proj.bias": "ffn_down.bias",
 }
+#: Per architecture, the layer biases llama.cpp's loader has no tensor for (a GGUF holding them does not load).
+UNSUPPORTED_BIASES = {"qwen2": ("self_attn.o_proj.bias", "mlp.gate_proj.bias", "mlp.up_proj.bias",
+                                "mlp.down_proj.bias")}
 GLOBAL_TENSORS = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
                   "lm_head.weight": "output.weight"}
 
@@ -176,6 +183,11 @@ def write_gguf(model: nn.Module, tokenizer, path: str | os.PathLike, dtype: str 
     if arch == "llama" and not is_uniform(widths):
         arch = "deci"  # llama.cpp's Llama with per-layer widths
     cfg = model.config
+    state = model.state_dict()
+    refused = [n for n in UNSUPPORTED_BIASES.get(arch, ()) if any(k.endswith(n) for k in state)]
+    if refused:
+        raise ExportError(f"llama.cpp's {arch} architecture has no {' or '.join(n.split('.')[1] for n in refused)} "
+                          "bias, which this model has (FLAP's bias compensation adds them); export it as hf instead")
     notes = []
     if adapter.model_type == "mistral" and getattr(cfg, "sliding_window", None):
         notes.append(f"Mistral's sliding window ({cfg.sliding_window} tokens) is not written (llama architecture)")
@@ -272,6 +284,8 @@ def load_gguf_model(path: str | os.PathLike) -> nn.Module:
         rms_norm_eps=float(meta[f"{arch}.attention.layer_norm_rms_epsilon"]),
         rope_parameters={"rope_type": "default", "rope_theta": float(meta[f"{arch}.rope.freq_base"])},
         tie_word_embeddings="output.weight" not in tensors,
+        o_proj_bias_per_layer=[f"blk.{i}.attn_output.bias" in tensors for i in range(n)],
+        down_proj_bias_per_layer=[f"blk.{i}.ffn_down.bias" in tensors for i in range(n)],
     )
     if arch in PERMUTED:
         config, cls = rc.AdaptPrunedLlamaConfig(**fields), rm.AdaptPrunedLlamaForCausalLM

@@ -1,9 +1,11 @@
 """Portable Hugging Face folders: load with ``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)``.
 
-Uniform widths export as the plain architecture (no remote code). Per-layer widths export as
-``adapt_pruned_<type>``: the stock config plus ``num_attention_heads_per_layer``,
-``num_key_value_heads_per_layer`` and ``intermediate_size_per_layer``, with two small files of modelling code
-(``remote_code/``) that subclass the stock classes. Weights are safetensors only.
+Uniform widths export as the plain architecture (no remote code), whatever the depth (a ShortGPT model is a stock
+model with fewer layers). Per-layer widths export as ``adapt_pruned_<type>``: the stock config plus
+``num_attention_heads_per_layer``, ``num_key_value_heads_per_layer`` and ``intermediate_size_per_layer``, with two
+small files of modelling code (``remote_code/``) that subclass the stock classes. Biases the stock config cannot
+express (FLAP's compensation on o_proj / down_proj) go the same way, with ``o_proj_bias_per_layer`` and
+``down_proj_bias_per_layer``. Weights are safetensors only.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 from ..adapters import adapter_for
 from ..structure import is_uniform, sync_config
 from .common import ExportError, describe_source, finish_meta_model, model_facts, staging
+from .remote_code.configuration_adapt_pruned import BIAS_FIELDS
 
 REMOTE_DIR = Path(__file__).parent / "remote_code"
 REMOTE_FILES = ("configuration_adapt_pruned.py", "modeling_adapt_pruned.py")
@@ -47,11 +50,29 @@ def _plain_config_is_valid(model_type: str, fields: dict) -> bool:
     return True
 
 
+def stock_biases(model_type: str, config: dict) -> tuple[bool, bool]:
+    """Whether the stock config gives o_proj and down_proj a bias (Llama: ``attention_bias`` / ``mlp_bias``)."""
+    if model_type.removeprefix("adapt_pruned_") == "llama":
+        return bool(config.get("attention_bias")), bool(config.get("mlp_bias"))
+    return False, False  # Qwen2 and Mistral: never
+
+
+def _extra_biases(model: nn.Module, adapter, fields: dict) -> dict[str, list[bool]]:
+    """The per-layer o_proj / down_proj bias lists when the stock config cannot express them, else {}."""
+    layers = adapter.layers(model)
+    flags = {BIAS_FIELDS[0]: [adapter.attn_linears(x)["o"].bias is not None for x in layers],
+             BIAS_FIELDS[1]: [adapter.mlp_linears(x)["down"].bias is not None for x in layers]}
+    stock = stock_biases(adapter.model_type, fields)
+    same = all(v == s for (_, values), s in zip(flags.items(), stock, strict=True) for v in values)
+    return {} if same else flags
+
+
 def portable_config(model: nn.Module) -> tuple[dict, bool]:
     """The ``config.json`` of the export and whether it needs the remote code.
 
     Uniform widths give the stock config; per-layer widths (or a uniform width the stock config rejects, e.g.
-    a hidden size that is not a multiple of the head count) give the ``adapt_pruned_<type>`` config.
+    a hidden size that is not a multiple of the head count, or biases it cannot express) give the
+    ``adapt_pruned_<type>`` config.
     """
     from .remote_code import configuration_adapt_pruned as remote
 
@@ -61,10 +82,12 @@ def portable_config(model: nn.Module) -> tuple[dict, bool]:
     family = FAMILIES[model_type]
     fields = {k: v for k, v in model.config.to_diff_dict().items() if not k.startswith("_") and k not in _DROP}
     fields["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
-    if is_uniform(widths) and _plain_config_is_valid(model_type, fields):
+    extra = _extra_biases(model, adapter, fields)
+    if is_uniform(widths) and not extra and _plain_config_is_valid(model_type, fields):
         return {"architectures": [f"{family}ForCausalLM"], "model_type": model_type, **fields}, False
     for attr, key in PER_LAYER.items():
         fields[key] = [getattr(w, attr) for w in widths]
+    fields.update(extra)
     cls = getattr(remote, f"AdaptPruned{family}Config")
     cls(**fields)  # validates the lists before anything is written
     config = {"architectures": [f"AdaptPruned{family}ForCausalLM"], "model_type": cls.model_type,
@@ -102,8 +125,10 @@ def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     kv = config.get(PER_LAYER["num_kv_heads"]) or [kv_default] * n
     ffn = config.get(PER_LAYER["intermediate_size"]) or [config["intermediate_size"]] * n
     qkv_bias = "qwen2" in config["model_type"] or bool(config.get("attention_bias"))
-    o_bias = bool(config.get("attention_bias")) and "qwen2" not in config["model_type"]
     mlp_bias = bool(config.get("mlp_bias"))
+    o_stock, down_stock = stock_biases(config["model_type"], config)
+    o_bias = config.get(BIAS_FIELDS[0]) or [o_stock] * n
+    down_bias = config.get(BIAS_FIELDS[1]) or [down_stock] * n
     shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
     if not config.get("tie_word_embeddings", False):
         shapes["lm_head.weight"] = (vocab, hidden)
@@ -119,10 +144,12 @@ def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
         if qkv_bias:
             shapes.update({p + "self_attn.q_proj.bias": (h * head_dim,), p + "self_attn.k_proj.bias": (k * head_dim,),
                            p + "self_attn.v_proj.bias": (k * head_dim,)})
-        if o_bias:
+        if o_bias[i]:
             shapes[p + "self_attn.o_proj.bias"] = (hidden,)
         if mlp_bias:
-            shapes.update({p + "mlp.gate_proj.bias": (f,), p + "mlp.up_proj.bias": (f,), p + "mlp.down_proj.bias": (hidden,)})
+            shapes.update({p + "mlp.gate_proj.bias": (f,), p + "mlp.up_proj.bias": (f,)})
+        if down_bias[i]:
+            shapes[p + "mlp.down_proj.bias"] = (hidden,)
     return shapes
 
 
@@ -240,7 +267,7 @@ def load_exported(folder: str | os.PathLike, dtype: torch.dtype = torch.float32)
     model_type = str(config.get("model_type", "")).removeprefix("adapt_pruned_")
     if model_type not in FAMILIES:
         raise ExportError(f"'{folder}': model_type {config.get('model_type')!r} is not an export of this project")
-    lists = {k: config[k] for k in PER_LAYER.values() if k in config}
+    lists = {k: config[k] for k in (*PER_LAYER.values(), *BIAS_FIELDS) if k in config}
     fields = {k: v for k, v in config.items() if k not in _DROP and k not in lists}
     try:
         stock = AutoConfig.for_model(model_type, **fields)

@@ -1,14 +1,17 @@
 """Configs for decoder-only models whose layers have different widths (written by Adapt-Pruner Studio).
 
 Each class is the stock transformers config plus three per-layer lists; the global ``num_attention_heads``,
-``num_key_value_heads`` and ``intermediate_size`` hold the widest layer. This file and
-``modeling_adapt_pruned.py`` need only torch and transformers.
+``num_key_value_heads`` and ``intermediate_size`` hold the widest layer. Two optional per-layer lists of booleans,
+``o_proj_bias_per_layer`` and ``down_proj_bias_per_layer``, say which layers' output projections carry a bias
+(FLAP's bias compensation adds them; the stock configs cannot express an o_proj or down_proj bias alone). This
+file and ``modeling_adapt_pruned.py`` need only torch and transformers.
 """
 
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
 PER_LAYER_FIELDS = ("num_attention_heads_per_layer", "num_key_value_heads_per_layer", "intermediate_size_per_layer")
+BIAS_FIELDS = ("o_proj_bias_per_layer", "down_proj_bias_per_layer")
 
 
 def check_per_layer_widths(config) -> None:
@@ -27,6 +30,10 @@ def check_per_layer_widths(config) -> None:
             raise ValueError(f"layer {i}: {h} query heads is not a multiple of {kv} key/value heads")
     if config.head_dim is None:
         raise ValueError("head_dim must be given explicitly (it cannot be derived from per-layer head counts)")
+    for name in BIAS_FIELDS:
+        values = getattr(config, name, None)
+        if values is not None and len(values) != config.num_hidden_layers:
+            raise ValueError(f"{name} has {len(values)} entries but num_hidden_layers is {config.num_hidden_layers}")
 
 
 @strict
@@ -35,6 +42,8 @@ class AdaptPrunedLlamaConfig(LlamaConfig):
     num_attention_heads_per_layer: list[int] | None = None
     num_key_value_heads_per_layer: list[int] | None = None
     intermediate_size_per_layer: list[int] | None = None
+    o_proj_bias_per_layer: list[bool] | None = None
+    down_proj_bias_per_layer: list[bool] | None = None
 
     def validate_architecture(self):
         # head_dim is explicit, so hidden_size need not be a multiple of the (widest) head count
@@ -47,6 +56,8 @@ class AdaptPrunedQwen2Config(Qwen2Config):
     num_attention_heads_per_layer: list[int] | None = None
     num_key_value_heads_per_layer: list[int] | None = None
     intermediate_size_per_layer: list[int] | None = None
+    o_proj_bias_per_layer: list[bool] | None = None
+    down_proj_bias_per_layer: list[bool] | None = None
 
     def validate_architecture(self):
         check_per_layer_widths(self)
@@ -58,6 +69,8 @@ class AdaptPrunedMistralConfig(MistralConfig):
     num_attention_heads_per_layer: list[int] | None = None
     num_key_value_heads_per_layer: list[int] | None = None
     intermediate_size_per_layer: list[int] | None = None
+    o_proj_bias_per_layer: list[bool] | None = None
+    down_proj_bias_per_layer: list[bool] | None = None
 
     def validate_architecture(self):
         check_per_layer_widths(self)
