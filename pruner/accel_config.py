@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .config import PruneConfig
+from .config import INCREMENTAL_METHODS, PruneConfig
 from .errors import AllocationError, ConfigError
 from .train import TrainConfig, TrainState
 
@@ -41,6 +41,9 @@ class AccelConfig:
             raise ConfigError(f"Unknown mode '{self.mode}': use one of {', '.join(MODES)}")
         if not 1 <= int(self.stages) <= 1000:
             raise ConfigError(f"Adapt-Accel needs 1 to 1000 stages, got {self.stages}")
+        if self.prune.method not in INCREMENTAL_METHODS:
+            raise ConfigError(f"Adapt-Accel prunes with the incremental rule ({', '.join(INCREMENTAL_METHODS)}); "
+                              f"'{self.prune.method}' is a one-shot baseline: prune with it, then train")
 
     def to_dict(self) -> dict:
         return asdict(self)

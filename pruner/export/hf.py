@@ -269,8 +269,15 @@ def load_exported(folder: str | os.PathLike, dtype: torch.dtype = torch.float32)
         raise ExportError(f"'{folder}': model_type {config.get('model_type')!r} is not an export of this project")
     lists = {k: config[k] for k in (*PER_LAYER.values(), *BIAS_FIELDS) if k in config}
     fields = {k: v for k, v in config.items() if k not in _DROP and k not in lists}
+    skeleton = dict(fields)
+    if PER_LAYER["num_heads"] in lists and fields.get("head_dim"):
+        # the layers get their own widths below: build the skeleton with the unpruned head counts, which a stock
+        # config always accepts (the widest pruned layer's count need not divide the hidden size)
+        heads = fields["hidden_size"] // fields["head_dim"]
+        n_rep = lists[PER_LAYER["num_heads"]][0] // lists[PER_LAYER["num_kv_heads"]][0]
+        skeleton.update(num_attention_heads=heads, num_key_value_heads=max(1, heads // n_rep))
     try:
-        stock = AutoConfig.for_model(model_type, **fields)
+        stock = AutoConfig.for_model(model_type, **skeleton)
     except Exception as exc:  # huggingface_hub's strict-dataclass errors are not ValueErrors
         raise ExportError(f"'{folder}': its config cannot be expressed as a stock {model_type} config: {exc}") from exc
     with torch.device("meta"):
