@@ -230,8 +230,9 @@ class Planner:
 
     # ------------------------------------------------------------------ one sub-step
     def plan(self, sparsity: Sequence[float], widths: Sequence[LayerWidths], scores: UnitScores,
-             fraction: float = 1.0, index: int = 0) -> PlannedStep:
-        """The sub-step that uses ``fraction`` of the per-step budget from the state (``sparsity``, ``widths``)."""
+             fraction: float = 1.0, index: int = 0, units: bool = True) -> PlannedStep:
+        """The sub-step that uses ``fraction`` of the per-step budget from the state (``sparsity``, ``widths``).
+        ``units=False`` leaves out which units to keep where the widths do not need them (the bisection)."""
         if self.spec.widths == "depth":
             return self._plan_depth(sparsity, widths, scores, fraction, index)
         if self.spec.widths == "global":
@@ -251,7 +252,7 @@ class Planner:
         else:
             new, floored = plan_widths(self.geo, self.original, widths, alloc.sparsity, c.min_channels, c.multiple)
         keep_g = keep_c = None
-        if scores.has_units:
+        if scores.has_units and units:
             keep_g = [top_units(g, w.num_kv_heads) for g, w in zip(scores.group_scores, new, strict=True)]
             keep_c = [top_units(ch, w.intermediate_size) for ch, w in zip(scores.channel_scores, new, strict=True)]
         return PlannedStep(index, fraction, alloc, new, floored, self.params_of(new), keep_g, keep_c,
@@ -316,7 +317,7 @@ class Planner:
         lo, hi = 0.0, 1.0  # params(lo) > target >= params(hi)
         for _ in range(BISECTION_STEPS):
             mid = (lo + hi) / 2
-            if self.plan(sparsity, widths, scores, mid, index).params > target:
+            if self.plan(sparsity, widths, scores, mid, index, units=False).params > target:
                 lo = mid
             else:
                 hi = mid

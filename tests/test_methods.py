@@ -226,8 +226,10 @@ def test_shortgpt_model_saves_reloads_exports_plain_and_undoes(tiny_tokenizer, t
     assert pruner.origin_of(again).kept_layers == pruner.origin_of(model).kept_layers
     with torch.no_grad():
         assert torch.equal(again(input_ids=ids).logits, ref)
-    summary = export_hf(model, None, tmp_path / "hf")
+    summary = export_hf(model, None, tmp_path / "hf", record=p.record.to_dict())
     assert summary["remote_code"] is False  # uniform widths, fewer layers: the plain architecture
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert f"the original layers {rec.removed_original_layers}" in card and "ShortGPT" in card
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert plain.config.num_hidden_layers == 4 - len(rec.removed_layers)
     with torch.no_grad():
