@@ -332,7 +332,8 @@ def tiny_folder(tmp_path_factory, tiny_tokenizer):
 
 
 @pytest.mark.parametrize("extra", [["--method", "flap"], ["--method", "shortgpt"],
-                                   ["--method", "llm-pruner", "--block-layers", "1:3"], ["--method", "wanda-sp"]])
+                                   ["--method", "llm-pruner", "--block-layers", "1:3"],
+                                   ["--method", "wanda-sp", "--criterion", "magnitude"]])
 def test_cli_prunes_with_each_baseline(tiny_folder, tmp_path, extra, capsys):
     from pruner.cli import main
 
@@ -342,7 +343,10 @@ def test_cli_prunes_with_each_baseline(tiny_folder, tmp_path, extra, capsys):
     assert rc == 0
     rec = json.loads(report.read_text())["record"]
     assert rec["config"]["method"] == extra[1] and len(rec["steps"]) == 1 and rec["steps"][0]["decision"]
-    assert f"{extra[1]}: " in capsys.readouterr().err  # what the method decided, on stderr
+    err = capsys.readouterr().err
+    assert f"{extra[1]}: " in err  # what the method decided, on stderr
+    if "--criterion" in extra:  # a baseline's own criterion wins, and the user is told
+        assert "its own criterion 'wanda-sp'; --criterion ignored" in err and rec["config"]["criterion"] == "wanda-sp"
     again, _ = pruner.load_model(str(out))
     assert pruner.count_parameters(again) == rec["final_params"]
 

@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from ..config import ATTENTION_POLICIES, CRITERIA, METHODS, PruneConfig
+from ..config import ATTENTION_POLICIES, CRITERIA, METHODS, PruneConfig, method_spec
 from ..data import CORPORA
 from ..errors import ConfigError
 from .common import add_model_args, add_ppl_args, log, perplexities, write_report
@@ -30,16 +30,17 @@ def register(sub) -> None:
     p.add_argument("--method", choices=METHODS, default=D.method,
                    help="adaptive / uniform / custom (Δ-sized sub-steps), or a one-shot baseline: llm-pruner, flap, "
                         "shortgpt, wanda-sp (docs/methods.md)")
-    p.add_argument("--criterion", choices=CRITERIA, default=D.criterion,
-                   help="unit score; llm-pruner, flap and wanda-sp use their own (taylor, fluctuation, wanda-sp)")
+    p.add_argument("--criterion", choices=CRITERIA, default=None,
+                   help=f"unit score (default: {D.criterion}); llm-pruner, flap and wanda-sp use their own (taylor, "
+                        "fluctuation, wanda-sp)")
     p.add_argument("--amplitude", type=float, default=D.amplitude, help="A in s_l ← clip(s_l + Δ − A·Ĩ_l, 0, s_max)")
     p.add_argument("--step", type=float, default=D.step, help="Δ: mean sparsity added per sub-step")
     p.add_argument("--max-sparsity", type=float, default=D.max_sparsity)
     p.add_argument("--multiple", type=int, default=D.multiple, help="round MLP widths down to a multiple of this")
-    p.add_argument("--attention", choices=ATTENTION_POLICIES, default=D.attention,
+    p.add_argument("--attention", choices=ATTENTION_POLICIES, default=None,
                    help="how a layer's budget is split: score (lowest Taylor score per parameter first, groups and "
-                        "channels ranked together) or proportional (attention and MLP share s_l); the baselines "
-                        "split it their own way")
+                        f"channels ranked together) or proportional (attention and MLP share s_l); default: "
+                        f"{D.attention}; the baselines split it their own way")
     p.add_argument("--block-layers", default=None, metavar="START:END",
                    help="llm-pruner: prune layers START..END-1 only (default: the released 4:30 of 32 layers, "
                         "scaled to the model's depth)")
@@ -77,8 +78,9 @@ def _block_layers(text: str | None) -> list[int] | None:
 
 def config_from_args(args) -> PruneConfig:
     custom = [float(x) for x in args.custom.split(",")] if args.custom else None
-    return PruneConfig(target=args.target, method=args.method, criterion=args.criterion, amplitude=args.amplitude,
-                       step=args.step, max_sparsity=args.max_sparsity, attention=args.attention,
+    return PruneConfig(target=args.target, method=args.method, criterion=args.criterion or D.criterion,
+                       amplitude=args.amplitude, step=args.step, max_sparsity=args.max_sparsity,
+                       attention=args.attention or D.attention,
                        multiple=args.multiple, custom=custom, calibration=args.calibration,
                        n_windows=args.n_windows, window=args.window, batch_size=args.batch_size, seed=args.seed,
                        remeasure=not args.measure_once, block_layers=_block_layers(args.block_layers),
@@ -107,6 +109,11 @@ def run(args) -> int:
         log(f"error: '{args.out}' exists and is not empty (use --force to overwrite)")
         return 2
     cfg = config_from_args(args)
+    spec = method_spec(cfg.method)
+    if args.criterion and args.criterion != cfg.criterion:
+        log(f"note: {cfg.method} scores units with its own criterion '{cfg.criterion}'; --criterion ignored")
+    if args.attention and spec.widths != "policy":
+        log(f"note: {cfg.method} splits each layer's budget its own way; --attention ignored")
     t = time.perf_counter()
     model, tok = load_model(args.model, device=args.device, dtype=args.dtype, progress=log)
     log(f"loaded {args.model} in {time.perf_counter() - t:.1f} s: {describe(model)['params']['total']:,} parameters")
