@@ -16,6 +16,7 @@ from torch import nn
 
 from .adapters import Adapter, adapter_for
 from .errors import AllocationError
+from .structure import sync_config
 
 #: Config fields with one entry per decoder layer that a change of depth must trim (those transformers knows of
 #: for the supported architectures).
@@ -78,4 +79,5 @@ def sync_depth(model: nn.Module, adapter: Adapter | None = None) -> int:
             if hasattr(mod, "layer_idx"):
                 mod.layer_idx = i
     model.config.num_hidden_layers = len(layers)
+    sync_config(model, adapter)  # the global widths are the widest *remaining* layer's
     return len(layers)

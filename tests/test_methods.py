@@ -363,3 +363,16 @@ def test_cli_bad_baseline_input_gives_one_line(tiny_folder, extra, message, caps
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_removing_the_widest_layer_updates_the_global_widths(tiny_tokenizer):
+    from pruner.depth import build_layer_removal
+    from pruner.structure import LayerCut, apply_patch, build_cut
+
+    model = tiny_model()
+    apply_patch(model, build_cut(model, {i: LayerCut([0, 1], list(range(40))) for i in (0, 1, 2)}))
+    assert model.config.intermediate_size == 96  # layer 3 is still whole
+    inverse = apply_patch(model, build_layer_removal(model, [3]))
+    assert (model.config.num_hidden_layers, model.config.intermediate_size, model.config.num_key_value_heads) == (3, 40, 2)
+    apply_patch(model, inverse)
+    assert (model.config.num_hidden_layers, model.config.intermediate_size) == (4, 96)
