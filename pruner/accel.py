@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from torch import nn
@@ -195,6 +195,8 @@ def iter_accel(
     original = origin_of(model).params["total"]
     start_params = (state.stages[0]["start_params"] if state.stages else count_parameters(model)["total"])
     plan = stage_plan(cfg, start_params, original, acc.num_processes)
+    if not state.stages:  # as prune does: an unreachable target is refused before any data or training
+        Pruner(model, tokenizer, replace(cfg.prune, target=cfg.target), keep_history=0).target_params()
     data = data or PackedData(tokenizer, cfg.train.data, cfg.train.seq_len, cfg.train.seed, cfg.train.exclude)
     schedule = WSDSchedule(sum(s["steps"] for s in plan), cfg.train.lr, cfg.train.warmup, cfg.train.decay)
     run = _Run(cfg, acc, tokenizer, data, schedule, state, original, teacher, should_stop, calibration_text)

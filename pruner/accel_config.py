@@ -41,6 +41,14 @@ class AccelConfig:
             raise ConfigError(f"Unknown mode '{self.mode}': use one of {', '.join(MODES)}")
         if not 1 <= int(self.stages) <= 1000:
             raise ConfigError(f"Adapt-Accel needs 1 to 1000 stages, got {self.stages}")
+        try:
+            tokens = int(self.tokens)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"The training budget must be a whole number of tokens, got {self.tokens!r}") from exc
+        if tokens < 1:
+            raise ConfigError(f"Adapt-Accel trains between its pruning stages, so it needs a positive token budget "
+                              f"(got {tokens:,}); to prune without training use `adapt-pruner prune`")
+        PruneConfig(target=self.target)  # the target is checked exactly as prune checks it
         if self.prune.method not in INCREMENTAL_METHODS:
             raise ConfigError(f"Adapt-Accel prunes with the incremental rule ({', '.join(INCREMENTAL_METHODS)}); "
                               f"'{self.prune.method}' is a one-shot baseline: prune with it, then train")

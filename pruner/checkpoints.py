@@ -12,8 +12,12 @@ from pathlib import Path
 import torch
 
 from .accel_config import FORMAT, STATE_FILE, AccelConfig, AccelState
-from .errors import ConfigError
+from .errors import ModelLoadError
 from .io import load_model, save_pruned
+
+
+class CheckpointError(ModelLoadError):
+    """A checkpoint cannot be resumed from (a damaged or foreign state, RNG or model file)."""
 
 
 def _rng_tensors() -> dict[str, torch.Tensor]:
@@ -60,20 +64,34 @@ def load_checkpoint(folder, device=None, dtype=None):
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    meta = json.loads((folder / STATE_FILE).read_text())
-    if meta.get("format") != FORMAT:
-        raise ConfigError(f"'{folder}' is not an Adapt-Accel checkpoint (format {meta.get('format')!r})")
+    try:
+        meta = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"'{folder / STATE_FILE}' is not an Adapt-Accel checkpoint state (format "
+                                  f"{meta.get('format')!r}, expected {FORMAT!r})")
+        state = AccelState.from_dict(meta["state"])
+        config = AccelConfig.from_dict(meta["config"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"'{folder / STATE_FILE}' is damaged or not a checkpoint state ({exc}); resume from "
+                              "an earlier stage's checkpoint or start again") from exc
+    try:
+        rng = load_file(str(folder / "rng.safetensors"))
+        cpu_state = rng["torch_cpu"]
+    except Exception as exc:  # safetensors raises its own error types for a truncated file
+        raise CheckpointError(f"'{folder / 'rng.safetensors'}' is damaged ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                              "an exact resume needs it: resume from an earlier stage's checkpoint or start again") \
+            from exc
     model, tok = load_model(folder / "model", device=device, dtype=dtype, progress=None)
-    state = AccelState.from_dict(meta["state"])
-    rng = load_file(str(folder / "rng.safetensors"))
-    torch.set_rng_state(rng["torch_cpu"])
+    torch.set_rng_state(cpu_state)
     cuda = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
     if state.python_rng:
         v, st, g = state.python_rng
         random.setstate((v, tuple(st), g))
-    return model, tok, AccelConfig.from_dict(meta["config"]), state
+    return model, tok, config, state
 
 
 def prune_old_checkpoints(root: Path, keep: int) -> None:

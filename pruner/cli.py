@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from .commands import accel, evaluate, export, prune
 from .commands.common import log
 from .errors import PrunerError
@@ -31,6 +33,13 @@ def main(argv=None) -> int:
         return args.func(args)
     except (PrunerError, FileExistsError, ValueError) as exc:
         log(f"error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        log("interrupted: nothing more was written (whatever was saved before the interrupt is complete)")
+        return 130
+    except (MemoryError, torch.OutOfMemoryError) as exc:
+        log(f"error: out of memory ({exc or type(exc).__name__}); reduce the batch size, the number or length of "
+            "windows or sequences, load in bfloat16 (--dtype bfloat16), or use a device with more memory")
         return 2
 
 

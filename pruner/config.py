@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
+from .data import CORPORA
 from .errors import ConfigError
 
 
@@ -155,6 +157,13 @@ class PruneConfig:
             raise ConfigError(f"s_max must lie in (0, 1), got {self.max_sparsity}")
         if self.min_channels < 1 or self.multiple < 1:
             raise ConfigError("min_channels and multiple must be ≥ 1")
+        if self.calibration not in CORPORA:
+            path = Path(self.calibration).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"No such calibration text file: '{self.calibration}' (or use one of "
+                                  f"{', '.join(CORPORA)})" if ("/" in self.calibration or path.suffix) else
+                                  f"Unknown calibration corpus '{self.calibration}': use one of {', '.join(CORPORA)} "
+                                  "or a path to a text file")
         if self.n_windows < 1 or self.window < 2 or self.batch_size < 1:
             raise ConfigError("Calibration needs ≥ 1 window of ≥ 2 tokens and a batch size ≥ 1")
         if self.method == "custom":

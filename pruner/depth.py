@@ -31,17 +31,24 @@ class DepthPatch:
     per_layer: dict[str, list]  # config field -> its entries for ``layers``
 
     def apply_to(self, model: nn.Module) -> DepthPatch:
-        """Swap the layers in; returns the patch that restores the previous depth."""
+        """Swap the layers in; returns the patch that restores the previous depth. Transactional: on any error
+        the previous layers and config entries are put back before it propagates."""
         adapter = adapter_for(model)
-        old = list(adapter.layers(model))
         cfg = model.config
-        inverse = DepthPatch(old, {k: list(getattr(cfg, k)) for k in self.per_layer})
+        inverse = DepthPatch(list(adapter.layers(model)), {k: list(getattr(cfg, k)) for k in self.per_layer})
+        try:
+            self._swap(model, adapter)
+        except BaseException:
+            inverse._swap(model, adapter)
+            raise
+        return inverse
+
+    def _swap(self, model: nn.Module, adapter: Adapter) -> None:
         holder, name = _layers_holder(model, adapter)
         setattr(holder, name, nn.ModuleList(self.layers))
         for key, values in self.per_layer.items():
-            setattr(cfg, key, list(values))
+            setattr(model.config, key, list(values))
         sync_depth(model, adapter)
-        return inverse
 
 
 def _layers_holder(model: nn.Module, adapter: Adapter) -> tuple[nn.Module, str]:

@@ -31,3 +31,11 @@ class ModelLoadError(PrunerError, RuntimeError):
 
 class Cancelled(PrunerError, RuntimeError):
     """Raised when a caller's ``should_stop`` returned True; nothing was changed."""
+
+
+class OutputError(PrunerError, FileExistsError):
+    """An output path cannot be written: it exists and holds other things, it is a file, or it is not writable."""
+
+
+class ResourceError(PrunerError, MemoryError):
+    """The machine ran out of memory; the message names what to reduce. Nothing was changed."""

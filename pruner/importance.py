@@ -34,7 +34,7 @@ from torch import nn
 
 from .adapters import adapter_for
 from .config import CRITERIA
-from .errors import Cancelled, ConfigError
+from .errors import Cancelled, ConfigError, ResourceError
 from .structure import Geometry, geometry, layer_widths_of
 
 
@@ -309,7 +309,10 @@ def measure_importance(
                 for p in mod.parameters()]
     try:
         with _gradients_only_for(model, prunable if needs_grad else []):
-            n_tok, loss = _forward_backward(model, windows, batch_size, needs_grad, should_stop, progress)
+            try:
+                n_tok, loss = _forward_backward(model, windows, batch_size, needs_grad, should_stop, progress)
+            except (torch.OutOfMemoryError, MemoryError) as exc:
+                raise ResourceError(out_of_memory("measuring importance", windows, batch_size, model)) from exc
             units = _unit_scores(model, adapter, crit) if crit is not None else (None, None, None)
     finally:
         for h in handles:
@@ -334,6 +337,16 @@ def _unit_scores(model, adapter, crit: Criterion) -> tuple[list, list, list | No
         channels.append(c)
         stats.append(crit.layer_stats(li, mods))
     return groups, channels, (stats if any(st is not None for st in stats) else None)
+
+
+def out_of_memory(what: str, windows: torch.Tensor, batch_size: int, model: nn.Module) -> str:
+    """The one-line message for running out of memory: where it happened, with what, and what to reduce."""
+    p = next(model.parameters())
+    dtype = str(p.dtype).replace("torch.", "")
+    lower = "bfloat16 (--dtype bfloat16)" if p.dtype == torch.float32 else "a smaller model"
+    return (f"Out of memory while {what} ({windows.shape[0]} windows × {windows.shape[1]} tokens in batches of "
+            f"{batch_size}, {dtype} on {p.device}); the model is unchanged. Reduce the batch size (--batch-size), "
+            f"the number or length of windows (--n-windows, --window), use {lower}, or a device with more memory")
 
 
 def _forward_backward(model, windows, batch_size, use_grad, should_stop, progress) -> tuple[int, float | None]:

@@ -28,7 +28,8 @@ from torch import nn
 from .adapters import adapter_for, adapter_for_config
 from .data import package_dir
 from .errors import ConfigError, ModelLoadError
-from .formats import DEFAULT_GGUF, DEFAULT_NAME, FORMAT, RECORD_FILE, WIDTHS_FILE, cache_dir
+from .formats import DEFAULT_GGUF, DEFAULT_NAME, FORMAT, RECORD_FILE, WIDTHS_FILE, cache_dir, refuse_pickles
+from .outputs import check_output_folder, replace_folder
 from .structure import (
     ORIGIN_ATTR,
     LayerWidths,
@@ -41,11 +42,29 @@ from .structure import (
     sync_config,
 )
 
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """CUDA, then Apple MPS, then CPU, unless ``device`` is given."""
+    """CUDA, then Apple MPS, then CPU, unless ``device`` is given; a device this machine lacks is refused."""
     if device not in (None, "auto"):
-        return torch.device(device)
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ConfigError(f"Unknown device '{device}': use {DEVICES}") from exc
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ConfigError(f"Device '{device}' was asked for, but CUDA is not available on this machine; "
+                                  "use --device cpu (or auto)")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise ConfigError(f"Device '{device}' does not exist: this machine has "
+                                  f"{torch.cuda.device_count()} CUDA device(s)")
+        elif dev.type == "mps":
+            if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+                raise ConfigError(f"Device '{device}' was asked for, but MPS is not available on this machine")
+        elif dev.type != "cpu":
+            raise ConfigError(f"Unsupported device '{device}': use {DEVICES}")
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -138,6 +157,7 @@ def load_model(source: str | os.PathLike = "default", device=None, dtype=None, p
         path = default_model_dir(progress)
     else:
         path = Path(src).expanduser()
+    refuse_pickles(path)  # a pickle file, or a folder with only pickles: never unpickled here
     if path.is_file() and path.suffix == ".gguf":
         try:
             model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dt)
@@ -157,6 +177,7 @@ def load_model(source: str | os.PathLike = "default", device=None, dtype=None, p
             return model.to(dev).eval(), _finish_tokenizer(tok)
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"'{path}' is not a model folder: it has no config.json")
+        _check_config_json(path)
     elif path.exists():
         raise ModelLoadError(f"'{path}' is neither a model folder nor a .gguf file")
     elif src.startswith((".", "/", "~")) or os.sep in src and not _looks_like_hub_id(src):
@@ -165,19 +186,50 @@ def load_model(source: str | os.PathLike = "default", device=None, dtype=None, p
     try:
         config = AutoConfig.from_pretrained(where)
     except Exception as exc:
+        if path.is_dir():
+            raise ModelLoadError(f"The config.json of '{path}' cannot be used: {_first_line(exc)}") from exc
         raise ModelLoadError(
             f"Could not load a config for '{src}': it is not a local model folder, and as a hub id it could not "
-            f"be fetched (no network, a typo, or a gated model). Details: {str(exc).splitlines()[0]}"
+            f"be fetched (no network, a typo, or a gated model). Details: {_first_line(exc)}"
         ) from exc
     adapter_for_config(config)  # fail before downloading or reading weights
+    if path.is_dir():
+        _check_tokenizer_files(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dt)
+        # safetensors only: transformers would otherwise fall back to unpickling pytorch_model.bin
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dt, use_safetensors=True)
+    except Exception as exc:
+        raise ModelLoadError(f"Could not load the weights of '{src}' (safetensors only; pickled weights are never "
+                             f"loaded): {_first_line(exc)}") from exc
+    try:
         tok = AutoTokenizer.from_pretrained(where)
     except Exception as exc:
-        raise ModelLoadError(f"Could not load the weights or tokenizer of '{src}': {exc}") from exc
+        raise ModelLoadError(f"Could not load the tokenizer of '{src}': {_first_line(exc)}") from exc
     _strip_quantization(model)
     sync_config(model)
     return model.to(dev).eval(), _finish_tokenizer(tok)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_config_json(folder: Path) -> None:
+    try:
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"'{folder / 'config.json'}' is not valid JSON ({exc}); the folder cannot be loaded") \
+            from exc
+
+
+def _check_tokenizer_files(folder: Path) -> None:
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelLoadError(f"'{folder}' has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); copy them "
+                             "from the model it came from")
 
 
 def _exported_model_type(folder: Path) -> str:
@@ -198,15 +250,14 @@ def _looks_like_hub_id(s: str) -> bool:
 def save_pruned(model: nn.Module, tokenizer, out_dir, record=None, overwrite: bool = False) -> Path:
     """Save a (pruned) model as a folder that :func:`load_model` rebuilds with identical logits.
 
-    Refuses to overwrite an existing non-empty folder unless ``overwrite``. Written to a temporary folder
-    first and moved into place, so a failure never leaves a half-written model.
+    Refuses to overwrite an existing non-empty folder unless ``overwrite``, and always when the folder holds
+    files this project does not write. Written to a temporary folder first and moved into place, so a failure
+    never leaves a half-written model (nor loses the folder it would have replaced).
     """
     from safetensors.torch import save_file
 
 
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"'{out}' exists and is not empty; pass overwrite=True (CLI: --force) to replace it")
+    out = check_output_folder(out_dir, overwrite, "model folder")
     adapter = adapter_for(model)
     widths = sync_config(model, adapter)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
@@ -233,10 +284,8 @@ def save_pruned(model: nn.Module, tokenizer, out_dir, record=None, overwrite: bo
         if record is not None:
             rec = record.to_dict() if hasattr(record, "to_dict") else record
             (tmp / RECORD_FILE).write_text(json.dumps(rec, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -277,15 +326,20 @@ def load_pruned(folder, device=None, dtype=None):
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-
     folder = Path(folder)
     dev = pick_device(device)
     dt = _resolve_dtype(dtype, dev)
     try:
-        meta = json.loads((folder / WIDTHS_FILE).read_text())
+        meta = json.loads((folder / WIDTHS_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"'{folder / WIDTHS_FILE}' is not valid JSON ({exc}); the folder cannot be loaded") \
+            from exc
+    _check_config_json(folder)
+    try:
         config = AutoConfig.from_pretrained(folder)
-    except (OSError, json.JSONDecodeError, ValueError) as exc:
-        raise ModelLoadError(f"'{folder}' is not a readable pruned-model folder: {exc}") from exc
+    except Exception as exc:
+        raise ModelLoadError(f"The config.json of '{folder}' cannot be used: {_first_line(exc)}") from exc
+    _check_tokenizer_files(folder)
     if meta.get("format") != FORMAT:
         raise ModelLoadError(f"'{folder}/{WIDTHS_FILE}' has format {meta.get('format')!r}, expected {FORMAT!r}")
     adapter = adapter_for_config(config)  # UnsupportedArchitectureError names what is supported
@@ -343,7 +397,7 @@ def load_pruned(folder, device=None, dtype=None):
     try:
         tok = AutoTokenizer.from_pretrained(folder)
     except Exception as exc:
-        raise ModelLoadError(f"'{folder}': the tokenizer could not be loaded: {exc}") from exc
+        raise ModelLoadError(f"'{folder}': the tokenizer could not be loaded: {_first_line(exc)}") from exc
     return model, _finish_tokenizer(tok)
 
 

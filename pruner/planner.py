@@ -173,7 +173,12 @@ class Planner:
         self.original_total = original_total
         self.spec = method_spec(config.method)
         if config.method == "custom" and len(config.custom or ()) != len(self.original):
-            raise ConfigError(f"A custom schedule needs one final sparsity per layer ({len(self.original)} values)")
+            raise ConfigError(f"A custom schedule needs one final sparsity per layer ({len(self.original)} values, "
+                              f"got {len(config.custom or ())})")
+        narrowest = min(w.intermediate_size for w in self.original)
+        if max(config.multiple, config.min_channels) > narrowest:
+            raise ConfigError(f"The MLP width multiple / floor ({max(config.multiple, config.min_channels)}) is larger "
+                              f"than the model's narrowest MLP ({narrowest} channels)")
         n = len(self.original)
         self.window = (methods.llm_pruner_window(n, config.block_layers) if config.method == "llm-pruner"
                        else (0, n))

@@ -258,21 +258,28 @@ class Pruner:
             raise Cancelled("cancelled before the cut")
         patch, new_origin, held = self._build(planned, scores, widths_now)  # may fail: nothing changed yet
         old_origin, old = self.origin.copy(), (list(self.sparsity), self._last)
-        inverse = apply_patch(self.model, patch, self.adapter)
-        self._set_origin(new_origin)
-        self.sparsity = planned.sparsity
-        self._last = (shown, held)
-        self._refresh()
-        t2 = time.perf_counter()
-        if measured:
-            sec, tokens = t1 - t0, shown.tokens
-        elif importance is not None:
-            sec, tokens = importance.seconds, importance.tokens
-        else:  # the held measurement again: nothing measured in this sub-step
-            sec, tokens = 0.0, 0
-        rec = self._step_record(index, planned, shown, sec, tokens, t2 - t1)
-        rec.removed_original_layers = [old_origin.kept_layers[li] for li in planned.remove_layers]
-        self.record.steps.append(rec)
+        inverse = apply_patch(self.model, patch, self.adapter)  # all or nothing
+        try:  # the bookkeeping up to the written record: on any error the cut is undone
+            self._set_origin(new_origin)
+            self.sparsity = planned.sparsity
+            self._last = (shown, held)
+            self._refresh()
+            t2 = time.perf_counter()
+            if measured:
+                sec, tokens = t1 - t0, shown.tokens
+            elif importance is not None:
+                sec, tokens = importance.seconds, importance.tokens
+            else:  # the held measurement again: nothing measured in this sub-step
+                sec, tokens = 0.0, 0
+            rec = self._step_record(index, planned, shown, sec, tokens, t2 - t1)
+            rec.removed_original_layers = [old_origin.kept_layers[li] for li in planned.remove_layers]
+            self.record.steps.append(rec)
+        except BaseException:
+            apply_patch(self.model, inverse, self.adapter)
+            self.sparsity, self._last = old
+            self._set_origin(old_origin)
+            self._refresh()
+            raise
         self._history.append((inverse, old[0], old_origin, rec, old[1]))
         if len(self._history) > self.keep_history:
             self._history.pop(0)

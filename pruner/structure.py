@@ -282,28 +282,46 @@ def build_cut(model: nn.Module, cuts: dict[int, LayerCut], adapter: Adapter | No
 
 
 def apply_patch(model: nn.Module, patch: dict, adapter: Adapter | None = None) -> dict:
-    """Swap in the modules of a patch; returns the inverse patch (the old modules), usable to undo."""
-    if callable(getattr(patch, "apply_to", None)):  # a change of depth (pruner.depth.DepthPatch)
+    """Swap in the modules of a patch; returns the inverse patch (the old modules), usable to undo.
+
+    Transactional: if any swap (or the config sync after them) fails, every module already swapped is put back
+    before the error propagates, so the model is never left part-cut. A change of depth
+    (:class:`pruner.depth.DepthPatch`) applies itself, just as transactionally.
+    """
+    if callable(getattr(patch, "apply_to", None)):
         origin_of(model)
         return patch.apply_to(model)
     adapter = adapter or adapter_for(model)
     origin_of(model)  # record the unpruned widths before the first cut
     layers = adapter.layers(model)
-    inverse = {}
-    for li, new in patch.items():
-        layer = layers[li]
-        inv = {}
-        if "attn" in new:
-            inv["attn"] = adapter.attn_linears(layer)
-            for role, mod in new["attn"].items():
-                adapter.set_attn_linear(layer, role, mod)
-        if "mlp" in new:
-            inv["mlp"] = adapter.mlp_linears(layer)
-            for role, mod in new["mlp"].items():
-                adapter.set_mlp_linear(layer, role, mod)
-        inverse[li] = inv
-    sync_config(model, adapter)
+    inverse: dict = {}
+    try:
+        for li, new in patch.items():
+            layer, inv = layers[li], {}
+            inverse[li] = inv
+            for part, current, setter in (("attn", adapter.attn_linears, adapter.set_attn_linear),
+                                          ("mlp", adapter.mlp_linears, adapter.set_mlp_linear)):
+                if part in new:
+                    old, inv[part] = current(layer), {}
+                    for role, mod in new[part].items():
+                        setter(layer, role, mod)
+                        inv[part][role] = old[role]
+        sync_config(model, adapter)
+    except BaseException:
+        _swap_back(model, inverse, adapter)
+        raise
     return inverse
+
+
+def _swap_back(model: nn.Module, inverse: dict, adapter: Adapter) -> None:
+    """Put back the old modules of a partly applied patch (the inverse holds exactly the swapped ones)."""
+    layers = adapter.layers(model)
+    for li, inv in inverse.items():
+        for role, mod in inv.get("attn", {}).items():
+            adapter.set_attn_linear(layers[li], role, mod)
+        for role, mod in inv.get("mlp", {}).items():
+            adapter.set_mlp_linear(layers[li], role, mod)
+    sync_config(model, adapter)
 
 
 def layer_widths_of(layer: nn.Module, adapter: Adapter, geo: Geometry) -> LayerWidths:

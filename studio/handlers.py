@@ -15,6 +15,7 @@ import gradio as gr
 import visualizations as viz
 from pruner import PrunerError, load_model
 
+from .pool import SessionPool
 from .session import StudioSession
 from .settings import UPLOADED, StudioSettings
 from .text import READY
@@ -69,16 +70,24 @@ def fail(exc: Exception) -> str:
 
 
 class SharedModel:
-    """The startup model, loaded once and shared read-only by every session (each prunes its own copy)."""
+    """The startup model, loaded once and shared read-only by every session (each prunes its own copy). A load
+    that failed is not retried for every visitor: its error is shown, and "Load model" picks another."""
 
-    def __init__(self, source: str = "default", model=None, tokenizer=None):
-        self.source, self.model, self.tokenizer = source, model, tokenizer
+    def __init__(self, source: str = "default", model=None, tokenizer=None, error: str | None = None):
+        self.source, self.model, self.tokenizer, self.error = source, model, tokenizer, error
         self._lock = threading.Lock()
 
     def get(self):
         with self._lock:
+            if self.error is not None:
+                raise SessionError(f"The startup model '{self.source}' could not be loaded: {self.error}. "
+                                   "Open “Model” and load another one.")
             if self.model is None:
-                self.model, self.tokenizer = load_model(self.source, progress=None)
+                try:
+                    self.model, self.tokenizer = load_model(self.source, progress=None)
+                except PrunerError as exc:
+                    self.error = str(exc)
+                    raise
         return self.model, self.tokenizer
 
 
@@ -123,27 +132,33 @@ def immediate(fn):
 class Handlers:
     """The handlers of one page; ``page`` holds its components (see :mod:`studio.ui`)."""
 
-    def __init__(self, page, shared: SharedModel):
-        self.page, self.shared = page, shared
+    def __init__(self, page, shared: SharedModel, pool: SessionPool):
+        self.page, self.shared, self.pool = page, shared, pool
 
     def views(self, s, settings=None) -> dict:
         return page_views(self.page, s, settings)
 
     # ------------------------------------------------------------------ sessions
-    def start_session(self):
-        """A new browser session: a private copy of the startup model."""
+    def start_session(self, request: gr.Request):
+        """A new browser session on the shared startup model (its own copy comes with its first change)."""
         p = self.page
         try:
             model, tok = self.shared.get()
             s = StudioSession.from_shared(model, tok, name=self.shared.source)
+            self.pool.add(request.session_hash, s)
         except Exception as exc:  # noqa: BLE001 - shown to the user
             return {p.status: fail(exc)}
         return {p.state: s, p.status: READY, **self.views(s)}
 
-    def load(self, source):
+    def close_session(self, request: gr.Request):
+        """The tab closed (Gradio's unload): free the session's models now instead of in an hour."""
+        self.pool.release(request.session_hash)
+
+    def load(self, source, request: gr.Request):
         p = self.page
         try:
             s = StudioSession.load(source.strip() or "default")
+            self.pool.add(request.session_hash, s)  # replaces (and frees) the tab's previous session
         except Exception as exc:  # noqa: BLE001
             return {p.status: fail(exc)}
         return {p.state: s, p.status: f"Loaded **{source}**.", **self.views(s)}
@@ -151,7 +166,7 @@ class Handlers:
     # ------------------------------------------------------------------ light updates
     def preview(self, s, *controls):
         p = self.page
-        if s is None:
+        if s is None or s.work.closed:
             return {}
         try:
             settings = settings_from(*controls)
@@ -162,7 +177,7 @@ class Handlers:
 
     def steps_to_budget(self, s, n_steps, target):
         """Set Δ so that about ``n_steps`` steps reach the target."""
-        if s is None:
+        if s is None or s.work.closed:
             return gr.update()
         try:
             return gr.update(value=round(100 * s.schedule.budget_for_steps(int(n_steps), target / 100), 2))
@@ -171,7 +186,7 @@ class Handlers:
             return gr.update()
 
     def train_cost(self, s, *values):
-        if s is None:
+        if s is None or s.work.closed:
             return {}
         try:
             return {self.page.train_cost: s.costs.train_markdown(with_training(settings_from(*values[5:]), *values[:5]))}

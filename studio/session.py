@@ -18,7 +18,6 @@ the model as it was.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 from torch import nn
@@ -54,8 +53,15 @@ class StudioSession:
     @classmethod
     def from_shared(cls, original: nn.Module, tokenizer, name: str = "model",
                     settings: StudioSettings | None = None) -> StudioSession:
-        """A session whose working model is a copy of ``original``; the original itself is shared, unchanged."""
-        return cls(copy.deepcopy(original), tokenizer, original=original, name=name, settings=settings)
+        """A session on a shared ``original`` (never changed): its private working copy is made at the first
+        change (see :meth:`Workspace.ensure_private`)."""
+        return cls(original, tokenizer, original=original, name=name, settings=settings)
+
+    def close(self, reason: str = "its tab was closed") -> None:
+        """Free every model the session holds (the working copy, the uniform baseline, the training data)."""
+        self.work.close(reason)
+        self.quality.baseline_model = None
+        self.training._packed = None
 
     # ------------------------------------------------------------------ the workspace, for short
     @property

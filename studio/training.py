@@ -126,6 +126,7 @@ class Training:
             tokens = check_tokens(s.train_tokens if tokens is None else tokens, "training budget")
             work.settings = s
             cfg, data, teacher = self._setup(s)
+            work.ensure_private()  # training changes the weights: this session's own copy from here on
             try:
                 yield Progress(f"Training: measuring the perplexity before ({s.ppl_settings()}) …")
                 before = self.quality.ppl(work.model)["perplexity"]
@@ -195,6 +196,7 @@ class Training:
             if s.method == "custom":
                 raise SessionError("Adapt-Accel allocates adaptively (or uniformly); switch the allocation from custom")
             tcfg, data, teacher = self._setup(s)
+            work.ensure_private()
             try:
                 cfg = accel.AccelConfig(target=s.target, stages=int(s.stages), tokens=tokens, prune=work.pruner.config,
                                         train=tcfg, eval_dataset=s.ppl_dataset, eval_split=s.ppl_split,

@@ -17,6 +17,7 @@ from pruner.data import CORPORA, CORPUS_DESCRIPTIONS
 
 from . import text
 from .handlers import Handlers, SharedModel
+from .pool import SessionPool
 from .quality import Quality
 from .settings import UPLOADED, StudioSettings
 
@@ -38,10 +39,14 @@ LIGHT = dict(concurrency_id="preview", concurrency_limit=4)
 D = StudioSettings  # the studio's defaults
 
 
-def build_demo(model=None, tokenizer=None, source: str = "default") -> gr.Blocks:
+def build_demo(model=None, tokenizer=None, source: str = "default", pool: SessionPool | None = None,
+               load_error: str | None = None) -> gr.Blocks:
     """The studio as a ``gr.Blocks``. ``model``/``tokenizer``: the startup model, shared read-only by every
-    browser session (each prunes a private copy); when None it is loaded from ``source`` on the first visit."""
-    shared = SharedModel(source, model, tokenizer)
+    browser session (each prunes a private copy); when None it is loaded from ``source`` on the first visit
+    (``load_error``: it already failed, and every visitor is told why). ``pool`` bounds the visitors' memory
+    (see :mod:`studio.pool`)."""
+    shared = SharedModel(source, model, tokenizer, load_error)
+    pool = pool or SessionPool()
     with gr.Blocks(title="Adapt-Pruner Studio") as demo:
         page = SimpleNamespace(state=gr.State(None))  # a StudioSession per browser tab, created by demo.load
         gr.Markdown(text.INTRO)
@@ -50,7 +55,8 @@ def build_demo(model=None, tokenizer=None, source: str = "default") -> gr.Blocks
                 _controls(page)
             with gr.Column(scale=3):
                 _tabs(page)
-        _wire(demo, page, Handlers(page, shared))
+        _wire(demo, page, Handlers(page, shared, pool))
+    demo.studio_pool = pool  # for tests and the visitors benchmark
     return demo
 
 
@@ -186,6 +192,7 @@ def _wire(demo: gr.Blocks, p, h: Handlers) -> None:
     everything = [p.state, p.status, p.summary, p.layer_fig, p.unit_fig, p.alloc_fig, p.alloc_md, p.arch_fig,
                   p.traj_fig, p.metrics, p.gen_orig, p.gen_pruned, p.cost, p.loss_fig, p.train_cost]
     demo.load(h.start_session, None, everything, **HEAVY)
+    demo.unload(h.close_session)
     p.load_btn.click(gpu(h.load), [p.source], everything, **HEAVY)
     p.measure_btn.click(gpu(h.measure), [p.state, *controls], everything, **HEAVY)
     p.step_btn.click(gpu(h.step), [p.state, p.prompt, *controls], everything, **HEAVY)

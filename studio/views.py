@@ -56,6 +56,8 @@ def page_views(page, s: StudioSession | None, settings: StudioSettings | None = 
     """Every figure and text of ``page`` from the session's state."""
     if s is None:
         return {page.status: LOADING}
+    if s.work.closed:
+        return {page.status: f"⚠️ This session was closed because {s.work.closed}; reload the page to start again."}
     labels, cols = s.schedule.importance_columns()
     planned, plan_note = allocation_figure(s, settings)
     ev = s.quality.last_eval

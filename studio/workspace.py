@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import torch
@@ -34,7 +35,13 @@ CHANGES = ("step", "undo", "train", "reset")
 
 
 class Workspace:
-    """The working model, the original and the pruner of one session."""
+    """The working model, the original and the pruner of one session.
+
+    With a shared ``original`` (the studio's startup model, shared by every visitor) the working model *is* the
+    original until the first change: :meth:`ensure_private` makes the private copy then (and asks
+    ``before_private`` first, which the visitor pool uses to bound memory). Measuring, previews and evaluation
+    only read the model, so they run on the shared one.
+    """
 
     def __init__(self, model: nn.Module, tokenizer, original: nn.Module | None = None, name: str = "model",
                  settings: StudioSettings | None = None, keep_history: int = 3):
@@ -42,9 +49,13 @@ class Workspace:
         self.name = name
         self.tokenizer = tokenizer
         # the pristine model: never pruned, may be shared read-only between sessions
+        self._shared_original = original is not None
         self.original = original if original is not None else copy.deepcopy(model)
         self.original.eval()
         self.model = model.eval()
+        self.before_private: Callable[[Workspace], None] | None = None
+        self.closed: str | None = None  # why the session was closed (its models freed)
+        self.last_used = time.monotonic()
         self.settings = settings or StudioSettings()
         self.keep_history = keep_history
         self.version = 0  # bumped on every change of the working model
@@ -105,6 +116,8 @@ class Workspace:
     def task(self) -> Iterator[None]:
         """Hold the session for one task. A flag, not a thread-owned lock: a UI generator may be resumed in
         different worker threads."""
+        self.check_open()
+        self.last_used = time.monotonic()
         with self._flag_lock:
             if self._busy:
                 raise SessionError("This session is busy with another task; wait for it or press Cancel")
@@ -113,6 +126,7 @@ class Workspace:
         try:
             yield
         finally:
+            self.last_used = time.monotonic()
             with self._flag_lock:
                 self._busy = False
 
@@ -151,6 +165,33 @@ class Workspace:
             raise SessionError(str(exc)) from exc
         self.settings = settings
 
+    # ------------------------------------------------------------------ shared or private, open or closed
+    @property
+    def private(self) -> bool:
+        """True once the working model is this session's own copy."""
+        return self.model is not None and self.model is not self.original
+
+    def ensure_private(self) -> None:
+        """Make the working model this session's own copy before its first change (a no-op when it is)."""
+        self.check_open()
+        if self.private:
+            return
+        if self.before_private is not None:
+            self.before_private(self)  # may refuse: the studio is full
+        with self.surgery:
+            self.model = copy.deepcopy(self.original).eval()
+            self.pruner = self._new_pruner(self.pruner.record)
+
+    def check_open(self) -> None:
+        if self.closed is not None:
+            raise SessionError(f"This session was closed because {self.closed}, and its models were freed; "
+                               "reload the page to start a new one")
+
+    def close(self, reason: str = "its tab was closed") -> None:
+        """Free the models (the session can no longer be used)."""
+        self.closed = reason
+        self.model = self.original = self.pruner = None
+
     # ------------------------------------------------------------------ changes of the working model
     def on_change(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(change)`` (one of :data:`CHANGES`) after every change of the working model."""
@@ -171,6 +212,7 @@ class Workspace:
         self.changed("train")
 
     def step(self, importance, should_stop) -> StepRecord:
+        self.ensure_private()
         with self.surgery:
             rec = self.pruner.step(None, importance=importance, should_stop=should_stop)
         self.changed("step")
@@ -187,10 +229,11 @@ class Workspace:
             return rec
 
     def reset(self) -> None:
-        """Back to the original model (a fresh copy)."""
+        """Back to the original model: the shared one again (the private copy is freed), or a fresh copy when
+        this session owns its original."""
         with self.task():
             with self.surgery:
-                self.model = copy.deepcopy(self.original).eval()
+                self.model = self.original if self._shared_original else copy.deepcopy(self.original).eval()
                 self.pruner = self._new_pruner()
             self.changed("reset")
 

@@ -60,7 +60,8 @@ def test_prune_then_eval(tiny_folder, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--target", "0"], "must be > 0"),
     (["--target", "1.2"], "≥ 100 %"),
-    (["--target", "0.8", "--criterion", "taylor", "--calibration", "/no/such/file.txt"], "Unknown corpus"),
+    (["--target", "0.8", "--criterion", "taylor", "--calibration", "/no/such/file.txt"], "No such calibration text file"),
+    (["--target", "0.8", "--calibration", "wikipedia"], "Unknown calibration corpus"),
 ])
 def test_bad_input_gives_a_clear_message(tiny_folder, args, message):
     r = run_cli("prune", "--model", str(tiny_folder), "--no-ppl", *args)

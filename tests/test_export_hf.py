@@ -195,16 +195,19 @@ def test_weights_missing_a_tensor_are_refused(tmp_path):
         check_folder(tmp_path / "ok")
 
 
-def test_never_overwrites_without_force(tmp_path):
+def test_never_overwrites_without_force_and_never_deletes_foreign_files(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
     model = uneven("llama")
+    export_hf(model, None, out, verify=False)
     with pytest.raises(FileExistsError, match="--force"):
-        export_hf(model, None, out)
+        export_hf(model, None, out, verify=False)
+    export_hf(model, None, out, force=True, verify=False)  # an export of ours: replaced
+    assert (out / "config.json").is_file()
+    (out / "keep.txt").write_text("mine")
+    for force in (False, True):  # a file this project did not write: refused, even with force
+        with pytest.raises(FileExistsError, match="did not write"):
+            export_hf(model, None, out, force=force, verify=False)
     assert (out / "keep.txt").read_text() == "mine"
-    export_hf(model, None, out, force=True, verify=False)
-    assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
     assert not list(tmp_path.glob("*tmp*"))  # no staging folder left behind
 
 

@@ -26,8 +26,10 @@ from ..accel import (
     TrainStep,
 )
 from ..config import CRITERIA, PruneConfig
+from ..errors import OutputError
+from ..outputs import check_output_file, check_output_folder
 from ..train import MIXED_PRECISION, TrainConfig
-from .common import add_model_args, add_ppl_args, log, write_report
+from .common import add_model_args, add_ppl_args, check_windows, log, positive_int, write_report_or_rescue
 
 P, T, A = PruneConfig, TrainConfig, AccelConfig  # the defaults live on the configs' fields
 
@@ -49,26 +51,26 @@ def register(sub) -> None:
     g.add_argument("--amplitude", type=float, default=P.amplitude)
     g.add_argument("--step", type=float, default=P.step, help="Δ: mean sparsity added per pruning sub-step")
     g.add_argument("--calibration", default=P.calibration, help="calibration corpus of the pruner")
-    g.add_argument("--n-windows", type=int, default=P.n_windows)
-    g.add_argument("--window", type=int, default=P.window)
+    g.add_argument("--n-windows", type=positive_int, default=P.n_windows)
+    g.add_argument("--window", type=positive_int, default=P.window)
     t = a.add_argument_group("training (each stage)")
     t.add_argument("--data", default=T.data,
                    help="comma-separated training corpora, text files or hf:NAME[:CONFIG[:SPLIT]] (needs a hub)")
     t.add_argument("--lr", type=float, default=T.lr, help="peak learning rate of the WSD schedule")
-    t.add_argument("--seq-len", type=int, default=T.seq_len)
-    t.add_argument("--batch-size", type=int, default=T.batch_size, help="sequences per step and process")
-    t.add_argument("--grad-accum", type=int, default=T.grad_accum)
+    t.add_argument("--seq-len", type=positive_int, default=T.seq_len)
+    t.add_argument("--batch-size", type=positive_int, default=T.batch_size, help="sequences per step and process")
+    t.add_argument("--grad-accum", type=positive_int, default=T.grad_accum)
     t.add_argument("--distill", type=float, default=T.distill_weight, help="weight of the KL distillation from the unpruned model")
     t.add_argument("--temperature", type=float, default=T.temperature)
     t.add_argument("--mixed-precision", default=T.mixed_precision, choices=MIXED_PRECISION)
     t.add_argument("--seed", type=int, default=T.seed)
     a.add_argument("--out", default=None, help="folder for the per-stage checkpoints and the final model")
     a.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    a.add_argument("--keep-checkpoints", type=int, default=A.keep_checkpoints)
+    a.add_argument("--keep-checkpoints", type=positive_int, default=A.keep_checkpoints)
     a.add_argument("--report", default=None, help="JSON file for the per-stage record")
     add_ppl_args(a)
     a.set_defaults(ppl_max_tokens=A.eval_max_tokens)
-    a.add_argument("--final-ppl-max-tokens", type=int, default=None,
+    a.add_argument("--final-ppl-max-tokens", type=positive_int, default=None,
                    help="tokens for the last evaluation (default: --ppl-max-tokens)")
     a.set_defaults(func=run)
 
@@ -76,7 +78,7 @@ def register(sub) -> None:
 def config_from_args(args):
     """The :class:`AccelConfig` the arguments describe."""
 
-    window = int(str(args.ppl_windows).split(",")[0])
+    window = args.ppl_windows[0]
     return AccelConfig(
         target=args.target, stages=args.stages, tokens=args.tokens, token_schedule=args.token_schedule,
         mode=args.mode,
@@ -105,13 +107,20 @@ def _fmt_time(s: float) -> str:
 
 
 def run(args) -> int:
-    from ..accel import iter_accel, latest_checkpoint, load_checkpoint
-    from ..io import load_model, save_pruned
-    from ..perplexity import format_perplexity
+    from ..accel import latest_checkpoint, load_checkpoint
+    from ..io import load_model, pick_device
     from ..train import make_accelerator
 
-    cfg = config_from_args(args)
-    acc = make_accelerator(cfg.train.mixed_precision, cpu=True if args.device == "cpu" else None)
+    cfg = config_from_args(args)  # settings (target, tokens, …) are checked before anything is loaded
+    if args.report:
+        check_output_file(args.report, "--report file")
+    if args.out and not args.resume:
+        try:
+            check_output_folder(args.out, False, "--out folder")
+        except OutputError as exc:
+            raise OutputError(f"{exc} (to continue the run in it, add --resume)") from None
+    device = pick_device(args.device)  # a device this machine lacks is one line, before anything is loaded
+    acc = make_accelerator(cfg.train.mixed_precision, cpu=device.type == "cpu")
     say = log if acc.is_main_process else (lambda _m: None)
     resume = None
     if args.resume:
@@ -125,13 +134,27 @@ def run(args) -> int:
             model, tok, cfg, resume = load_checkpoint(ckpt, device="cpu", dtype=args.dtype)
             say(f"resuming after stage {resume.completed_stages} from {ckpt} (its settings are used)")
     if resume is None:
-        if args.out and Path(args.out).exists() and any(Path(args.out).iterdir()):
-            log(f"error: '{args.out}' is not empty (use --resume to continue the run in it)")
-            return 2
         model, tok = load_model(args.model, device="cpu", dtype=args.dtype, progress=say)
+    check_windows(model, **{"--window": cfg.prune.window, "--seq-len": cfg.train.seq_len,
+                            "--ppl-windows": cfg.eval_window})
     teacher = None
     if cfg.train.distill_weight > 0:
         teacher, _ = load_model(args.model, device="cpu", dtype=args.dtype, progress=say)
+    try:
+        report = _run_stages(model, tok, cfg, args, acc, teacher, resume, say)
+    except KeyboardInterrupt:
+        last = latest_checkpoint(args.out) if args.out else None
+        log("interrupted: the model is back at the end of its last completed stage; "
+            + (f"continue with `adapt-pruner accel --out {args.out} --resume` (last checkpoint: {last})" if last else
+               "no stage had completed" + ("" if args.out else " and no --out was given, so nothing was saved")))
+        return 130
+    return _save_and_report(model, tok, report, args, acc, say)
+
+
+def _run_stages(model, tok, cfg, args, acc, teacher, resume, say) -> dict | None:
+    """Run Adapt-Accel, logging every event; returns the report (None when the run was cancelled)."""
+    from ..accel import iter_accel
+    from ..perplexity import format_perplexity
 
     t0 = time.perf_counter()
     report, total_steps = None, 1
@@ -162,6 +185,13 @@ def run(args) -> int:
             say(ev.message)
         elif isinstance(ev, AccelDone):
             report = ev.report
+    return report
+
+
+def _save_and_report(model, tok, report, args, acc, say) -> int:
+    from ..io import save_pruned
+    from ..perplexity import format_perplexity
+
     if report is None:
         return 1
     if acc.is_main_process:
@@ -170,6 +200,7 @@ def run(args) -> int:
             say(f"final model saved to {Path(args.out) / 'model'}")
         f = report["final"]
         say(f"done: {f['params']:,} parameters ({f['fraction']:.1%}), perplexity {format_perplexity(f['perplexity'])}, "
-            f"{time.perf_counter() - t0:.0f} s")
-        write_report(args.report, report)
+            f"{report['seconds_this_run']:.0f} s")
+        _, rescued = write_report_or_rescue(args.report, report, "accel-report")
+        return 1 if rescued else 0
     return 0

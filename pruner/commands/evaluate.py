@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from .common import add_model_args, add_ppl_args, log, perplexities, write_report
+from .common import add_model_args, add_ppl_args, log, perplexities, positive_int, write_report
 
 
 def register(sub) -> None:
@@ -19,7 +19,7 @@ def register(sub) -> None:
                         "social_iqa, boolq, mmlu, lambada; or 'paper' (the paper's seven) or 'all'")
     e.add_argument("--limit", type=int, default=None,
                    help="at most N examples per task, a seeded sample (MMLU: N over all 57 subjects); default all")
-    e.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (scores do not depend on it)")
+    e.add_argument("--batch-size", type=positive_int, default=8, help="sequences per forward pass (scores do not depend on it)")
     e.add_argument("--seed", type=int, default=0, help="seed of the --limit sample")
     e.add_argument("--no-cache", action="store_true", help="recompute instead of reusing cached task results")
     e.add_argument("--backend", choices=["native", "lm-eval"], default="native",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..outputs import check_output_folder
 from .common import add_model_args, log
 
 
@@ -49,17 +50,37 @@ def _load_source(source: str, device, dtype):
     return load_model(source, device=device, dtype=dtype, progress=log)
 
 
+def read_report(path) -> dict:
+    """A prune or eval report (JSON) for the model card; a clear error naming the file otherwise."""
+    from ..export.common import ExportError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ExportError(f"--report '{path}' does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportError(f"--report '{path}' is not a readable JSON report ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ExportError(f"--report '{path}' is not a report (a JSON object was expected)")
+    return data
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
 def run(args) -> int:
     from ..export import export_gguf, export_hf
     from ..export.common import ExportError, read_record
     from ..export.hub import push_to_hub
 
-    out = Path(args.out)
-    if out.exists() and (out.is_file() or any(out.iterdir())) and not args.force:
-        log(f"error: '{out}' already exists (use --force to overwrite it)")
-        return 2
-    report = json.loads(Path(args.report).read_text()) if args.report else None
+    out = check_output_folder(args.out, args.force, "--out folder", "use --force")  # before anything is loaded
     src = Path(args.model).expanduser()
+    if src.exists() and _overlaps(src, out):
+        raise ExportError(f"--out '{out}' is the model's own folder (or inside or around it): exporting there would "
+                          "replace the source, and its pruning record, while it is read; choose another folder")
+    report = read_report(args.report) if args.report else None
     record = read_record(src) if src.is_dir() else None
     if record is None and isinstance(report, dict) and isinstance(report.get("record"), dict):
         record = report["record"]

