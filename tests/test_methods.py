@@ -376,3 +376,30 @@ def test_removing_the_widest_layer_updates_the_global_widths(tiny_tokenizer):
     assert (model.config.num_hidden_layers, model.config.intermediate_size, model.config.num_key_value_heads) == (3, 40, 2)
     apply_patch(model, inverse)
     assert (model.config.num_hidden_layers, model.config.intermediate_size) == (4, 96)
+
+
+@pytest.mark.parametrize("method", ["flap", "shortgpt"])
+@pytest.mark.parametrize("point", ["config sync", "record"])
+def test_a_failed_baseline_step_leaves_the_model_as_it_was(tiny_tokenizer, monkeypatch, method, point):
+    model = tiny_model("qwen2")
+    p = pruner.Pruner(model, tiny_tokenizer, config(method))
+    imp = p.measure()
+    ids = random_windows(1, 8)
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    params, types = pruner.count_parameters(model), list(model.config.layer_types)
+    boom = RuntimeError("failure (simulated)")
+    with monkeypatch.context() as m:
+        if point == "config sync":  # after the modules (or layers) are swapped in
+            target = "pruner.depth.sync_depth" if method == "shortgpt" else "pruner.structure.sync_config"
+            m.setattr(target, lambda *a, **k: (_ for _ in ()).throw(boom))
+        else:
+            m.setattr(pruner.Pruner, "_step_record", lambda *a, **k: (_ for _ in ()).throw(boom))
+        with pytest.raises(RuntimeError, match="simulated"):
+            p.step(importance=imp)
+    assert pruner.count_parameters(model) == params and p.record.steps == [] and p.undo() is None
+    assert model.config.num_hidden_layers == 4 and list(model.config.layer_types) == types
+    assert pruner.origin_of(model).kept_layers == [0, 1, 2, 3] and not p.geo.o_bias
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, before)
+    assert p.step(importance=imp).params_total < params["total"]  # and the pruner carries on
