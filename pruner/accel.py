@@ -123,10 +123,10 @@ def _restore(model: nn.Module, snap: nn.Module) -> None:
     adapter = adapter_for(model)
     device = next(model.parameters()).device
     for layer, old in zip(adapter.layers(model), adapter.layers(snap), strict=True):
-        for role, mod in adapter.attn_linears(old).items():
-            adapter.set_attn_linear(layer, role, copy.deepcopy(mod).to(device))
-        for role, mod in adapter.mlp_linears(old).items():
-            adapter.set_mlp_linear(layer, role, copy.deepcopy(mod).to(device))
+        for path, part in adapter.parts(old).items():
+            part = copy.deepcopy(part)
+            adapter.set_part(layer, path, part.to(device) if isinstance(part, nn.Module) else
+                             nn.Parameter(part.data.to(device), requires_grad=part.requires_grad))
     model.load_state_dict(snap.state_dict())
     apply_patch(model, {}, adapter)  # syncs the config with the shapes
     setattr(model, ORIGIN_ATTR, copy.deepcopy(getattr(snap, ORIGIN_ATTR)))

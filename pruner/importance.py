@@ -32,10 +32,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .adapters import adapter_for
+from .adapters import GROUP_ROLES, Adapter, adapter_for, role_sizes
 from .config import CRITERIA
 from .errors import Cancelled, ConfigError, ResourceError
-from .structure import Geometry, geometry, layer_widths_of
+from .lean import causal_lm_loss, checkpointed
+from .memory import MemoryWatch, tame_allocator, touch_weights
+from .structure import Geometry, LayerWidths, geometry, layer_widths_of
 
 
 @dataclass
@@ -51,6 +53,7 @@ class Importance:
     tokens: int = 0
     loss: float | None = None
     seconds: float = 0.0
+    memory: dict | None = None  # peak memory of the pass and what it is made of (see measure_importance)
     stats: list[dict] | None = field(default=None, repr=False)  # per layer, criterion-specific (fluctuation)
 
 
@@ -73,29 +76,39 @@ def _hidden_out(output) -> torch.Tensor:
 
 
 def _unit_scores_from_elementwise(
-    geo: Geometry, n_kv: int, e: dict[str, torch.Tensor], eb: dict[str, torch.Tensor | None]
+    geo: Geometry, adapter: Adapter, width: LayerWidths, e: dict[str, torch.Tensor], eb: dict[str, torch.Tensor | None]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum element-wise scores of q/k/v/o/gate/up/down (and biases) into KV-group and channel scores."""
-    d, r = geo.head_dim, geo.n_rep
-    dim = {"q": (1, r * d), "k": (1, d), "v": (1, d), "o": (0, r * d)}  # (axis summed away, width per group)
-    groups = sum(e[k].sum(a).view(n_kv, w).sum(1).double() for k, (a, w) in dim.items() if k in e)
-    for name in ("q", "k", "v"):
-        if eb.get(name) is not None:
-            groups = groups + eb[name].view(n_kv, dim[name][1]).sum(1).double()
-    axis = {"gate": 1, "up": 1, "down": 0}
-    channels = sum(e[k].sum(a).double() for k, a in axis.items() if k in e)
-    for name in ("gate", "up"):
-        if eb.get(name) is not None:
-            channels = channels + eb[name].double()
-    return groups.cpu(), channels.cpu()
+    """Sum element-wise scores of a layer's parts (by path: weights ``e``, biases ``eb``; unit vectors in ``e``)
+    into KV-group and channel scores, through the adapter's logical view (a fused matrix's rows split by role)."""
+    n_kv = width.num_kv_heads
+    sizes = role_sizes(width.num_heads, n_kv, width.intermediate_size, geo.head_dim)
+    w, b, u = adapter.role_scores(e, eb, sizes)  # a part a criterion does not score contributes nothing
+    groups = sum(w[role].view(n_kv, -1).sum(1) for role in GROUP_ROLES if role in w)
+    channels = sum(w[role] for role in ("gate", "up", "down") if role in w)
+    for extra in (b, u):  # biases, then unit-vector entries, each on the rows they follow
+        for role, t in extra.items():
+            if role in GROUP_ROLES:
+                groups = groups + t.view(n_kv, -1).sum(1)
+            else:
+                channels = channels + t
+    return groups.double().cpu(), channels.double().cpu()
 
 
 # ---------------------------------------------------------------------- criteria: one class each
 
 
+def _weight(part) -> torch.Tensor:
+    return part.weight if isinstance(part, nn.Module) else part
+
+
+def _bias(part) -> torch.Tensor | None:
+    return part.bias if isinstance(part, nn.Module) else None
+
+
 class Criterion:
-    """How the weights of one unit are scored: element-wise contributions of every projection (and bias), which
-    :func:`_unit_scores_from_elementwise` sums per KV group and per MLP channel."""
+    """How the weights of one unit are scored: element-wise contributions of every part of a layer (a Linear's
+    weight and bias, a unit vector), keyed by the part's path, which :func:`_unit_scores_from_elementwise` sums per
+    KV group and per MLP channel."""
 
     name = ""
     needs_grad = False  # the criterion reads ∂L/∂W (a backward pass per batch)
@@ -104,11 +117,10 @@ class Criterion:
         """Register the forward hooks the criterion needs; returns their handles."""
         return []
 
-    def elementwise(self, li: int, mods: dict[str, nn.Linear]) -> tuple[dict, dict]:
-        """Element-wise contributions per projection (a missing projection contributes nothing) and per bias."""
+    def elementwise(self, li: int, parts: dict) -> tuple[dict, dict]:
         raise NotImplementedError
 
-    def layer_stats(self, li: int, mods: dict[str, nn.Linear]) -> dict | None:
+    def layer_stats(self, li: int, parts: dict) -> dict | None:
         """Per-layer statistics a method needs beyond the unit scores (None: nothing)."""
         return None
 
@@ -118,12 +130,12 @@ class Taylor(Criterion):
 
     name, needs_grad = "taylor", True
 
-    def elementwise(self, li, mods):
+    def elementwise(self, li, parts):
         # float32 products: bf16 sums over millions of elements would lose the ranking
-        e = {k: (m.weight.float() * m.weight.grad.float()).abs() for k, m in mods.items()}
-        eb = {k: (m.bias.float() * m.bias.grad.float()).abs() if m.bias is not None and m.bias.grad is not None
-              else None for k, m in mods.items()}
-        return e, eb
+        def score(t):
+            return (t.float() * t.grad.float()).abs() if t is not None and t.grad is not None else None
+
+        return ({k: score(_weight(p)) for k, p in parts.items()}, {k: score(_bias(p)) for k, p in parts.items()})
 
 
 class Magnitude(Criterion):
@@ -131,60 +143,95 @@ class Magnitude(Criterion):
 
     name = "magnitude"
 
-    def elementwise(self, li, mods):
-        return ({k: m.weight.float().abs() for k, m in mods.items()},
-                {k: m.bias.float().abs() if m.bias is not None else None for k, m in mods.items()})
+    def elementwise(self, li, parts):
+        return ({k: _weight(p).float().abs() for k, p in parts.items()},
+                {k: _bias(p).float().abs() if _bias(p) is not None else None for k, p in parts.items()})
 
 
 class Activation(Criterion):
-    """Wanda-style |W_ij| · ‖X_j‖₂, X the input activations of each module (q/k/v share q's input, up shares
-    gate's)."""
+    """Wanda-style |W_ij| · ‖X_j‖₂, X the input activations of the module each part belongs to (q/k/v see the
+    same input; a unit vector's entry j scales input feature j of its norm)."""
 
     name = "activation"
-    SOURCE = {"q": "q", "k": "q", "v": "q", "o": "o", "gate": "gate", "up": "gate", "down": "down"}
-    ROLES = ("q", "o", "gate", "down")  # the projections whose inputs are recorded
 
     def __init__(self):
         self.sq: dict[tuple[int, str], torch.Tensor] = {}
 
     def attach(self, layers, adapter) -> list:
-        return _input_hooks(layers, adapter, self.ROLES, self._add)
+        def hook(key):
+            def fn(module, args):
+                x = args[0].detach().float()
+                self.sq[key] = self.sq.get(key, 0) + x.pow(2).reshape(-1, x.shape[-1]).sum(0)
 
-    def _add(self, key, x):
-        self.sq[key] = self.sq.get(key, 0) + x.pow(2).sum(0)
+            return fn
 
-    def elementwise(self, li, mods):
-        norm = {k: self.sq[(li, k)].sqrt() for k in ("q", "o", "gate", "down")}
-        return {k: m.weight.float().abs() * norm[self.SOURCE[k]][None, :] for k, m in mods.items()}, {}
+        handles = []
+        for li, layer in enumerate(layers):
+            for path in adapter.parts(layer):
+                handles.append(adapter.owner(layer, path).register_forward_pre_hook(hook((li, path))))
+        return handles
+
+    def elementwise(self, li, parts):
+        e = {}
+        for k, p in parts.items():
+            norm = self.sq[(li, k)].sqrt()
+            w = _weight(p).float().abs()
+            e[k] = w * (norm[None, :] if w.ndim == 2 else norm)
+        return e, {}
 
 
-class WandaSP(Activation):
+class _OutputInputs(Criterion):
+    """Base of the criteria that read only the inputs of o_proj and down_proj (FLAP's metrics): one forward
+    pre-hook per module, ``self._add((layer, role), x)`` for every input ``x [tokens, features]`` in float32."""
+
+    ROLES = ("o", "down")
+
+    def attach(self, layers, adapter) -> list:
+        self.paths = {role: adapter.proj_for(role).path for role in self.ROLES}
+
+        def hook(key):
+            def fn(module, args):
+                x = args[0].detach().float()
+                self._add(key, x.reshape(-1, x.shape[-1]))
+
+            return fn
+
+        return [adapter.part(layer, self.paths[role]).register_forward_pre_hook(hook((li, role)))
+                for li, layer in enumerate(layers) for role in self.ROLES]
+
+    def _add(self, key, x) -> None:
+        raise NotImplementedError
+
+
+class WandaSP(_OutputInputs):
     """Structured Wanda as in FLAP's ``prune_wanda_sp``: |W_ij| · ‖X_j‖₂ over the input channels j of o_proj and
     down_proj only (a KV group sums its query heads' columns, a channel its down_proj column). The released code
     averages over the rows and uses the root-mean-square over samples: a constant factor, the same ranking."""
 
     name = "wanda-sp"
-    ROLES = ("o", "down")
 
-    def elementwise(self, li, mods):
-        return {k: mods[k].weight.float().abs() * self.sq[(li, k)].sqrt()[None, :] for k in self.ROLES}, {}
+    def __init__(self):
+        self.sq: dict[tuple[int, str], torch.Tensor] = {}
+
+    def _add(self, key, x):
+        self.sq[key] = self.sq.get(key, 0) + x.pow(2).sum(0)
+
+    def elementwise(self, li, parts):
+        return {self.paths[r]: parts[self.paths[r]].weight.float().abs() * self.sq[(li, r)].sqrt()[None, :]
+                for r in self.ROLES}, {}
 
 
-class Fluctuation(Criterion):
+class Fluctuation(_OutputInputs):
     """FLAP's fluctuation metric WIFV: the sample variance over the calibration tokens of every input channel j of
     o_proj and down_proj times the squared norm of weight column j (``Var_t(X_j) · ‖W_{:,j}‖²``), summed per unit.
     Variances and means are merged batch by batch (Chan et al.'s pairwise update, float32-safe)."""
 
     name = "fluctuation"
-    ROLES = ("o", "down")
 
     def __init__(self):
         self.n: dict[tuple[int, str], int] = {}
         self.mean: dict[tuple[int, str], torch.Tensor] = {}
         self.m2: dict[tuple[int, str], torch.Tensor] = {}
-
-    def attach(self, layers, adapter) -> list:
-        return _input_hooks(layers, adapter, self.ROLES, self._add)
 
     def _add(self, key, x):
         nb, mb = x.shape[0], x.mean(0)
@@ -198,36 +245,20 @@ class Fluctuation(Criterion):
         self.m2[key] = self.m2[key] + m2b + delta.pow(2) * (n * nb / tot)
         self.n[key] = tot
 
-    def metric(self, li: int, role: str, weight: torch.Tensor) -> torch.Tensor:
-        """WIFV of every input channel of one module: ``Var_t(X_j) · ‖W_{:,j}‖²`` (float64, on the CPU)."""
-        var = self.m2[(li, role)].double() / max(self.n[(li, role)] - 1, 1)
-        return (var * weight.double().pow(2).sum(0)).cpu()
+    def _var(self, li: int, role: str) -> torch.Tensor:
+        return self.m2[(li, role)] / max(self.n[(li, role)] - 1, 1)
 
-    def elementwise(self, li, mods):
-        return {k: mods[k].weight.float().pow(2) * (self.m2[(li, k)] / max(self.n[(li, k)] - 1, 1))[None, :]
-                for k in self.ROLES}, {}
+    def elementwise(self, li, parts):
+        return {self.paths[r]: parts[self.paths[r]].weight.float().pow(2) * self._var(li, r)[None, :]
+                for r in self.ROLES}, {}
 
-    def layer_stats(self, li, mods):
-        return {"o_metric": self.metric(li, "o", mods["o"].weight),
-                "down_metric": self.metric(li, "down", mods["down"].weight),
+    def layer_stats(self, li, parts):
+        def metric(role):  # WIFV of every input channel, float64 on the CPU
+            w = parts[self.paths[role]].weight.detach().double()
+            return (self._var(li, role).double() * w.pow(2).sum(0)).cpu()
+
+        return {"o_metric": metric("o"), "down_metric": metric("down"),
                 "o_mean": self.mean[(li, "o")].double().cpu(), "down_mean": self.mean[(li, "down")].double().cpu()}
-
-
-def _input_hooks(layers, adapter, roles, add) -> list:
-    """Forward pre-hooks that hand ``add((layer, role), x)`` every input ``x [tokens, features]`` (float32) of the
-    given projections."""
-    def hook(key):
-        def fn(module, args):
-            x = args[0].detach().float()
-            add(key, x.reshape(-1, x.shape[-1]))
-
-        return fn
-
-    handles = []
-    for li, layer in enumerate(layers):
-        mods = {**adapter.attn_linears(layer), **adapter.mlp_linears(layer)}
-        handles += [mods[r].register_forward_pre_hook(hook((li, r))) for r in roles]
-    return handles
 
 
 CRITERION_CLASSES: dict[str, type[Criterion]] = {c.name: c for c in (Taylor, Magnitude, Activation, Fluctuation,
@@ -304,13 +335,16 @@ def measure_importance(
     cosines = _LayerCosines(layers)
     handles = cosines.handles + (crit.attach(layers, adapter) if crit is not None else [])
     needs_grad = crit is not None and crit.needs_grad
-    prunable = [p for layer in layers
-                for mod in (*adapter.attn_linears(layer).values(), *adapter.mlp_linears(layer).values())
-                for p in mod.parameters()]
+    prunable = [p for layer in layers for part in adapter.parts(layer).values()
+                for p in (part.parameters() if isinstance(part, nn.Module) else [part])]
+    tame_allocator()
+    touch_weights(model)
+    watch = MemoryWatch(next(model.parameters()).device)
     try:
-        with _gradients_only_for(model, prunable if needs_grad else []):
+        with _gradients_only_for(model, prunable if needs_grad else []), watch:
             try:
-                n_tok, loss = _forward_backward(model, windows, batch_size, needs_grad, should_stop, progress)
+                with checkpointed(layers) if needs_grad else contextlib.nullcontext():
+                    n_tok, loss = _forward_backward(model, windows, batch_size, needs_grad, should_stop, progress)
             except (torch.OutOfMemoryError, MemoryError) as exc:
                 raise ResourceError(out_of_memory("measuring importance", windows, batch_size, model)) from exc
             units = _unit_scores(model, adapter, crit) if crit is not None else (None, None, None)
@@ -321,7 +355,8 @@ def measure_importance(
     imp = [-c for c in cos]
     return Importance(layer_cos=cos, layer_importance=imp, layer_importance_norm=normalise_importance(imp),
                       group_scores=units[0], channel_scores=units[1], criterion=criterion, tokens=n_tok,
-                      loss=loss, seconds=time.perf_counter() - t0, stats=units[2])
+                      loss=loss, seconds=time.perf_counter() - t0, stats=units[2],
+                      memory=_memory_report(model, watch, prunable if needs_grad else [], windows, batch_size))
 
 
 @torch.no_grad()
@@ -330,13 +365,28 @@ def _unit_scores(model, adapter, crit: Criterion) -> tuple[list, list, list | No
     geo = geometry(model, adapter)
     groups, channels, stats = [], [], []
     for li, layer in enumerate(adapter.layers(model)):
-        mods = {**adapter.attn_linears(layer), **adapter.mlp_linears(layer)}
-        e, eb = crit.elementwise(li, mods)
-        g, c = _unit_scores_from_elementwise(geo, layer_widths_of(layer, adapter, geo).num_kv_heads, e, eb)
+        parts = adapter.parts(layer)
+        e, eb = crit.elementwise(li, parts)
+        g, c = _unit_scores_from_elementwise(geo, adapter, layer_widths_of(layer, adapter, geo), e, eb)
         groups.append(g)
         channels.append(c)
-        stats.append(crit.layer_stats(li, mods))
+        stats.append(crit.layer_stats(li, parts))
     return groups, channels, (stats if any(st is not None for st in stats) else None)
+
+
+def _memory_report(model: nn.Module, watch: MemoryWatch, scored: list, windows: torch.Tensor, batch: int) -> dict:
+    """The pass's peak against the weights: ``ratio_to_weights`` = (weights + what the pass added on top of the
+    loaded model at its peak) / weights — the issue's "in all" (weights, gradients of the scored matrices, one
+    batch of activations, the runtime's own scratch)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    out = {"kind": watch.kind, "weights_bytes": weights,
+           "scored_gradient_bytes": sum(p.numel() * p.element_size() for p in scored),
+           "batch_tokens": min(batch, windows.shape[0]) * windows.shape[1],
+           "before_bytes": watch.before, "peak_bytes": watch.peak}
+    if watch.peak is not None and watch.before is not None:
+        out["pass_extra_bytes"] = max(0, watch.peak - watch.before)
+        out["ratio_to_weights"] = (weights + out["pass_extra_bytes"]) / weights
+    return out
 
 
 def out_of_memory(what: str, windows: torch.Tensor, batch_size: int, model: nn.Module) -> str:
@@ -359,14 +409,16 @@ def _forward_backward(model, windows, batch_size, use_grad, should_stop, progres
         if should_stop is not None and should_stop():
             raise Cancelled("importance measurement cancelled")
         batch = windows[bi * batch_size : (bi + 1) * batch_size].to(device)
-        with torch.set_grad_enabled(use_grad):
-            out = model(input_ids=batch, labels=batch if use_grad else None, use_cache=False)
-            if use_grad:
-                # weight each batch by its share of the tokens, so the sum is the mean loss
-                (out.loss * batch.shape[0] / windows.shape[0]).backward()
-                loss_sum += out.loss.item() * batch.shape[0]
+        if use_grad:
+            loss = causal_lm_loss(model, batch)  # lean: chunked over the vocabulary (see pruner.lean)
+            # weight each batch by its share of the windows, so the sum is the mean loss
+            (loss * batch.shape[0] / windows.shape[0]).backward()
+            loss_sum += loss.item() * batch.shape[0]
+            del loss
+        else:
+            with torch.no_grad():
+                model(input_ids=batch, use_cache=False)
         n_tok += batch.numel()
-        del out
         if progress is not None:
             progress(bi + 1, n_batches)
     return n_tok, (loss_sum / windows.shape[0] if use_grad else None)

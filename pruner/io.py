@@ -5,13 +5,14 @@ Saved-folder format (no pickle anywhere)::
     model.safetensors        weights (tied embeddings stored once)
     config.json              the transformers config; global widths = the widest layer (uniform → exact)
     pruned_widths.json       {"format": "adapt-pruner/1", "layers": [{num_heads, num_kv_heads, intermediate_size}],
-                              "biases": [[roles with a bias] per layer], "origin": {...}}: enough to rebuild every
-                              layer's shapes (FLAP's o_proj / down_proj biases included)
+                              "biases": [[paths of the projections with a bias] per layer], "origin": {...}}:
+                              enough to rebuild every layer's shapes (FLAP's o_proj / down_proj biases included)
     pruning_record.json      the run's record, when given
     tokenizer files
 
 Loading a pruned folder builds the skeleton on the ``meta`` device from the config, applies the per-layer
-shapes, then loads the weights with ``load_state_dict(assign=True)`` (the gpt-fast pattern).
+shapes through the architecture's adapter (fused projections and the norms sliced with the heads included), then
+loads the weights with ``load_state_dict(assign=True)`` (the gpt-fast pattern; :mod:`pruner.skeleton`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .data import package_dir
 from .errors import ConfigError, ModelLoadError
 from .formats import DEFAULT_GGUF, DEFAULT_NAME, FORMAT, RECORD_FILE, WIDTHS_FILE, cache_dir, refuse_pickles
 from .outputs import check_output_folder, replace_folder
+from .skeleton import finish, layer_biases, skeleton
 from .structure import (
     ORIGIN_ATTR,
     LayerWidths,
@@ -39,6 +41,7 @@ from .structure import (
     is_uniform,
     layer_widths,
     origin_of,
+    standard_head_counts,
     sync_config,
 )
 
@@ -276,7 +279,7 @@ def save_pruned(model: nn.Module, tokenizer, out_dir, record=None, overwrite: bo
             "model_type": adapter.model_type,
             "uniform": is_uniform(widths),
             "layers": [w.to_dict() for w in widths],
-            "biases": layer_biases(model, adapter),
+            "biases": layer_biases(model),
             "params": count_parameters(model, adapter),
             "origin": origin_of(model).to_dict(),
         }
@@ -303,28 +306,15 @@ def _save_config(model: nn.Module, folder: Path) -> None:
     except Exception:  # huggingface_hub's StrictDataclassClassValidationError wraps the ValueError
         cfg = copy.deepcopy(model.config)
         geo = geometry(model)
-        heads = cfg.hidden_size // geo.head_dim  # the unpruned head count of a standard config
-        cfg.num_attention_heads = heads
-        cfg.num_key_value_heads = max(1, heads // geo.n_rep)
+        cfg.num_attention_heads, cfg.num_key_value_heads = standard_head_counts(cfg.hidden_size, geo.head_dim,
+                                                                                geo.n_rep)
         cfg.save_pretrained(folder)
-
-
-def layer_biases(model: nn.Module, adapter=None) -> list[list[str]]:
-    """Per decoder layer, the projections (q, k, v, o, gate, up, down) that carry a bias."""
-    adapter = adapter or adapter_for(model)
-    return [sorted(role for role, lin in {**adapter.attn_linears(layer), **adapter.mlp_linears(layer)}.items()
-                   if lin.bias is not None) for layer in adapter.layers(model)]
-
-
-def _resize_linear(lin: nn.Linear, out_f: int, in_f: int, bias: bool | None = None) -> nn.Linear:
-    bias = lin.bias is not None if bias is None else bias
-    return nn.Linear(in_f, out_f, bias=bias, device="meta", dtype=lin.weight.dtype)
 
 
 def load_pruned(folder, device=None, dtype=None):
     """Rebuild a model saved by :func:`save_pruned`: meta skeleton → per-layer shapes → weights."""
     from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     folder = Path(folder)
     dev = pick_device(device)
@@ -351,22 +341,10 @@ def load_pruned(folder, device=None, dtype=None):
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise ModelLoadError(f"'{folder}' has no model.safetensors")
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dt)
-    head_dim = config.head_dim
-    hidden = config.hidden_size
-    biases = meta.get("biases") or [None] * len(widths)  # folders saved before FLAP: the config's biases
-    if len(biases) != len(widths):
+    biases = meta.get("biases")  # folders saved before FLAP: the config's biases
+    if biases is not None and len(biases) != len(widths):
         raise ModelLoadError(f"'{folder}': {WIDTHS_FILE} lists biases for {len(biases)} of {len(widths)} layers")
-    for layer, w, b in zip(adapter.layers(model), widths, biases, strict=True):
-        a, m = adapter.attn_linears(layer), adapter.mlp_linears(layer)
-        shapes = {"q": (a["q"], w.num_heads * head_dim, hidden), "k": (a["k"], w.num_kv_heads * head_dim, hidden),
-                  "v": (a["v"], w.num_kv_heads * head_dim, hidden), "o": (a["o"], hidden, w.num_heads * head_dim),
-                  "gate": (m["gate"], w.intermediate_size, hidden), "up": (m["up"], w.intermediate_size, hidden),
-                  "down": (m["down"], hidden, w.intermediate_size)}
-        for role, (lin, out_f, in_f) in shapes.items():
-            new = _resize_linear(lin, out_f, in_f, None if b is None else role in b)
-            (adapter.set_attn_linear if role in a else adapter.set_mlp_linear)(layer, role, new)
+    model = skeleton(config, widths, dt, biases)  # parameters on meta, each layer with its recorded widths
     try:
         with safe_open(str(weights), framework="pt", device="cpu") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}
@@ -387,9 +365,7 @@ def load_pruned(folder, device=None, dtype=None):
         raise ModelLoadError(f"'{folder}': the weights do not match the recorded widths ({detail})")
     state = {k: v.to(dt) if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=False, assign=True)
-    if tied:
-        model.tie_weights()
-    _materialize_buffers(model, config)
+    finish(model, config, f"'{folder}'")
     model.to(dev).eval()
     sync_config(model, adapter)
     if "origin" in meta:
@@ -399,19 +375,6 @@ def load_pruned(folder, device=None, dtype=None):
     except Exception as exc:
         raise ModelLoadError(f"'{folder}': the tokenizer could not be loaded: {_first_line(exc)}") from exc
     return model, _finish_tokenizer(tok)
-
-
-def _materialize_buffers(model: nn.Module, config) -> None:
-    """Non-persistent buffers (rotary inverse frequencies) are not in the weights: rebuild their modules."""
-    for name, module in list(model.named_modules()):
-        if any(b.is_meta for b in module.buffers(recurse=False)):
-            parent_name, _, attr = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            with torch.device("cpu"):
-                setattr(parent, attr, type(module)(config=config))
-    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if leftover:
-        raise ModelLoadError(f"Some tensors were not loaded: {leftover[:5]}")
 
 
 def describe(model: nn.Module) -> dict:

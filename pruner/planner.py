@@ -24,7 +24,7 @@ with the scores of the surviving units, which is what the studio previews and wh
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -184,7 +184,7 @@ class Planner:
                        else (0, n))
         self.compensates = self.spec.compensates and config.bias_compensation
         # the geometry of a planned result: FLAP's compensation gives every o_proj and down_proj a bias
-        self.result_geo = replace(geo, o_bias=True, down_bias=True) if self.compensates else geo
+        self.result_geo = geo.with_output_biases() if self.compensates else geo
         self._ranking: tuple | None = None  # FLAP: (key, GlobalRanking) of the last measurement planned with
 
     # ------------------------------------------------------------------ sizes and targets

@@ -4,8 +4,11 @@ A *unit* is what the pruner removes as a whole:
 
 * an attention **KV group**: key/value head ``h`` with its ``n_rep`` query heads ``[h*n_rep, (h+1)*n_rep)``
   (the blocked mapping that ``repeat_kv`` implies), i.e. rows of q/k/v (and their biases) and the matching
-  input columns of o_proj;
+  input columns of o_proj (and the entries of unit vectors that follow those rows, e.g. OLMo-2's q/k norms);
 * an **MLP channel**: a row of gate_proj and up_proj and the matching input column of down_proj.
+
+The adapter (:mod:`pruner.adapters`) says which physical Linear holds each logical projection: for fused ones
+(Phi-3's qkv_proj and gate_up_proj) a unit's rows are slices of the fused matrix, found by offset.
 
 Removing whole KV groups keeps ``num_key_value_groups`` (query heads per KV head) unchanged, so the attention
 forward pass of transformers works unmodified: it reshapes with ``-1`` heads. The config fields are kept in sync
@@ -16,12 +19,13 @@ here (never in callers): uniform widths are written to the config; uneven widths
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
 
-from .adapters import Adapter, adapter_for
+from .adapters import GROUP_ROLES, Adapter, adapter_for, role_sizes
+from .slicing import compensated_cols, select_cols, select_entries, select_rows
 
 
 @dataclass(frozen=True)
@@ -38,39 +42,68 @@ class LayerWidths:
 
 @dataclass(frozen=True)
 class Geometry:
-    """Fixed shape facts of a model (unchanged by pruning)."""
+    """Fixed shape facts of a model (unchanged by pruning), parameter counts per unit included.
+
+    The counts come from the adapter's layout (:func:`geometry`), so fused projections and the unit vectors
+    sliced with the units (OLMo-2's q/k norms) are counted exactly.
+    """
 
     hidden_size: int
     head_dim: int
     n_rep: int  # query heads per KV head
-    attn_bias: bool  # q/k/v have biases (Qwen2)
-    o_bias: bool
-    mlp_bias: bool  # gate/up have biases
+    group_params: int  # parameters of one KV group
+    channel_params: int  # parameters of one MLP channel
+    fixed_layer_params: int = 0  # parameters inside the prunable modules that no unit owns (o / down biases)
+    layer_other: int = 0  # parameters of a layer outside its prunable modules (its norms)
+    o_bias: bool = False  # o_proj has a bias (Llama's attention_bias, or FLAP's compensation)
     down_bias: bool = False  # down_proj has a bias (mlp_bias, or FLAP's compensation)
-    layer_other: int = 0  # parameters of a layer outside its seven projections (the two norms)
 
     @property
     def params_per_group(self) -> int:
-        """Parameters of one KV group: q rows of n_rep heads, k and v rows of one head, o columns."""
-        h, d, r = self.hidden_size, self.head_dim, self.n_rep
-        n = (r * d + 2 * d) * h + r * d * h
-        if self.attn_bias:
-            n += r * d + 2 * d
-        return n
+        """Parameters of one KV group: q rows of n_rep heads, k and v rows of one head (with their biases and
+        unit-vector entries), o columns."""
+        return self.group_params
 
     @property
     def params_per_channel(self) -> int:
-        """Parameters of one MLP channel: a row of gate and up, a column of down."""
-        return 3 * self.hidden_size + (2 if self.mlp_bias else 0)
+        """Parameters of one MLP channel: a row of gate and up (and their biases), a column of down."""
+        return self.channel_params
 
     def layer_prunable_params(self, w: LayerWidths) -> int:
         """Parameters of a layer's prunable part (attention groups + MLP channels; o/down biases are fixed)."""
-        fixed = (self.hidden_size if self.o_bias else 0) + (self.hidden_size if self.down_bias else 0)
-        return w.num_kv_heads * self.params_per_group + w.intermediate_size * self.params_per_channel + fixed
+        return w.num_kv_heads * self.group_params + w.intermediate_size * self.channel_params + self.fixed_layer_params
 
     def layer_params(self, w: LayerWidths) -> int:
         """Every parameter of a decoder layer of these widths (its norms included)."""
         return self.layer_prunable_params(w) + self.layer_other
+
+    def with_output_biases(self) -> Geometry:
+        """The geometry once every o_proj and down_proj carries a bias (FLAP's compensation adds them)."""
+        extra = (0 if self.o_bias else self.hidden_size) + (0 if self.down_bias else self.hidden_size)
+        return replace(self, o_bias=True, down_bias=True, fixed_layer_params=self.fixed_layer_params + extra)
+
+
+def _unit_params(adapter: Adapter, layer: nn.Module, per_unit: dict[str, int]) -> tuple[int, int, int]:
+    """Parameters per KV group and per MLP channel (``per_unit``: rows / columns of each role one unit owns), and
+    the parameters of the prunable modules that no unit owns."""
+    group = channel = fixed = 0
+    for p in adapter.projections:
+        lin = adapter.part(layer, p.path)
+        if p.cols:
+            n = per_unit[p.cols] * lin.out_features
+            fixed += lin.out_features if lin.bias is not None else 0
+        else:
+            n = sum(per_unit[r] for r in p.rows) * (lin.in_features + (1 if lin.bias is not None else 0))
+        if p.roles[0] in GROUP_ROLES:
+            group += n
+        else:
+            channel += n
+    for v in adapter.unit_vectors:
+        if v.role in GROUP_ROLES:
+            group += per_unit[v.role]
+        else:
+            channel += per_unit[v.role]
+    return group, channel, fixed
 
 
 def geometry(model: nn.Module, adapter: Adapter | None = None) -> Geometry:
@@ -78,21 +111,20 @@ def geometry(model: nn.Module, adapter: Adapter | None = None) -> Geometry:
     cfg = model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     layer = adapter.layers(model)[0]
-    lin = adapter.attn_linears(layer)
-    mlp = adapter.mlp_linears(layer)
-    n_heads = lin["q"].out_features // head_dim
-    n_kv = lin["k"].out_features // head_dim
-    projections = sum(p.numel() for m in (*lin.values(), *mlp.values()) for p in m.parameters())
-    return Geometry(
-        hidden_size=cfg.hidden_size,
-        head_dim=head_dim,
-        n_rep=n_heads // n_kv,
-        attn_bias=lin["q"].bias is not None,
-        o_bias=lin["o"].bias is not None,
-        mlp_bias=mlp["gate"].bias is not None,
-        down_bias=mlp["down"].bias is not None,
-        layer_other=sum(p.numel() for p in layer.parameters()) - projections,
-    )
+    n_heads, n_kv, _ = adapter.widths_of(layer, head_dim)
+    r = n_heads // n_kv
+    per_unit = {"q": r * head_dim, "k": head_dim, "v": head_dim, "o": r * head_dim, "gate": 1, "up": 1, "down": 1}
+    group, channel, fixed = _unit_params(adapter, layer, per_unit)
+    parts = adapter.parts(layer)
+    owned = {id(t) for obj in parts.values() for t in (obj.parameters() if isinstance(obj, nn.Module) else [obj])}
+    other = sum(t.numel() for t in layer.parameters() if id(t) not in owned)
+
+    def has_bias(role: str) -> bool:
+        return adapter.part(layer, adapter.proj_for(role).path).bias is not None
+
+    return Geometry(hidden_size=cfg.hidden_size, head_dim=head_dim, n_rep=r, group_params=group,
+                    channel_params=channel, fixed_layer_params=fixed, layer_other=other, o_bias=has_bias("o"),
+                    down_bias=has_bias("down"))
 
 
 def layer_widths(model: nn.Module, adapter: Adapter | None = None) -> list[LayerWidths]:
@@ -189,45 +221,6 @@ def group_rows(geo: Geometry, groups: Sequence[int]) -> tuple[torch.Tensor, torc
     return q_idx, kv_idx
 
 
-def _new_linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
-    out_f, in_f = weight.shape
-    lin = nn.Linear(in_f, out_f, bias=bias is not None, device="meta")
-    lin.weight = nn.Parameter(weight.contiguous(), requires_grad=like.weight.requires_grad)
-    if bias is not None:
-        lin.bias = nn.Parameter(bias.contiguous(), requires_grad=(like.bias if like.bias is not None else like.weight).requires_grad)
-    return lin
-
-
-def select_rows(lin: nn.Linear, idx: torch.Tensor) -> nn.Linear:
-    """A new Linear keeping output features ``idx`` (rows of the weight, entries of the bias)."""
-    idx = idx.to(lin.weight.device)
-    w = lin.weight.data.index_select(0, idx)
-    b = lin.bias.data.index_select(0, idx) if lin.bias is not None else None
-    return _new_linear(w, b, lin)
-
-
-def select_cols(lin: nn.Linear, idx: torch.Tensor) -> nn.Linear:
-    """A new Linear keeping input features ``idx`` (columns of the weight; the bias is unchanged)."""
-    idx = idx.to(lin.weight.device)
-    w = lin.weight.data.index_select(1, idx)
-    b = lin.bias.data.clone() if lin.bias is not None else None
-    return _new_linear(w, b, lin)
-
-
-def compensated_cols(lin: nn.Linear, idx: torch.Tensor, mean: torch.Tensor) -> nn.Linear:
-    """Like :func:`select_cols`, with FLAP's bias compensation: the dropped inputs' mean contribution goes into the
-    bias, ``b' = b + W[:, dropped] · mean[dropped]`` (a zero bias is created when there is none), so on the mean
-    input the output is unchanged. ``mean``: the mean of every current input feature over the calibration tokens."""
-    w = lin.weight.data
-    if mean.numel() != w.shape[1]:
-        raise ValueError(f"compensation needs one mean per input feature ({w.shape[1]}), got {mean.numel()}")
-    dropped = torch.ones(w.shape[1], dtype=torch.bool)
-    dropped[idx.cpu()] = False
-    shift = w.detach().cpu().double()[:, dropped] @ mean.detach().cpu().double()[dropped]  # float64: exact enough
-    bias = (lin.bias.data if lin.bias is not None else torch.zeros_like(w[:, 0])) + shift.to(w.device, w.dtype)
-    return _new_linear(w.index_select(1, idx.to(w.device)), bias, lin)
-
-
 @dataclass
 class LayerCut:
     """Which units of one layer to keep (indices into the layer's *current* units, ascending).
@@ -242,11 +235,54 @@ class LayerCut:
     down_mean: torch.Tensor | None = None
 
 
-def build_cut(model: nn.Module, cuts: dict[int, LayerCut], adapter: Adapter | None = None) -> dict:
-    """Compute the replacement modules for a set of layer cuts without touching the model.
+def _check_cut(li: int, cut: LayerCut, cur: LayerWidths) -> None:
+    if not cut.keep_groups or not cut.keep_channels:
+        raise ValueError(f"layer {li}: a cut must keep at least one KV group and one MLP channel")
+    if max(cut.keep_groups) >= cur.num_kv_heads or max(cut.keep_channels) >= cur.intermediate_size:
+        raise IndexError(f"layer {li}: unit index out of range")
+    if len(set(cut.keep_groups)) != len(cut.keep_groups) or len(set(cut.keep_channels)) != len(cut.keep_channels):
+        raise ValueError(f"layer {li}: duplicate unit indices")
 
-    Returns an opaque *patch* for :func:`apply_patch`. Building everything first and swapping afterwards makes
-    a step atomic: an error (bad indices, out of memory) while building leaves the model untouched.
+
+def _layer_patch(adapter: Adapter, layer: nn.Module, geo: Geometry, cur: LayerWidths, cut: LayerCut) -> dict:
+    """The new parts of one layer: every Linear (or unit vector) one of whose logical projections loses units."""
+    changed = set()
+    if len(cut.keep_groups) != cur.num_kv_heads:
+        changed |= set(GROUP_ROLES)
+    if len(cut.keep_channels) != cur.intermediate_size:
+        changed |= {"gate", "up", "down"}
+    means = {"o": cut.o_mean, "down": cut.down_mean}  # FLAP: these inputs' removed means go into the bias
+    for role, mean in means.items():
+        if mean is not None and adapter.part(layer, adapter.proj_for(role).path).bias is None:
+            changed.add(role)  # a bias for every layer, zero where nothing is removed
+    if not changed:
+        return {}
+    q_idx, kv_idx = group_rows(geo, sorted(cut.keep_groups))
+    c_idx = torch.tensor(sorted(cut.keep_channels), dtype=torch.long)
+    keep = {"q": q_idx, "k": kv_idx, "v": kv_idx, "o": q_idx, "gate": c_idx, "up": c_idx, "down": c_idx}
+    sizes = role_sizes(cur.num_heads, cur.num_kv_heads, cur.intermediate_size, geo.head_dim)
+    new = {}
+    for p in adapter.projections:
+        if not changed & set(p.roles):
+            continue
+        lin = adapter.part(layer, p.path)
+        if p.cols and means.get(p.cols) is not None:
+            new[p.path] = compensated_cols(lin, keep[p.cols], means[p.cols])
+        else:
+            new[p.path] = (select_cols(lin, keep[p.cols]) if p.cols
+                           else select_rows(lin, adapter.row_index(p, keep, sizes)))
+    for v in adapter.unit_vectors:
+        if v.role in changed:
+            new[v.path] = select_entries(adapter.part(layer, v.path), keep[v.role])
+    return new
+
+
+def build_cut(model: nn.Module, cuts: dict[int, LayerCut], adapter: Adapter | None = None) -> dict:
+    """Compute the replacement parts for a set of layer cuts without touching the model.
+
+    Returns an opaque *patch* for :func:`apply_patch` (``{layer: {part path: new Linear or parameter}}``).
+    Building everything first and swapping afterwards makes a step atomic: an error (bad indices, out of
+    memory) while building leaves the model untouched.
     """
     adapter = adapter or adapter_for(model)
     geo = geometry(model, adapter)
@@ -255,40 +291,21 @@ def build_cut(model: nn.Module, cuts: dict[int, LayerCut], adapter: Adapter | No
     for li, cut in cuts.items():
         layer = layers[li]
         cur = layer_widths_of(layer, adapter, geo)
-        if not cut.keep_groups or not cut.keep_channels:
-            raise ValueError(f"layer {li}: a cut must keep at least one KV group and one MLP channel")
-        if max(cut.keep_groups) >= cur.num_kv_heads or max(cut.keep_channels) >= cur.intermediate_size:
-            raise IndexError(f"layer {li}: unit index out of range")
-        if len(set(cut.keep_groups)) != len(cut.keep_groups) or len(set(cut.keep_channels)) != len(cut.keep_channels):
-            raise ValueError(f"layer {li}: duplicate unit indices")
-        new = {}
-        a, m = adapter.attn_linears(layer), adapter.mlp_linears(layer)
-        cut_groups = len(cut.keep_groups) != cur.num_kv_heads
-        if cut_groups or (cut.o_mean is not None and a["o"].bias is None):
-            q_idx, kv_idx = group_rows(geo, sorted(cut.keep_groups))
-            new["attn"] = {"q": select_rows(a["q"], q_idx), "k": select_rows(a["k"], kv_idx),
-                           "v": select_rows(a["v"], kv_idx)} if cut_groups else {}
-            new["attn"]["o"] = (compensated_cols(a["o"], q_idx, cut.o_mean) if cut.o_mean is not None
-                                else select_cols(a["o"], q_idx))
-        cut_channels = len(cut.keep_channels) != cur.intermediate_size
-        if cut_channels or (cut.down_mean is not None and m["down"].bias is None):
-            c_idx = torch.tensor(sorted(cut.keep_channels), dtype=torch.long)
-            new["mlp"] = {"gate": select_rows(m["gate"], c_idx), "up": select_rows(m["up"], c_idx)} if cut_channels else {}
-            new["mlp"]["down"] = (compensated_cols(m["down"], c_idx, cut.down_mean) if cut.down_mean is not None
-                                  else select_cols(m["down"], c_idx))
+        _check_cut(li, cut, cur)
+        new = _layer_patch(adapter, layer, geo, cur, cut)
         if new:
             patch[li] = new
     return patch
 
 
 def apply_patch(model: nn.Module, patch: dict, adapter: Adapter | None = None) -> dict:
-    """Swap in the modules of a patch; returns the inverse patch (the old modules), usable to undo.
+    """Swap in the parts of a patch; returns the inverse patch (the old parts), usable to undo.
 
-    Transactional: if any swap (or the config sync after them) fails, every module already swapped is put back
+    Transactional: if any swap (or the config sync after them) fails, every part already swapped is put back
     before the error propagates, so the model is never left part-cut. A change of depth
     (:class:`pruner.depth.DepthPatch`) applies itself, just as transactionally.
     """
-    if callable(getattr(patch, "apply_to", None)):
+    if callable(getattr(patch, "apply_to", None)):  # a change of depth (pruner.depth.DepthPatch)
         origin_of(model)
         return patch.apply_to(model)
     adapter = adapter or adapter_for(model)
@@ -299,13 +316,10 @@ def apply_patch(model: nn.Module, patch: dict, adapter: Adapter | None = None) -
         for li, new in patch.items():
             layer, inv = layers[li], {}
             inverse[li] = inv
-            for part, current, setter in (("attn", adapter.attn_linears, adapter.set_attn_linear),
-                                          ("mlp", adapter.mlp_linears, adapter.set_mlp_linear)):
-                if part in new:
-                    old, inv[part] = current(layer), {}
-                    for role, mod in new[part].items():
-                        setter(layer, role, mod)
-                        inv[part][role] = old[role]
+            for path, part in new.items():
+                old = adapter.part(layer, path)
+                adapter.set_part(layer, path, part)
+                inv[path] = old
         sync_config(model, adapter)
     except BaseException:
         _swap_back(model, inverse, adapter)
@@ -314,23 +328,29 @@ def apply_patch(model: nn.Module, patch: dict, adapter: Adapter | None = None) -
 
 
 def _swap_back(model: nn.Module, inverse: dict, adapter: Adapter) -> None:
-    """Put back the old modules of a partly applied patch (the inverse holds exactly the swapped ones)."""
+    """Put back the old parts of a partly applied patch (the inverse holds exactly the swapped ones)."""
     layers = adapter.layers(model)
     for li, inv in inverse.items():
-        for role, mod in inv.get("attn", {}).items():
-            adapter.set_attn_linear(layers[li], role, mod)
-        for role, mod in inv.get("mlp", {}).items():
-            adapter.set_mlp_linear(layers[li], role, mod)
+        for path, part in inv.items():
+            adapter.set_part(layers[li], path, part)
     sync_config(model, adapter)
 
 
 def layer_widths_of(layer: nn.Module, adapter: Adapter, geo: Geometry) -> LayerWidths:
-    lin = adapter.attn_linears(layer)
-    return LayerWidths(
-        lin["q"].out_features // geo.head_dim,
-        lin["k"].out_features // geo.head_dim,
-        adapter.mlp_linears(layer)["gate"].out_features,
-    )
+    return LayerWidths(*adapter.widths_of(layer, geo.head_dim))
+
+
+def _layer_view(adapter: Adapter, cfg, w: LayerWidths):
+    """The config a layer's attention reads: the model's, or — for attention that reads widths from its config at
+    run time (``adapter.layer_config``) and a layer whose widths differ — a view with the layer's own widths."""
+    own = {"num_attention_heads": w.num_heads, "num_key_value_heads": w.num_kv_heads,
+           "intermediate_size": w.intermediate_size}
+    own = {k: own[k] for k in adapter.layer_config}
+    if all(getattr(cfg, k) == v for k, v in own.items()):
+        return cfg
+    from .export.remote_code.configuration_adapt_pruned import LayerConfig  # the same class the export ships
+
+    return LayerConfig(cfg, **own)
 
 
 def sync_config(model: nn.Module, adapter: Adapter | None = None) -> list[LayerWidths]:
@@ -338,7 +358,7 @@ def sync_config(model: nn.Module, adapter: Adapter | None = None) -> list[LayerW
 
     ``head_dim`` is written explicitly (it must not be re-derived from a changed head count). The global
     fields hold the widths when all layers agree, else the largest width (per-layer widths live in the tensors
-    and in the saved ``pruned_widths.json``).
+    and in the saved ``pruned_widths.json``). Every attention keeps ``num_key_value_groups = n_rep``.
     """
     adapter = adapter or adapter_for(model)
     geo = geometry(model, adapter)
@@ -353,10 +373,23 @@ def sync_config(model: nn.Module, adapter: Adapter | None = None) -> list[LayerW
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = w.intermediate_size
         attn = adapter.attention(layer)
-        for name, val in (("num_heads", w.num_heads), ("num_key_value_heads", w.num_kv_heads)):
+        for name, val in (("num_heads", w.num_heads), ("num_key_value_heads", w.num_kv_heads),
+                          ("num_key_value_groups", geo.n_rep)):
             if hasattr(attn, name):
                 setattr(attn, name, val)
+        if adapter.layer_config:
+            attn.config = _layer_view(adapter, cfg, w)
     return widths
+
+
+def standard_head_counts(hidden_size: int, head_dim: int, n_rep: int) -> tuple[int, int]:
+    """Global ``(num_attention_heads, num_key_value_heads)`` that a stock config accepts (hidden_size a multiple of
+    the head count) and that keep ``n_rep`` query heads per KV head. For a config whose widest layer's head count
+    is refused; the per-layer widths (tensors, ``pruned_widths.json`` or the per-layer lists) are the truth."""
+    heads = hidden_size // head_dim  # the unpruned head count of a standard config
+    if heads < n_rep or heads % n_rep or hidden_size % heads:  # head_dim independent of hidden / heads (Gemma)
+        heads = next((h for h in range(n_rep, hidden_size + 1, n_rep) if hidden_size % h == 0), heads)
+    return heads, max(1, heads // n_rep)
 
 
 def is_uniform(widths: Sequence[LayerWidths]) -> bool:

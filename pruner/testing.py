@@ -14,16 +14,34 @@ import torch
 TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=8,
             num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=False)
 ARCHITECTURES = ("llama", "qwen2", "mistral")
+#: The architectures added later (issue 12); tests/test_architectures.py runs each of them through everything.
+NEW_ARCHITECTURES = ("qwen3", "gemma2", "gemma3_text", "phi3", "olmo2")
+_SPECIAL = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)  # the tiny tokenizer's ids
+#: What each new architecture's tiny config adds to :data:`TINY`: the features its adapter must get right.
+EXTRA = {
+    # q_norm / k_norm over head_dim (shared by all heads); head_dim 8 = hidden / heads
+    "qwen3": dict(head_dim=8, **_SPECIAL),
+    # head_dim 16 ≠ hidden / heads, query_pre_attn_scalar ≠ head_dim, both soft-cappings (caps low enough to bite
+    # on random weights), sliding-window layers (window 6 < the test sequences) alternating with global ones, tied
+    # embeddings scaled by √hidden, sandwich norms
+    "gemma2": dict(head_dim=16, query_pre_attn_scalar=24, attn_logit_softcapping=0.3, final_logit_softcapping=1.0,
+                   sliding_window=6, tie_word_embeddings=True, **_SPECIAL),
+    # as Gemma-2 plus per-head q_norm / k_norm; layers 0-2 sliding (local rope base), layer 3 global
+    "gemma3_text": dict(head_dim=16, query_pre_attn_scalar=24, final_logit_softcapping=1.0, sliding_window=6,
+                        tie_word_embeddings=True, layer_types=["sliding_attention"] * 3 + ["full_attention"],
+                        **_SPECIAL),
+    "phi3": dict(**_SPECIAL),  # fused qkv_proj and gate_up_proj
+    "olmo2": dict(**_SPECIAL),  # q_norm / k_norm over the whole q / k projection, post-norms
+}
 
 
 def tiny_config(arch: str = "llama", **overrides):
-    """A transformers config of ``arch`` with the :data:`TINY` shape (``overrides`` win)."""
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+    """A transformers config of ``arch`` with the :data:`TINY` shape (and :data:`EXTRA`; ``overrides`` win)."""
+    from transformers import AutoConfig
 
-    classes = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}
-    if arch not in classes:
-        raise ValueError(f"No tiny config for '{arch}': use one of {', '.join(classes)}")
-    return classes[arch](**{**TINY, **overrides})
+    if arch not in ARCHITECTURES + NEW_ARCHITECTURES:
+        raise ValueError(f"No tiny config for '{arch}': use one of {', '.join(ARCHITECTURES + NEW_ARCHITECTURES)}")
+    return AutoConfig.for_model(arch, **{**TINY, **EXTRA.get(arch, {}), **overrides})
 
 
 def tiny_model(arch: str = "llama", seed: int = 0, perturb: bool = True, **overrides):

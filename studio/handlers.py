@@ -8,12 +8,12 @@ import logging
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import gradio as gr
 
 import visualizations as viz
 from pruner import PrunerError, load_model
+from pruner.data import CALIBRATION_CHARS
 
 from .pool import SessionPool
 from .session import StudioSession
@@ -32,8 +32,9 @@ def settings_from(target, amplitude, step, criterion, method, custom, corpus, up
     if corpus == UPLOADED:
         if not upload:
             raise SessionError("Choose a text file to upload, or pick a shipped corpus for calibration")
-        try:
-            text = Path(upload).read_text(encoding="utf-8")
+        try:  # only as much as calibration reads (a huge upload is not held whole)
+            with open(upload, encoding="utf-8") as f:
+                text = f.read(CALIBRATION_CHARS)
         except (OSError, UnicodeDecodeError) as exc:
             raise SessionError(f"The uploaded file is not readable UTF-8 text ({exc})") from exc
     values = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pruner.testing import ARCHITECTURES
+from pruner.testing import ARCHITECTURES, NEW_ARCHITECTURES
 from pruner.testing import tiny_tokenizer as _tiny_tokenizer
 
 torch.set_num_threads(1)  # tiny models: threads only add overhead (and the CI machine has 2 cores)
@@ -19,4 +19,10 @@ def tiny_tokenizer():
 
 @pytest.fixture(params=ARCHITECTURES)
 def arch(request):
+    return request.param
+
+
+@pytest.fixture(params=NEW_ARCHITECTURES)
+def new_arch(request):
+    """The architectures added later (tests/test_architectures*.py)."""
     return request.param

@@ -127,13 +127,13 @@ def test_ctrl_c_during_the_final_perplexity_keeps_model_and_report(folder, tmp_p
 
 def _failing_after(n: int):
     calls = {"n": 0}
-    real = Adapter.set_mlp_linear
+    real = Adapter.set_part
 
-    def setter(self, layer, role, module):
+    def setter(self, layer, path, part):
         calls["n"] += 1
         if calls["n"] == n:
             raise RuntimeError("swap failed (simulated)")
-        return real(self, layer, role, module)
+        return real(self, layer, path, part)
 
     return setter
 
@@ -149,7 +149,7 @@ def test_a_failure_anywhere_in_a_step_leaves_the_model_as_it_was(tiny_tokenizer,
     boom = RuntimeError("failure (simulated)")
     with monkeypatch.context() as m:
         if point == "4th module swap":
-            m.setattr(Adapter, "set_mlp_linear", _failing_after(4))
+            m.setattr(Adapter, "set_part", _failing_after(4))
         elif point == "config sync":
             m.setattr("pruner.structure.sync_config", lambda *a, **k: (_ for _ in ()).throw(boom))
         elif point == "unit bookkeeping":

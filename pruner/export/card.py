@@ -148,11 +148,13 @@ def _params_lines(facts: dict, record: dict | None) -> list[str]:
     return lines
 
 
-def _how_to_load(fmt: str, remote_code: bool, gguf_file: str | None) -> list[str]:
+def _how_to_load(fmt: str, remote_code: bool, gguf_file: str | None, model_type: str = "llama") -> list[str]:
     if fmt == "gguf":
-        return ["```bash", f"llama-cli -m {gguf_file} -p \"The capital of France is\" -n 16", "```", "",
-                "Where layers differ, the GGUF uses llama.cpp's `deci` architecture (Llama with per-layer widths) "
-                "with arrays for `deci.attention.head_count`, `deci.attention.head_count_kv` and "
+        run = ["```bash", f"llama-cli -m {gguf_file} -p \"The capital of France is\" -n 16", "```", ""]
+        if model_type not in ("llama", "mistral"):
+            return [*run, f"The GGUF uses llama.cpp's `{model_type}` architecture."]
+        return [*run, "Where layers differ, the GGUF uses llama.cpp's `deci` architecture (Llama with per-layer "
+                "widths) with arrays for `deci.attention.head_count`, `deci.attention.head_count_kv` and "
                 "`deci.feed_forward_length`; with uniform widths it is plain `llama`."]
     flag = ", trust_remote_code=True" if remote_code else ""
     lines = ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
@@ -210,5 +212,5 @@ def model_card(facts: dict, *, fmt: str, source: str, base_model: str | None = N
         lines += [f"Export check: loading this folder with `AutoModelForCausalLM` reproduced the in-memory model "
                   f"with max |Δlogit| {verify['max_abs_logit_diff']:.2e} (largest |logit| "
                   f"{verify['max_abs_logit']:.1f}) over {verify['tokens']} tokens in {verify['dtype']}.", ""]
-    lines += ["## How to load", "", *_how_to_load(fmt, remote_code, gguf_file), ""]
+    lines += ["## How to load", "", *_how_to_load(fmt, remote_code, gguf_file, facts.get("model_type", "llama")), ""]
     return "\n".join(lines)

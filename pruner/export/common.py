@@ -95,18 +95,3 @@ def model_facts(model: nn.Module) -> dict:
         "kept_layers": list(origin.kept_layers),
         "removed_layers": origin.removed_layers,
     }
-
-
-def finish_meta_model(model: nn.Module, config, what: str) -> nn.Module:
-    """After ``load_state_dict(assign=True)`` into a ``meta`` skeleton: tie embeddings, rebuild the rotary
-    inverse frequencies (not stored in weight files) and refuse if any tensor is still missing."""
-    if getattr(config, "tie_word_embeddings", False):
-        model.tie_weights()
-    for name, module in list(model.named_modules()):
-        if any(b.is_meta for b in module.buffers(recurse=False)):
-            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-            setattr(parent, name.rpartition(".")[2], type(module)(config=config))
-    left = [k for k, v in [*model.named_parameters(), *model.named_buffers()] if v.is_meta]
-    if left:
-        raise ExportError(f"{what}: tensors missing: {left[:5]}")
-    return model.eval()

@@ -11,10 +11,13 @@ while ``deci`` (llama.cpp's Llama variant for Nemotron-NAS models) is the same n
 permutation with per-layer ``head_count``, ``head_count_kv`` and ``feed_forward_length``. Qwen2 is written as
 ``qwen2`` (no permutation, q/k/v biases). Where layers differ, those three keys are arrays with one entry per
 layer, and ``{arch}.attention.key_length`` / ``value_length`` give the head size (it can no longer be derived
-as embedding_length / head_count). A model with fewer layers (ShortGPT) is a plain model with a smaller
-``block_count``. FLAP's o_proj / down_proj biases are written as ``blk.N.attn_output.bias`` / ``blk.N.ffn_down.bias``
-for ``llama`` and ``deci``, whose llama.cpp loaders create them as optional tensors (``TENSOR_NOT_REQUIRED``);
-llama.cpp's ``qwen2`` loader has neither, so such a Qwen2 model is refused with the reason.
+as embedding_length / head_count). Qwen3 is written as ``qwen3`` (Qwen2's layout without biases, plus the per-head
+``attn_q_norm`` / ``attn_k_norm``) with uniform widths only; Gemma-2, Gemma-3, Phi-3 and OLMo-2 are refused with
+the reason (:func:`gguf_arch`): llama.cpp's loaders for all five create every layer with the first layer's widths.
+A model with fewer layers (ShortGPT) is a plain model with a smaller ``block_count``. FLAP's o_proj / down_proj
+biases are written as ``blk.N.attn_output.bias`` / ``blk.N.ffn_down.bias`` for ``llama`` and ``deci``, whose
+llama.cpp loaders create them as optional tensors (``TENSOR_NOT_REQUIRED``); llama.cpp's ``qwen2`` and ``qwen3``
+loaders have neither, so such a model is refused with the reason.
 """
 
 from __future__ import annotations
@@ -30,10 +33,23 @@ from torch import nn
 from ..adapters import adapter_for
 from ..data import package_dir
 from ..formats import DEFAULT_GGUF
+from ..skeleton import empty_model, finish
 from ..structure import is_uniform, sync_config
-from .common import ExportError, describe_source, finish_meta_model, model_facts, staging
+from .common import ExportError, describe_source, model_facts, staging
 
-GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}  # "llama" becomes "deci" for uneven widths
+GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}  # llama -> deci if uneven
+#: llama.cpp architectures whose loader creates every layer's tensors with the first layer's head count and
+#: feed-forward length (``hparams.n_head()`` / ``n_ff()`` in ``load_tensors``): uniform widths only
+UNIFORM_ONLY = {"qwen3": "qwen3", "gemma2": "gemma2", "gemma3_text": "gemma3", "phi3": "phi3", "olmo2": "olmo2"}
+#: architectures this exporter has no tensor layout for, with what llama.cpp's would need
+NOT_WRITTEN = {
+    "gemma2": "norm weights stored as 1 + w, soft-capping keys and a query scale fixed at 1/sqrt(head_dim)",
+    "gemma3_text": "norm weights stored as 1 + w, a sliding-window pattern fixed at every 6th layer global and a "
+                   "query scale fixed at 1/sqrt(head_dim)",
+    "phi3": "the fused attn_qkv / ffn_up tensors, whose q part llama.cpp sizes at the hidden size (no head can go)",
+    "olmo2": "attn_q / attn_output sized at the hidden size (no head can go), and transformers cannot read an olmo2 "
+             "GGUF back to verify it",
+}
 PERMUTED = ("llama", "deci")  # architectures whose q/k rows llama.cpp expects permuted
 DTYPES = ("f32", "f16", "bf16")
 DEFAULT_VOCAB_SIZE = 49152  # SmolLM2's vocabulary: only then can the reference GGUF's tokenizer be the same
@@ -44,13 +60,14 @@ LAYER_TENSORS = {
     "self_attn.k_proj.weight": "attn_k.weight", "self_attn.k_proj.bias": "attn_k.bias",
     "self_attn.v_proj.weight": "attn_v.weight", "self_attn.v_proj.bias": "attn_v.bias",
     "self_attn.o_proj.weight": "attn_output.weight", "self_attn.o_proj.bias": "attn_output.bias",
+    "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight",
     "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight", "mlp.gate_proj.bias": "ffn_gate.bias",
     "mlp.up_proj.bias": "ffn_up.bias", "mlp.down_proj.bias": "ffn_down.bias",
 }
 #: Per architecture, the layer biases llama.cpp's loader has no tensor for (a GGUF holding them does not load).
-UNSUPPORTED_BIASES = {"qwen2": ("self_attn.o_proj.bias", "mlp.gate_proj.bias", "mlp.up_proj.bias",
-                                "mlp.down_proj.bias")}
+UNSUPPORTED_BIASES = {arch: ("self_attn.o_proj.bias", "mlp.gate_proj.bias", "mlp.up_proj.bias", "mlp.down_proj.bias")
+                      for arch in ("qwen2", "qwen3")}
 GLOBAL_TENSORS = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
                   "lm_head.weight": "output.weight"}
 
@@ -171,20 +188,36 @@ def _add_tokenizer(writer, tokenizer, n_vocab: int) -> str:
     return "byte-level BPE from the Hugging Face tokenizer"
 
 
+def gguf_arch(adapter, widths) -> str:
+    """The llama.cpp architecture a model is written as, or an :class:`ExportError` (one line) saying why it cannot
+    be: per-layer widths where llama.cpp's loader for the architecture sizes every layer alike, or an architecture
+    whose GGUF layout this exporter does not write."""
+    mt, family = adapter.model_type, adapter.family or adapter.model_type
+    if mt in UNIFORM_ONLY and not is_uniform(widths):
+        raise ExportError(
+            f"GGUF export refused for this {family} model: its layers have different widths, and llama.cpp's "
+            f"'{UNIFORM_ONLY[mt]}' architecture creates every layer's tensors with the first layer's head count and "
+            "feed-forward length, so it cannot hold them (export --format hf keeps them)")
+    if mt in NOT_WRITTEN or mt not in GGUF_ARCH:
+        raise ExportError(f"GGUF export of {family} models is not supported: this exporter writes llama.cpp's "
+                          f"llama, deci, qwen2 and qwen3 layouts, and {family} needs "
+                          f"{NOT_WRITTEN.get(mt, 'its own tensor layout')} (export --format hf instead)")
+    arch = GGUF_ARCH[mt]
+    return "deci" if arch == "llama" and not is_uniform(widths) else arch  # deci: llama.cpp's Llama, per-layer
+
+
 def write_gguf(model: nn.Module, tokenizer, path: str | os.PathLike, dtype: str = "f16", name: str = "") -> dict:
-    """Write ``model`` (llama, mistral or qwen2; any per-layer widths) and its tokenizer as one GGUF file."""
+    """Write ``model`` (llama, mistral or qwen2 with any per-layer widths; qwen3 with uniform widths) and its
+    tokenizer as one GGUF file; other architectures are refused by :func:`gguf_arch`."""
     import gguf
 
     if dtype not in DTYPES:
         raise ExportError(f"GGUF dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
     adapter = adapter_for(model)
     widths = sync_config(model, adapter)
-    arch = GGUF_ARCH[adapter.model_type]
-    if arch == "llama" and not is_uniform(widths):
-        arch = "deci"  # llama.cpp's Llama with per-layer widths
+    arch = gguf_arch(adapter, widths)
     cfg = model.config
-    state = model.state_dict()
-    refused = [n for n in UNSUPPORTED_BIASES.get(arch, ()) if any(k.endswith(n) for k in state)]
+    refused = [n for n in UNSUPPORTED_BIASES.get(arch, ()) if any(k.endswith(n) for k in model.state_dict())]
     if refused:
         raise ExportError(f"llama.cpp's {arch} architecture has no {' or '.join(n.split('.')[1] for n in refused)} "
                           "bias, which this model has (FLAP's bias compensation adds them); export it as hf instead")
@@ -265,8 +298,8 @@ def load_gguf_model(path: str | os.PathLike) -> nn.Module:
     r = gguf.GGUFReader(str(path))
     meta = {k: _field_value(f) for k, f in r.fields.items()}
     arch = meta["general.architecture"]
-    if arch not in ("llama", "deci", "qwen2"):
-        raise ExportError(f"'{path}': architecture '{arch}' is not llama, deci or qwen2")
+    if arch not in ("llama", "deci", "qwen2", "qwen3"):
+        raise ExportError(f"'{path}': architecture '{arch}' is not llama, deci, qwen2 or qwen3")
     n = int(meta[f"{arch}.block_count"])
     tensors = {t.name: torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type).copy()).float()
                .reshape(tuple(int(x) for x in reversed(t.shape))) for t in r.tensors}
@@ -287,12 +320,10 @@ def load_gguf_model(path: str | os.PathLike) -> nn.Module:
         o_proj_bias_per_layer=[f"blk.{i}.attn_output.bias" in tensors for i in range(n)],
         down_proj_bias_per_layer=[f"blk.{i}.ffn_down.bias" in tensors for i in range(n)],
     )
-    if arch in PERMUTED:
-        config, cls = rc.AdaptPrunedLlamaConfig(**fields), rm.AdaptPrunedLlamaForCausalLM
-    else:
-        config, cls = rc.AdaptPrunedQwen2Config(**fields), rm.AdaptPrunedQwen2ForCausalLM
-    with torch.device("meta"):
-        model = cls(config)
+    family = {"llama": "Llama", "deci": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3"}[arch]
+    config = getattr(rc, f"AdaptPruned{family}Config")(**fields)
+    cls = getattr(rm, f"AdaptPruned{family}ForCausalLM")
+    model = empty_model(config, model_cls=cls)
     state = {hf: tensors[g] for hf, g in GLOBAL_TENSORS.items() if g in tensors}
     for i in range(n):
         for hf_name, g_name in LAYER_TENSORS.items():
@@ -303,7 +334,7 @@ def load_gguf_model(path: str | os.PathLike) -> nn.Module:
                 t = unpermute_qk(t, t.shape[0] // head_dim)
             state[f"model.layers.{i}.{hf_name}"] = t
     model.load_state_dict(state, strict=False, assign=True)
-    return finish_meta_model(model, config, f"'{path}'")
+    return finish(model, config, f"'{path}'", ExportError)
 
 
 PROMPTS = ("The capital of France is", "Once upon a time, there was a", "def fibonacci(n):",

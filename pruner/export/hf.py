@@ -14,19 +14,21 @@ import json
 import os
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from torch import nn
 
 from ..adapters import adapter_for
-from ..structure import is_uniform, sync_config
-from .common import ExportError, describe_source, finish_meta_model, model_facts, staging
-from .remote_code.configuration_adapt_pruned import BIAS_FIELDS
+from ..skeleton import OUTPUT_BIAS_LISTS, apply_output_biases, finish, output_bias_lists, skeleton
+from ..structure import LayerWidths, is_uniform, standard_head_counts, sync_config
+from .common import ExportError, describe_source, model_facts, staging
 
 REMOTE_DIR = Path(__file__).parent / "remote_code"
 REMOTE_FILES = ("configuration_adapt_pruned.py", "modeling_adapt_pruned.py")
-FAMILIES = {"llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral"}
+# model_type -> the prefix of its remote-code classes (AdaptPruned<family>Config, ...ForCausalLM)
+FAMILIES = {"llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral", "qwen3": "Qwen3", "gemma2": "Gemma2",
+            "gemma3_text": "Gemma3Text", "phi3": "Phi3", "olmo2": "Olmo2"}
+STOCK_CLASSES = {"gemma3_text": "Gemma3ForCausalLM"}  # where the stock class is not <family>ForCausalLM
 PER_LAYER = {"num_heads": "num_attention_heads_per_layer", "num_kv_heads": "num_key_value_heads_per_layer",
              "intermediate_size": "intermediate_size_per_layer"}
 _DROP = ("transformers_version", "auto_map", "quantization_config", "architectures", "model_type")
@@ -50,28 +52,11 @@ def _plain_config_is_valid(model_type: str, fields: dict) -> bool:
     return True
 
 
-def stock_biases(model_type: str, config: dict) -> tuple[bool, bool]:
-    """Whether the stock config gives o_proj and down_proj a bias (Llama: ``attention_bias`` / ``mlp_bias``)."""
-    if model_type.removeprefix("adapt_pruned_") == "llama":
-        return bool(config.get("attention_bias")), bool(config.get("mlp_bias"))
-    return False, False  # Qwen2 and Mistral: never
-
-
-def _extra_biases(model: nn.Module, adapter, fields: dict) -> dict[str, list[bool]]:
-    """The per-layer o_proj / down_proj bias lists when the stock config cannot express them, else {}."""
-    layers = adapter.layers(model)
-    flags = {BIAS_FIELDS[0]: [adapter.attn_linears(x)["o"].bias is not None for x in layers],
-             BIAS_FIELDS[1]: [adapter.mlp_linears(x)["down"].bias is not None for x in layers]}
-    stock = stock_biases(adapter.model_type, fields)
-    same = all(v == s for (_, values), s in zip(flags.items(), stock, strict=True) for v in values)
-    return {} if same else flags
-
-
 def portable_config(model: nn.Module) -> tuple[dict, bool]:
     """The ``config.json`` of the export and whether it needs the remote code.
 
     Uniform widths give the stock config; per-layer widths (or a uniform width the stock config rejects, e.g.
-    a hidden size that is not a multiple of the head count, or biases it cannot express) give the
+    a hidden size that is not a multiple of the head count, or biases it has no place for) give the
     ``adapt_pruned_<type>`` config.
     """
     from .remote_code import configuration_adapt_pruned as remote
@@ -82,13 +67,16 @@ def portable_config(model: nn.Module) -> tuple[dict, bool]:
     family = FAMILIES[model_type]
     fields = {k: v for k, v in model.config.to_diff_dict().items() if not k.startswith("_") and k not in _DROP}
     fields["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
-    extra = _extra_biases(model, adapter, fields)
-    if is_uniform(widths) and not extra and _plain_config_is_valid(model_type, fields):
-        return {"architectures": [f"{family}ForCausalLM"], "model_type": model_type, **fields}, False
+    if is_uniform(widths) and _plain_config_is_valid(model_type, fields):
+        stock = STOCK_CLASSES.get(model_type, f"{family}ForCausalLM")
+        plain = {"architectures": [stock], "model_type": model_type, **fields}
+        if not _missing_biases(model, plain):
+            return plain, False
     for attr, key in PER_LAYER.items():
         fields[key] = [getattr(w, attr) for w in widths]
-    fields.update(extra)
     cls = getattr(remote, f"AdaptPruned{family}Config")
+    if _missing_biases(model, {"model_type": cls.model_type, **fields}):
+        fields.update(output_bias_lists(model))
     cls(**fields)  # validates the lists before anything is written
     config = {"architectures": [f"AdaptPruned{family}ForCausalLM"], "model_type": cls.model_type,
               "auto_map": _remote_classes(family), **fields}
@@ -96,6 +84,12 @@ def portable_config(model: nn.Module) -> tuple[dict, bool]:
 
 
 # ------------------------------------------------------------------ checking a folder without loading it
+
+
+def _missing_biases(model: nn.Module, config: dict) -> bool:
+    """Whether ``model`` has biases that a model built from ``config`` would not have (FLAP's o / down biases)."""
+    expected = expected_shapes(config)
+    return any(k.endswith(".bias") and k not in expected for k in model.state_dict())
 
 
 def _weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
@@ -115,41 +109,47 @@ def _weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _stock_config(config: dict):
+    """The stock transformers config of an exported ``config.json``, its per-layer widths (None: uniform) and its
+    per-layer o_proj / down_proj bias lists ({}: the stock config's biases)."""
+    from transformers import AutoConfig
+
+    model_type = str(config.get("model_type", "")).removeprefix("adapt_pruned_")
+    if model_type not in FAMILIES:
+        raise ExportError(f"model_type {config.get('model_type')!r} is not one this project exports "
+                          f"({', '.join(FAMILIES)})")
+    lists = {k: config[k] for k in PER_LAYER.values() if k in config}
+    biases = {k: config[k] for k in OUTPUT_BIAS_LISTS.values() if config.get(k) is not None}
+    fields = {k: v for k, v in config.items()
+              if k not in _DROP and k not in lists and k not in OUTPUT_BIAS_LISTS.values() and not k.startswith("_")}
+    if lists and not _plain_config_is_valid(model_type, fields):
+        # the stock config refuses the widest layer's head count; any valid pair will do, the lists decide
+        n_rep = fields["num_attention_heads"] // fields["num_key_value_heads"]
+        heads, kv = standard_head_counts(fields["hidden_size"], fields["head_dim"], n_rep)
+        fields.update(num_attention_heads=heads, num_key_value_heads=kv)
+    try:
+        stock = AutoConfig.for_model(model_type, **fields)
+    except Exception as exc:  # huggingface_hub's strict-dataclass errors are not ValueErrors
+        raise ExportError(f"its config cannot be expressed as a stock {model_type} config: {exc}") from exc
+    if not lists:
+        return stock, None, biases
+    widths = [LayerWidths(*w) for w in zip(*(lists[PER_LAYER[a]] for a in ("num_heads", "num_kv_heads",
+                                                                           "intermediate_size")), strict=True)]
+    return stock, widths, biases
+
+
 def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
-    """Every weight a Llama / Qwen2 / Mistral folder must hold, with its shape, from its ``config.json``."""
-    n = config["num_hidden_layers"]
-    hidden, vocab = config["hidden_size"], config["vocab_size"]
-    head_dim = config.get("head_dim") or hidden // config["num_attention_heads"]
-    kv_default = config.get("num_key_value_heads") or config["num_attention_heads"]
-    heads = config.get(PER_LAYER["num_heads"]) or [config["num_attention_heads"]] * n
-    kv = config.get(PER_LAYER["num_kv_heads"]) or [kv_default] * n
-    ffn = config.get(PER_LAYER["intermediate_size"]) or [config["intermediate_size"]] * n
-    qkv_bias = "qwen2" in config["model_type"] or bool(config.get("attention_bias"))
-    mlp_bias = bool(config.get("mlp_bias"))
-    o_stock, down_stock = stock_biases(config["model_type"], config)
-    o_bias = config.get(BIAS_FIELDS[0]) or [o_stock] * n
-    down_bias = config.get(BIAS_FIELDS[1]) or [down_stock] * n
-    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
-    if not config.get("tie_word_embeddings", False):
-        shapes["lm_head.weight"] = (vocab, hidden)
-    for i, (h, k, f) in enumerate(zip(heads, kv, ffn, strict=True)):
-        p = f"model.layers.{i}."
-        shapes.update({
-            p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,),
-            p + "self_attn.q_proj.weight": (h * head_dim, hidden), p + "self_attn.k_proj.weight": (k * head_dim, hidden),
-            p + "self_attn.v_proj.weight": (k * head_dim, hidden), p + "self_attn.o_proj.weight": (hidden, h * head_dim),
-            p + "mlp.gate_proj.weight": (f, hidden), p + "mlp.up_proj.weight": (f, hidden),
-            p + "mlp.down_proj.weight": (hidden, f),
-        })
-        if qkv_bias:
-            shapes.update({p + "self_attn.q_proj.bias": (h * head_dim,), p + "self_attn.k_proj.bias": (k * head_dim,),
-                           p + "self_attn.v_proj.bias": (k * head_dim,)})
-        if o_bias[i]:
-            shapes[p + "self_attn.o_proj.bias"] = (hidden,)
-        if mlp_bias:
-            shapes.update({p + "mlp.gate_proj.bias": (f,), p + "mlp.up_proj.bias": (f,)})
-        if down_bias[i]:
-            shapes[p + "mlp.down_proj.bias"] = (hidden,)
+    """Every weight an exported folder must hold, with its shape, from its ``config.json``: the shapes of an empty
+    model of the stock architecture with the per-layer widths applied (parameters on ``meta``, nothing read)."""
+    stock, widths, biases = _stock_config(config)
+    if widths is not None and len(widths) != stock.num_hidden_layers:
+        raise ExportError(f"{len(widths)} per-layer widths for {stock.num_hidden_layers} layers")
+    if any(len(v) != stock.num_hidden_layers for v in biases.values()):
+        raise ExportError(f"per-layer bias lists for other than {stock.num_hidden_layers} layers")
+    model = apply_output_biases(skeleton(stock, widths), biases)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if getattr(stock, "tie_word_embeddings", False):
+        shapes.pop("lm_head.weight", None)
     return shapes
 
 
@@ -165,8 +165,8 @@ def check_folder(folder: str | os.PathLike) -> dict:
         raise ExportError(f"'{folder}' has no readable config.json: {exc}") from exc
     try:
         expected = expected_shapes(config)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ExportError(f"'{folder}/config.json' does not describe a Llama/Qwen2/Mistral model: {exc!r}") from exc
+    except (KeyError, TypeError, ValueError, ExportError) as exc:
+        raise ExportError(f"'{folder}/config.json' does not describe a model this project exports: {exc}") from exc
     found = {k: v for k, v in _weight_shapes(folder).items() if not k.endswith("rotary_emb.inv_freq")}
     tied = config.get("tie_word_embeddings", False)
     missing = [k for k in expected if k not in found]
@@ -258,37 +258,20 @@ def load_exported(folder: str | os.PathLike, dtype: torch.dtype = torch.float32)
     first; returns ``(model, tokenizer)``.
     """
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from .remote_code.modeling_adapt_pruned import apply_layer_widths
+    from transformers import AutoTokenizer
 
     folder = Path(folder)
     config = check_folder(folder)
-    model_type = str(config.get("model_type", "")).removeprefix("adapt_pruned_")
-    if model_type not in FAMILIES:
-        raise ExportError(f"'{folder}': model_type {config.get('model_type')!r} is not an export of this project")
-    lists = {k: config[k] for k in (*PER_LAYER.values(), *BIAS_FIELDS) if k in config}
-    fields = {k: v for k, v in config.items() if k not in _DROP and k not in lists}
-    skeleton = dict(fields)
-    if PER_LAYER["num_heads"] in lists and fields.get("head_dim"):
-        # the layers get their own widths below: build the skeleton with the unpruned head counts, which a stock
-        # config always accepts (the widest pruned layer's count need not divide the hidden size)
-        heads = fields["hidden_size"] // fields["head_dim"]
-        n_rep = lists[PER_LAYER["num_heads"]][0] // lists[PER_LAYER["num_kv_heads"]][0]
-        skeleton.update(num_attention_heads=heads, num_key_value_heads=max(1, heads // n_rep))
     try:
-        stock = AutoConfig.for_model(model_type, **skeleton)
-    except Exception as exc:  # huggingface_hub's strict-dataclass errors are not ValueErrors
-        raise ExportError(f"'{folder}': its config cannot be expressed as a stock {model_type} config: {exc}") from exc
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(stock, dtype=dtype)
-    if lists:
-        apply_layer_widths(model.model, SimpleNamespace(**fields, **lists))
+        stock, widths, biases = _stock_config(config)
+    except ExportError as exc:
+        raise ExportError(f"'{folder}': {exc}") from exc
+    model = apply_output_biases(skeleton(stock, widths, dtype), biases)
     state = {}
     for f in sorted(folder.glob("*.safetensors")):
         state.update(load_file(str(f)))
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True)
-    finish_meta_model(model, stock, f"'{folder}'")
+    finish(model, stock, f"'{folder}'", ExportError)
     sync_config(model)
     tok = AutoTokenizer.from_pretrained(folder) if (folder / "tokenizer_config.json").is_file() else None
     return model, tok

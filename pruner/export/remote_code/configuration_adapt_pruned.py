@@ -8,7 +8,16 @@ file and ``modeling_adapt_pruned.py`` need only torch and transformers.
 """
 
 from huggingface_hub.dataclasses import strict
-from transformers import LlamaConfig, MistralConfig, Qwen2Config
+from transformers import (
+    Gemma2Config,
+    Gemma3TextConfig,
+    LlamaConfig,
+    MistralConfig,
+    Olmo2Config,
+    Phi3Config,
+    Qwen2Config,
+    Qwen3Config,
+)
 
 PER_LAYER_FIELDS = ("num_attention_heads_per_layer", "num_key_value_heads_per_layer", "intermediate_size_per_layer")
 BIAS_FIELDS = ("o_proj_bias_per_layer", "down_proj_bias_per_layer")
@@ -28,7 +37,7 @@ def check_per_layer_widths(config) -> None:
     for i, (h, kv) in enumerate(zip(heads, kv_heads, strict=True)):
         if h % kv:
             raise ValueError(f"layer {i}: {h} query heads is not a multiple of {kv} key/value heads")
-    if config.head_dim is None:
+    if getattr(config, "head_dim", None) is None:
         raise ValueError("head_dim must be given explicitly (it cannot be derived from per-layer head counts)")
     for name in BIAS_FIELDS:
         values = getattr(config, name, None)
@@ -36,8 +45,41 @@ def check_per_layer_widths(config) -> None:
             raise ValueError(f"{name} has {len(values)} entries but num_hidden_layers is {config.num_hidden_layers}")
 
 
+class LayerConfig:
+    """One decoder layer's view of the model config: its own widths, everything else read from the model's config
+    as it is now (a later change, e.g. of the attention implementation, reaches every layer). For attention that
+    reads a width from its config at run time (Phi-3 slices its fused qkv output at ``num_attention_heads``)."""
+
+    def __init__(self, base, **own):
+        self.__dict__["_base"] = base
+        self.__dict__["_own"] = dict(own)
+
+    def __getattr__(self, name):
+        state = self.__dict__
+        if name.startswith("__") or "_own" not in state:
+            raise AttributeError(name)
+        return state["_own"][name] if name in state["_own"] else getattr(state["_base"], name)
+
+    def __setattr__(self, name, value):
+        if name in self._own:
+            self._own[name] = value
+        else:
+            setattr(self._base, name, value)
+
+    def __repr__(self):
+        return f"LayerConfig({type(self._base).__name__}, {self._own})"
+
+
+class _PerLayer:
+    """validate_architecture of every per-layer config: head_dim is explicit, so hidden_size need not be a
+    multiple of the (widest) head count; the lists are checked instead."""
+
+    def validate_architecture(self):
+        check_per_layer_widths(self)
+
+
 @strict
-class AdaptPrunedLlamaConfig(LlamaConfig):
+class AdaptPrunedLlamaConfig(_PerLayer, LlamaConfig):
     model_type = "adapt_pruned_llama"
     num_attention_heads_per_layer: list[int] | None = None
     num_key_value_heads_per_layer: list[int] | None = None
@@ -45,13 +87,9 @@ class AdaptPrunedLlamaConfig(LlamaConfig):
     o_proj_bias_per_layer: list[bool] | None = None
     down_proj_bias_per_layer: list[bool] | None = None
 
-    def validate_architecture(self):
-        # head_dim is explicit, so hidden_size need not be a multiple of the (widest) head count
-        check_per_layer_widths(self)
-
 
 @strict
-class AdaptPrunedQwen2Config(Qwen2Config):
+class AdaptPrunedQwen2Config(_PerLayer, Qwen2Config):
     model_type = "adapt_pruned_qwen2"
     num_attention_heads_per_layer: list[int] | None = None
     num_key_value_heads_per_layer: list[int] | None = None
@@ -59,12 +97,9 @@ class AdaptPrunedQwen2Config(Qwen2Config):
     o_proj_bias_per_layer: list[bool] | None = None
     down_proj_bias_per_layer: list[bool] | None = None
 
-    def validate_architecture(self):
-        check_per_layer_widths(self)
-
 
 @strict
-class AdaptPrunedMistralConfig(MistralConfig):
+class AdaptPrunedMistralConfig(_PerLayer, MistralConfig):
     model_type = "adapt_pruned_mistral"
     num_attention_heads_per_layer: list[int] | None = None
     num_key_value_heads_per_layer: list[int] | None = None
@@ -72,5 +107,54 @@ class AdaptPrunedMistralConfig(MistralConfig):
     o_proj_bias_per_layer: list[bool] | None = None
     down_proj_bias_per_layer: list[bool] | None = None
 
-    def validate_architecture(self):
-        check_per_layer_widths(self)
+
+@strict
+class AdaptPrunedQwen3Config(_PerLayer, Qwen3Config):
+    model_type = "adapt_pruned_qwen3"
+    num_attention_heads_per_layer: list[int] | None = None
+    num_key_value_heads_per_layer: list[int] | None = None
+    intermediate_size_per_layer: list[int] | None = None
+    o_proj_bias_per_layer: list[bool] | None = None
+    down_proj_bias_per_layer: list[bool] | None = None
+
+
+@strict
+class AdaptPrunedGemma2Config(_PerLayer, Gemma2Config):
+    model_type = "adapt_pruned_gemma2"
+    num_attention_heads_per_layer: list[int] | None = None
+    num_key_value_heads_per_layer: list[int] | None = None
+    intermediate_size_per_layer: list[int] | None = None
+    o_proj_bias_per_layer: list[bool] | None = None
+    down_proj_bias_per_layer: list[bool] | None = None
+
+
+@strict
+class AdaptPrunedGemma3TextConfig(_PerLayer, Gemma3TextConfig):
+    model_type = "adapt_pruned_gemma3_text"
+    num_attention_heads_per_layer: list[int] | None = None
+    num_key_value_heads_per_layer: list[int] | None = None
+    intermediate_size_per_layer: list[int] | None = None
+    o_proj_bias_per_layer: list[bool] | None = None
+    down_proj_bias_per_layer: list[bool] | None = None
+
+
+@strict
+class AdaptPrunedPhi3Config(_PerLayer, Phi3Config):
+    model_type = "adapt_pruned_phi3"
+    head_dim: int | None = None  # the stock config derives it from hidden_size / num_attention_heads
+    num_attention_heads_per_layer: list[int] | None = None
+    num_key_value_heads_per_layer: list[int] | None = None
+    intermediate_size_per_layer: list[int] | None = None
+    o_proj_bias_per_layer: list[bool] | None = None
+    down_proj_bias_per_layer: list[bool] | None = None
+
+
+@strict
+class AdaptPrunedOlmo2Config(_PerLayer, Olmo2Config):
+    model_type = "adapt_pruned_olmo2"
+    head_dim: int | None = None  # the stock config derives it from hidden_size / num_attention_heads
+    num_attention_heads_per_layer: list[int] | None = None
+    num_key_value_heads_per_layer: list[int] | None = None
+    intermediate_size_per_layer: list[int] | None = None
+    o_proj_bias_per_layer: list[bool] | None = None
+    down_proj_bias_per_layer: list[bool] | None = None
