@@ -7,7 +7,7 @@ The public API, usable from scripts and notebooks::
 
 from .adapters import SUPPORTED, adapter_for
 from .allocation import Allocation, allocate_sparsity, plan_widths, sparsity_of
-from .config import ATTENTION_POLICIES, CRITERIA, METHODS, PruneConfig
+from .config import ATTENTION_POLICIES, CRITERIA, METHOD_SPECS, METHODS, PruneConfig
 from .data import CORPORA, calibration_windows, load_text
 from .errors import (
     AllocationError,
@@ -29,7 +29,7 @@ __all__ = [
     "PrunerError", "ConfigError", "UnsupportedArchitectureError", "AllocationError", "DataError", "ModelLoadError",
     "Cancelled",
     "SUPPORTED", "adapter_for",
-    "METHODS", "CRITERIA", "ATTENTION_POLICIES", "PruneConfig",
+    "METHODS", "METHOD_SPECS", "CRITERIA", "ATTENTION_POLICIES", "PruneConfig",
     "Allocation", "allocate_sparsity", "plan_widths", "sparsity_of",
     "Planner", "PlannedStep", "Schedule", "target_tolerance",
     "CORPORA", "calibration_windows", "load_text",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .config import PruneConfig
+from .config import INCREMENTAL_METHODS, PruneConfig
 from .errors import AllocationError, ConfigError
 from .train import TrainConfig, TrainState
 
@@ -49,6 +49,9 @@ class AccelConfig:
             raise ConfigError(f"Adapt-Accel trains between its pruning stages, so it needs a positive token budget "
                               f"(got {tokens:,}); to prune without training use `adapt-pruner prune`")
         PruneConfig(target=self.target)  # the target is checked exactly as prune checks it
+        if self.prune.method not in INCREMENTAL_METHODS:
+            raise ConfigError(f"Adapt-Accel prunes with the incremental rule ({', '.join(INCREMENTAL_METHODS)}); "
+                              f"'{self.prune.method}' is a one-shot baseline: prune with it, then train")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -148,6 +148,8 @@ class Adapter:
         axis. Output biases of o/down are not a unit's and are left out."""
         w, b, u = {}, {}, {}
         for p in self.projections:
+            if p.path not in e:  # a criterion that scores only some parts (FLAP's metrics: o and down)
+                continue
             if p.cols:
                 w[p.cols] = e[p.path].sum(0)
                 continue

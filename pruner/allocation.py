@@ -23,7 +23,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from .config import METHODS
+from .config import INCREMENTAL_METHODS
 from .errors import AllocationError
 from .structure import Geometry, LayerWidths
 
@@ -67,8 +67,8 @@ def allocate_sparsity(
     (move every layer toward the user's final sparsities ``custom`` so that the mean grows by ``step``).
     """
     n = len(current)
-    if method not in METHODS:
-        raise AllocationError(f"Unknown allocation method '{method}': use one of {', '.join(METHODS)}")
+    if method not in INCREMENTAL_METHODS:
+        raise AllocationError(f"Unknown allocation method '{method}': use one of {', '.join(INCREMENTAL_METHODS)}")
     if not 0 < max_sparsity < 1:
         raise AllocationError(f"s_max must lie in (0, 1), got {max_sparsity}")
     if step < 0:
@@ -99,6 +99,23 @@ def allocate_sparsity(
             v, _ = s, held.append(li)
         out.append(v)
     return Allocation(out, requested, lo, hi, held)
+
+
+def allocate_window(current: Sequence[float], window: tuple[int, int], ratio: float,
+                    max_sparsity: float = 0.99) -> Allocation:
+    """One ratio for the layers inside ``window = [start, end)``, the others untouched (LLM-Pruner's block-wise
+    pruning; the window over every layer is Wanda-sp's uniform ratio). Removed units cannot grow back ("held")."""
+    a, b = window
+    requested = [ratio if a <= li < b else s for li, s in enumerate(current)]
+    out, hi, held = [], [], []
+    for li, (r, s) in enumerate(zip(requested, current, strict=True)):
+        v = r
+        if v > max_sparsity:
+            v, _ = max_sparsity, hi.append(li)
+        if v < s:
+            v, _ = s, held.append(li)
+        out.append(v)
+    return Allocation(out, requested, [], hi, held)
 
 
 def plan_widths(

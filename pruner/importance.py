@@ -9,6 +9,13 @@
     the unit, summed over the coupled modules; L is the causal-LM loss on the calibration batch.
   - ``magnitude``: ``Σ |W|`` over the unit's weights (L1).
   - ``activation`` (Wanda-style): ``Σ |W_ij| · ||X_j||₂`` with X the input activations of each module.
+  - ``fluctuation`` (FLAP's WIFV): ``Var_t(X_j) · ||W_{:,j}||²`` for the input channels j of o_proj and
+    down_proj only, summed per unit; the per-channel metrics and input means are kept for FLAP's planner and
+    its bias compensation (``Importance.stats``).
+  - ``wanda-sp`` (structured Wanda, as in FLAP's code): ``Σ_i |W_ij| · ||X_j||₂`` over the input channels j of
+    o_proj and down_proj only, summed per unit.
+
+``criterion=None`` measures the layer cosines only (one forward pass; ShortGPT needs nothing else).
 
 The forward hooks that collect layer cosines (and activation norms) ride on the same forward pass whose loss
 is back-propagated for Taylor scores, so measuring everything costs one forward+backward. Gradients are only
@@ -40,13 +47,14 @@ class Importance:
     layer_cos: list[float]
     layer_importance: list[float]
     layer_importance_norm: list[float]
-    group_scores: list[torch.Tensor] = field(repr=False)  # per layer: [num_kv_heads]
-    channel_scores: list[torch.Tensor] = field(repr=False)  # per layer: [intermediate_size]
-    criterion: str = "taylor"
+    group_scores: list[torch.Tensor] | None = field(repr=False)  # per layer: [num_kv_heads]; None: layers only
+    channel_scores: list[torch.Tensor] | None = field(repr=False)  # per layer: [intermediate_size]
+    criterion: str | None = "taylor"
     tokens: int = 0
     loss: float | None = None
     seconds: float = 0.0
     memory: dict | None = None  # peak memory of the pass and what it is made of (see measure_importance)
+    stats: list[dict] | None = field(default=None, repr=False)  # per layer, criterion-specific (fluctuation)
 
 
 def normalise_importance(values: list[float]) -> list[float]:
@@ -74,9 +82,9 @@ def _unit_scores_from_elementwise(
     into KV-group and channel scores, through the adapter's logical view (a fused matrix's rows split by role)."""
     n_kv = width.num_kv_heads
     sizes = role_sizes(width.num_heads, n_kv, width.intermediate_size, geo.head_dim)
-    w, b, u = adapter.role_scores(e, eb, sizes)
-    groups = sum(w[role].view(n_kv, -1).sum(1) for role in GROUP_ROLES)
-    channels = w["gate"] + w["up"] + w["down"]
+    w, b, u = adapter.role_scores(e, eb, sizes)  # a part a criterion does not score contributes nothing
+    groups = sum(w[role].view(n_kv, -1).sum(1) for role in GROUP_ROLES if role in w)
+    channels = sum(w[role] for role in ("gate", "up", "down") if role in w)
     for extra in (b, u):  # biases, then unit-vector entries, each on the rows they follow
         for role, t in extra.items():
             if role in GROUP_ROLES:
@@ -111,6 +119,10 @@ class Criterion:
 
     def elementwise(self, li: int, parts: dict) -> tuple[dict, dict]:
         raise NotImplementedError
+
+    def layer_stats(self, li: int, parts: dict) -> dict | None:
+        """Per-layer statistics a method needs beyond the unit scores (None: nothing)."""
+        return None
 
 
 class Taylor(Criterion):
@@ -168,7 +180,89 @@ class Activation(Criterion):
         return e, {}
 
 
-CRITERION_CLASSES: dict[str, type[Criterion]] = {c.name: c for c in (Taylor, Magnitude, Activation)}
+class _OutputInputs(Criterion):
+    """Base of the criteria that read only the inputs of o_proj and down_proj (FLAP's metrics): one forward
+    pre-hook per module, ``self._add((layer, role), x)`` for every input ``x [tokens, features]`` in float32."""
+
+    ROLES = ("o", "down")
+
+    def attach(self, layers, adapter) -> list:
+        self.paths = {role: adapter.proj_for(role).path for role in self.ROLES}
+
+        def hook(key):
+            def fn(module, args):
+                x = args[0].detach().float()
+                self._add(key, x.reshape(-1, x.shape[-1]))
+
+            return fn
+
+        return [adapter.part(layer, self.paths[role]).register_forward_pre_hook(hook((li, role)))
+                for li, layer in enumerate(layers) for role in self.ROLES]
+
+    def _add(self, key, x) -> None:
+        raise NotImplementedError
+
+
+class WandaSP(_OutputInputs):
+    """Structured Wanda as in FLAP's ``prune_wanda_sp``: |W_ij| · ‖X_j‖₂ over the input channels j of o_proj and
+    down_proj only (a KV group sums its query heads' columns, a channel its down_proj column). The released code
+    averages over the rows and uses the root-mean-square over samples: a constant factor, the same ranking."""
+
+    name = "wanda-sp"
+
+    def __init__(self):
+        self.sq: dict[tuple[int, str], torch.Tensor] = {}
+
+    def _add(self, key, x):
+        self.sq[key] = self.sq.get(key, 0) + x.pow(2).sum(0)
+
+    def elementwise(self, li, parts):
+        return {self.paths[r]: parts[self.paths[r]].weight.float().abs() * self.sq[(li, r)].sqrt()[None, :]
+                for r in self.ROLES}, {}
+
+
+class Fluctuation(_OutputInputs):
+    """FLAP's fluctuation metric WIFV: the sample variance over the calibration tokens of every input channel j of
+    o_proj and down_proj times the squared norm of weight column j (``Var_t(X_j) · ‖W_{:,j}‖²``), summed per unit.
+    Variances and means are merged batch by batch (Chan et al.'s pairwise update, float32-safe)."""
+
+    name = "fluctuation"
+
+    def __init__(self):
+        self.n: dict[tuple[int, str], int] = {}
+        self.mean: dict[tuple[int, str], torch.Tensor] = {}
+        self.m2: dict[tuple[int, str], torch.Tensor] = {}
+
+    def _add(self, key, x):
+        nb, mb = x.shape[0], x.mean(0)
+        m2b = (x - mb).pow(2).sum(0)
+        if key not in self.n:
+            self.n[key], self.mean[key], self.m2[key] = nb, mb, m2b
+            return
+        n, delta = self.n[key], mb - self.mean[key]
+        tot = n + nb
+        self.mean[key] = self.mean[key] + delta * (nb / tot)
+        self.m2[key] = self.m2[key] + m2b + delta.pow(2) * (n * nb / tot)
+        self.n[key] = tot
+
+    def _var(self, li: int, role: str) -> torch.Tensor:
+        return self.m2[(li, role)] / max(self.n[(li, role)] - 1, 1)
+
+    def elementwise(self, li, parts):
+        return {self.paths[r]: parts[self.paths[r]].weight.float().pow(2) * self._var(li, r)[None, :]
+                for r in self.ROLES}, {}
+
+    def layer_stats(self, li, parts):
+        def metric(role):  # WIFV of every input channel, float64 on the CPU
+            w = parts[self.paths[role]].weight.detach().double()
+            return (self._var(li, role).double() * w.pow(2).sum(0)).cpu()
+
+        return {"o_metric": metric("o"), "down_metric": metric("down"),
+                "o_mean": self.mean[(li, "o")].double().cpu(), "down_mean": self.mean[(li, "down")].double().cpu()}
+
+
+CRITERION_CLASSES: dict[str, type[Criterion]] = {c.name: c for c in (Taylor, Magnitude, Activation, Fluctuation,
+                                                                   WandaSP)}
 assert tuple(CRITERION_CLASSES) == CRITERIA
 
 
@@ -222,53 +316,62 @@ def _gradients_only_for(model: nn.Module, params: list[nn.Parameter]):
 def measure_importance(
     model: nn.Module,
     windows: torch.Tensor,
-    criterion: str = "taylor",
+    criterion: str | None = "taylor",
     batch_size: int = 8,
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Importance:
-    """Measure layer importance and unit importance on calibration windows ``[n, T]``.
+    """Measure layer importance and unit importance on calibration windows ``[n, T]`` (``criterion=None``: the
+    layer importance only, one forward pass, no unit scores).
 
     Leaves weights, ``requires_grad`` flags and ``.grad`` exactly as they were (grads are freed afterwards).
     """
-    crit = criterion_for(criterion)
+    crit = criterion_for(criterion) if criterion is not None else None
     if windows.ndim != 2 or windows.shape[0] == 0 or windows.shape[1] < 2:
         raise ConfigError("Calibration windows must be a non-empty [n_windows, window_length ≥ 2] tensor")
     adapter = adapter_for(model)
-    geo = geometry(model, adapter)
     layers = adapter.layers(model)
     t0 = time.perf_counter()
     cosines = _LayerCosines(layers)
-    handles = cosines.handles + crit.attach(layers, adapter)
+    handles = cosines.handles + (crit.attach(layers, adapter) if crit is not None else [])
+    needs_grad = crit is not None and crit.needs_grad
     prunable = [p for layer in layers for part in adapter.parts(layer).values()
                 for p in (part.parameters() if isinstance(part, nn.Module) else [part])]
     tame_allocator()
     touch_weights(model)
     watch = MemoryWatch(next(model.parameters()).device)
     try:
-        with _gradients_only_for(model, prunable if crit.needs_grad else []), watch:
+        with _gradients_only_for(model, prunable if needs_grad else []), watch:
             try:
-                with checkpointed(layers) if crit.needs_grad else contextlib.nullcontext():
-                    n_tok, loss = _forward_backward(model, windows, batch_size, crit.needs_grad, should_stop,
-                                                    progress)
+                with checkpointed(layers) if needs_grad else contextlib.nullcontext():
+                    n_tok, loss = _forward_backward(model, windows, batch_size, needs_grad, should_stop, progress)
             except (torch.OutOfMemoryError, MemoryError) as exc:
                 raise ResourceError(out_of_memory("measuring importance", windows, batch_size, model)) from exc
-            group_scores, channel_scores = [], []
-            with torch.no_grad():
-                for li, layer in enumerate(layers):
-                    e, eb = crit.elementwise(li, adapter.parts(layer))
-                    g, c = _unit_scores_from_elementwise(geo, adapter, layer_widths_of(layer, adapter, geo), e, eb)
-                    group_scores.append(g)
-                    channel_scores.append(c)
+            units = _unit_scores(model, adapter, crit) if crit is not None else (None, None, None)
     finally:
         for h in handles:
             h.remove()
     cos = (cosines.sum / max(n_tok, 1)).tolist()
     imp = [-c for c in cos]
     return Importance(layer_cos=cos, layer_importance=imp, layer_importance_norm=normalise_importance(imp),
-                      group_scores=group_scores, channel_scores=channel_scores, criterion=criterion, tokens=n_tok,
-                      loss=loss, seconds=time.perf_counter() - t0,
-                      memory=_memory_report(model, watch, prunable if crit.needs_grad else [], windows, batch_size))
+                      group_scores=units[0], channel_scores=units[1], criterion=criterion, tokens=n_tok,
+                      loss=loss, seconds=time.perf_counter() - t0, stats=units[2],
+                      memory=_memory_report(model, watch, prunable if needs_grad else [], windows, batch_size))
+
+
+@torch.no_grad()
+def _unit_scores(model, adapter, crit: Criterion) -> tuple[list, list, list | None]:
+    """Per layer: KV-group scores, channel scores and the criterion's statistics (None when it keeps none)."""
+    geo = geometry(model, adapter)
+    groups, channels, stats = [], [], []
+    for li, layer in enumerate(adapter.layers(model)):
+        parts = adapter.parts(layer)
+        e, eb = crit.elementwise(li, parts)
+        g, c = _unit_scores_from_elementwise(geo, adapter, layer_widths_of(layer, adapter, geo), e, eb)
+        groups.append(g)
+        channels.append(c)
+        stats.append(crit.layer_stats(li, parts))
+    return groups, channels, (stats if any(st is not None for st in stats) else None)
 
 
 def _memory_report(model: nn.Module, watch: MemoryWatch, scored: list, windows: torch.Tensor, batch: int) -> dict:

@@ -5,7 +5,8 @@ Saved-folder format (no pickle anywhere)::
     model.safetensors        weights (tied embeddings stored once)
     config.json              the transformers config; global widths = the widest layer (uniform → exact)
     pruned_widths.json       {"format": "adapt-pruner/1", "layers": [{num_heads, num_kv_heads, intermediate_size}],
-                              "origin": {...}}: enough to rebuild every layer's shapes
+                              "biases": [[paths of the projections with a bias] per layer], "origin": {...}}:
+                              enough to rebuild every layer's shapes (FLAP's o_proj / down_proj biases included)
     pruning_record.json      the run's record, when given
     tokenizer files
 
@@ -41,7 +42,7 @@ from .formats import (
 from .outputs import check_output_folder, replace_folder
 from .shipped import SHIPPED, is_fetched, not_fetched_error
 from .shipped import model_dir as shipped_dir
-from .skeleton import finish, skeleton
+from .skeleton import finish, layer_biases, skeleton
 from .structure import (
     ORIGIN_ATTR,
     LayerWidths,
@@ -281,6 +282,7 @@ def save_pruned(model: nn.Module, tokenizer, out_dir, record=None, overwrite: bo
             "model_type": adapter.model_type,
             "uniform": is_uniform(widths),
             "layers": [w.to_dict() for w in widths],
+            "biases": layer_biases(model),
             "params": count_parameters(model, adapter),
             "origin": origin_of(model).to_dict(),
         }
@@ -342,7 +344,10 @@ def load_pruned(folder, device=None, dtype=None):
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise ModelLoadError(f"'{folder}' has no model.safetensors")
-    model = skeleton(config, widths, dt)  # parameters on meta, each layer with its recorded widths
+    biases = meta.get("biases")  # folders saved before FLAP: the config's biases
+    if biases is not None and len(biases) != len(widths):
+        raise ModelLoadError(f"'{folder}': {WIDTHS_FILE} lists biases for {len(biases)} of {len(widths)} layers")
+    model = skeleton(config, widths, dt, biases)  # parameters on meta, each layer with its recorded widths
     try:
         with safe_open(str(weights), framework="pt", device="cpu") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}

@@ -27,8 +27,9 @@ import torch
 from torch import nn
 
 from .adapters import adapter_for
-from .config import PruneConfig
+from .config import PruneConfig, method_spec
 from .data import calibration_windows
+from .depth import build_layer_removal
 from .errors import AllocationError, Cancelled
 from .importance import Importance, measure_importance
 from .memory import peak_memory
@@ -69,6 +70,10 @@ class StepRecord:
     seconds_surgery: float
     calibration_tokens: int
     importance_memory: dict | None = None  # the importance pass's peak memory and its ratio to the weights
+    method: str = "adaptive"
+    decision: dict = field(default_factory=dict)  # what the method measured and decided (docs/methods.md)
+    removed_layers: list[int] = field(default_factory=list)  # depth pruning: indices before the step
+    removed_original_layers: list[int] = field(default_factory=list)  # the same layers in the original model
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -117,10 +122,7 @@ class Pruner:
         self.origin = origin_of(model)
         self.keep_history = keep_history
         self._history: list[tuple[dict, list[float], Origin, StepRecord, tuple | None]] = []
-        counts = count_parameters(model, self.adapter)
-        # embeddings, lm_head and norms: untouched by pruning, so counted once
-        self.fixed_params = counts["total"] - sum(self.geo.layer_prunable_params(w) for w in self.widths())
-        self.planner = self._planner(self.config)
+        self._refresh()
         self.sparsity = self.planner.actual_sparsity(self.widths())
         # the last measurement and the scores of the units that survived its sub-step: reused by the next
         # sub-steps when config.remeasure is False, and by preview(measure=False) as an estimate
@@ -130,6 +132,13 @@ class Pruner:
     # ------------------------------------------------------------------ setup
     def _planner(self, config: PruneConfig) -> Planner:
         return Planner(self.geo, self.origin.widths, self.fixed_params, config, self.origin.params["total"])
+
+    def _refresh(self) -> None:
+        """Re-read the shape facts after a change of the model (new biases, fewer layers) and re-plan with them."""
+        self.geo = geometry(self.model, self.adapter)
+        # embeddings, lm_head and the final norm: outside the decoder layers, untouched by pruning
+        self.fixed_params = self.params_total() - sum(self.geo.layer_params(w) for w in self.widths())
+        self.planner = self._planner(self.config)
 
     def configure(self, config: PruneConfig, calibration_text: str | None = None) -> None:
         """Replace the settings for the next sub-steps (validated first; nothing changes on error)."""
@@ -171,10 +180,12 @@ class Pruner:
                                    text=self.calibration_text)
 
     def measure(self, step_index: int | None = None, should_stop: Callable[[], bool] | None = None) -> Importance:
-        """Measure layer and unit importance on the calibration sample of a step (no change to the model)."""
+        """Measure layer and unit importance on the calibration sample of a step (no change to the model); a depth
+        method (ShortGPT) measures the layers only."""
         idx = len(self.record.steps) if step_index is None else step_index
         windows = self.calibration(idx)
-        return measure_importance(self.model, windows, self.config.criterion, self.config.batch_size, should_stop)
+        criterion = None if method_spec(self.config.method).widths == "depth" else self.config.criterion
+        return measure_importance(self.model, windows, criterion, self.config.batch_size, should_stop)
 
     @property
     def _held(self) -> tuple[Importance, UnitScores] | None:
@@ -240,25 +251,20 @@ class Pruner:
             planned = self.planner.next_step(self.sparsity, widths_now, scores, self.target_params(), index)
         else:
             planned = self.planner.plan(self.sparsity, widths_now, scores, fraction, index)
-        if planned.widths == widths_now:
+        if planned.widths == widths_now and not planned.remove_layers:
             raise AllocationError(
                 "This step would remove nothing: every layer is at its floor, its s_max or already at its "
                 "allocation. " + " ".join(planned.allocation.notes()))
         if should_stop is not None and should_stop():
             raise Cancelled("cancelled before the cut")
-        cuts = {li: LayerCut(planned.keep_groups[li], planned.keep_channels[li])
-                for li, (w, now) in enumerate(zip(planned.widths, widths_now, strict=True)) if w != now}
-        patch = build_cut(self.model, cuts, self.adapter)  # may fail: nothing changed yet
-        old_origin = Origin(list(self.origin.widths), dict(self.origin.params),
-                            [list(g) for g in self.origin.kept_groups], [list(c) for c in self.origin.kept_channels])
-        old = (list(self.sparsity), self._last)
+        patch, new_origin, held = self._build(planned, scores, widths_now)  # may fail: nothing changed yet
+        old_origin, old = self.origin.copy(), (list(self.sparsity), self._last)
         inverse = apply_patch(self.model, patch, self.adapter)  # all or nothing
         try:  # the bookkeeping up to the written record: on any error the cut is undone
-            for li, cut in cuts.items():
-                self.origin.kept_groups[li] = [self.origin.kept_groups[li][i] for i in cut.keep_groups]
-                self.origin.kept_channels[li] = [self.origin.kept_channels[li][i] for i in cut.keep_channels]
+            self._set_origin(new_origin)
             self.sparsity = planned.sparsity
-            self._last = (shown, scores.restricted(planned.keep_groups, planned.keep_channels))
+            self._last = (shown, held)
+            self._refresh()
             t2 = time.perf_counter()
             if measured:
                 sec, tokens = t1 - t0, shown.tokens
@@ -267,17 +273,43 @@ class Pruner:
             else:  # the held measurement again: nothing measured in this sub-step
                 sec, tokens = 0.0, 0
             rec = self._step_record(index, planned, shown, sec, tokens, t2 - t1)
+            rec.removed_original_layers = [old_origin.kept_layers[li] for li in planned.remove_layers]
             self.record.steps.append(rec)
         except BaseException:
             apply_patch(self.model, inverse, self.adapter)
             self.sparsity, self._last = old
-            self.origin.kept_groups, self.origin.kept_channels = old_origin.kept_groups, old_origin.kept_channels
+            self._set_origin(old_origin)
+            self._refresh()
             raise
         self._history.append((inverse, old[0], old_origin, rec, old[1]))
         if len(self._history) > self.keep_history:
             self._history.pop(0)
         self._finish_record()
         return rec
+
+    def _build(self, planned: PlannedStep, scores: UnitScores, widths_now) -> tuple[object, Origin, UnitScores]:
+        """The patch that realises a planned step (nothing is changed yet), the origin after it, and the scores
+        of what survives (for the next sub-steps when the measurement is held)."""
+        if planned.remove_layers:
+            patch = build_layer_removal(self.model, planned.remove_layers, self.adapter)
+            return patch, self.origin.without_layers(planned.remove_layers), scores.without_layers(planned.remove_layers)
+        changed = [li for li, (w, now) in enumerate(zip(planned.widths, widths_now, strict=True)) if w != now]
+        if planned.compensate:  # FLAP: every layer gets its o_proj / down_proj bias, compensated where cut
+            stats = scores.stats
+            cuts = {li: LayerCut(planned.keep_groups[li], planned.keep_channels[li], stats[li]["o_mean"],
+                                 stats[li]["down_mean"]) for li in range(len(widths_now))}
+        else:
+            cuts = {li: LayerCut(planned.keep_groups[li], planned.keep_channels[li]) for li in changed}
+        patch = build_cut(self.model, cuts, self.adapter)
+        origin = self.origin.copy()
+        for li in changed:
+            origin.kept_groups[li] = [origin.kept_groups[li][i] for i in planned.keep_groups[li]]
+            origin.kept_channels[li] = [origin.kept_channels[li][i] for i in planned.keep_channels[li]]
+        return patch, origin, scores.restricted(planned.keep_groups, planned.keep_channels, self.geo)
+
+    def _set_origin(self, origin: Origin) -> None:
+        """Update the model's origin in place (``origin_of(model)`` and ``self.origin`` are one object)."""
+        self.origin.__dict__.update(origin.copy().__dict__)
 
     def _step_record(self, index: int, planned: PlannedStep, imp: Importance, sec_imp: float, tokens: int,
                      sec_cut: float) -> StepRecord:
@@ -302,6 +334,9 @@ class Pruner:
             seconds_surgery=sec_cut,
             calibration_tokens=tokens,
             importance_memory=imp.memory if tokens else None,
+            method=planned.method,
+            decision=planned.decision,
+            removed_layers=list(planned.remove_layers),
         )
 
     def undo(self) -> StepRecord | None:
@@ -311,7 +346,8 @@ class Pruner:
         inverse, old_sparsity, old_origin, rec, last = self._history.pop()
         apply_patch(self.model, inverse, self.adapter)
         self.sparsity, self._last = old_sparsity, last
-        self.origin.kept_groups, self.origin.kept_channels = old_origin.kept_groups, old_origin.kept_channels
+        self._set_origin(old_origin)
+        self._refresh()
         if self.record.steps and self.record.steps[-1] is rec:
             self.record.steps.pop()
         self._finish_record()

@@ -30,21 +30,65 @@ def empty_model(config, dtype: torch.dtype = torch.float32, model_cls=None) -> n
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
-def resize_layers(model: nn.Module, widths: Sequence[LayerWidths], head_dim: int) -> nn.Module:
-    """Give every decoder layer of an empty model the shapes of its widths (its parts stay on ``meta``)."""
+def resize_layers(model: nn.Module, widths: Sequence[LayerWidths], head_dim: int,
+                  biases: Sequence[Sequence[str]] | None = None) -> nn.Module:
+    """Give every decoder layer of an empty model the shapes of its widths (its parts stay on ``meta``), and, with
+    ``biases`` (per layer, the paths of the projections that carry a bias), those biases (FLAP's compensation
+    adds o_proj / down_proj biases that no stock config describes)."""
     adapter = adapter_for_config(model.config)
     hidden = model.config.hidden_size
-    for layer, w in zip(adapter.layers(model), widths, strict=True):
+    for li, (layer, w) in enumerate(zip(adapter.layers(model), widths, strict=True)):
         adapter.resize(layer, role_sizes(w.num_heads, w.num_kv_heads, w.intermediate_size, head_dim), hidden)
+        if biases is not None:
+            for p in adapter.projections:
+                _set_bias(adapter, layer, p.path, p.path in biases[li])
     return model
 
 
-def skeleton(config, widths: Sequence[LayerWidths] | None = None, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """An empty model of ``config`` whose layers have ``widths`` (the config's own widths when None)."""
+def _set_bias(adapter, layer: nn.Module, path: str, bias: bool) -> None:
+    """Give a (meta) projection a bias or take it away."""
+    lin = adapter.part(layer, path)
+    if (lin.bias is not None) != bias:
+        adapter.set_part(layer, path, nn.Linear(lin.in_features, lin.out_features, bias=bias, device="meta",
+                                                dtype=lin.weight.dtype))
+
+
+#: Per-layer lists of booleans that an exported config may carry: which layers' o_proj / down_proj have a bias.
+OUTPUT_BIAS_LISTS = {"o": "o_proj_bias_per_layer", "down": "down_proj_bias_per_layer"}
+
+
+def apply_output_biases(model: nn.Module, lists: dict) -> nn.Module:
+    """Give an empty model's o_proj / down_proj the biases that ``lists`` (:data:`OUTPUT_BIAS_LISTS`) name."""
+    adapter = adapter_for_config(model.config)
+    for li, layer in enumerate(adapter.layers(model)):
+        for role, key in OUTPUT_BIAS_LISTS.items():
+            if lists.get(key) is not None:
+                _set_bias(adapter, layer, adapter.proj_for(role).path, bool(lists[key][li]))
+    return model
+
+
+def output_bias_lists(model: nn.Module) -> dict[str, list[bool]]:
+    """The :data:`OUTPUT_BIAS_LISTS` of a model."""
+    adapter = adapter_for_config(model.config)
+    return {key: [adapter.part(layer, adapter.proj_for(role).path).bias is not None
+                  for layer in adapter.layers(model)] for role, key in OUTPUT_BIAS_LISTS.items()}
+
+
+def skeleton(config, widths: Sequence[LayerWidths] | None = None, dtype: torch.dtype = torch.float32,
+             biases: Sequence[Sequence[str]] | None = None) -> nn.Module:
+    """An empty model of ``config`` whose layers have ``widths`` (the config's own widths when None) and, where
+    given, the recorded biases (see :func:`resize_layers`)."""
     model = empty_model(config, dtype)
     if widths is not None:
-        resize_layers(model, widths, config.head_dim)
+        resize_layers(model, widths, config.head_dim, biases)
     return model
+
+
+def layer_biases(model: nn.Module) -> list[list[str]]:
+    """Per decoder layer, the paths of the projections that carry a bias (what :func:`skeleton` rebuilds)."""
+    adapter = adapter_for_config(model.config)
+    return [sorted(p.path for p in adapter.projections if adapter.part(layer, p.path).bias is not None)
+            for layer in adapter.layers(model)]
 
 
 def finish(model: nn.Module, config, what: str, error: type[Exception] = ModelLoadError) -> nn.Module:

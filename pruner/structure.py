@@ -19,12 +19,13 @@ here (never in callers): uniform widths are written to the config; uneven widths
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
 
 from .adapters import GROUP_ROLES, Adapter, adapter_for, role_sizes
+from .slicing import compensated_cols, select_cols, select_entries, select_rows
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ class Geometry:
     group_params: int  # parameters of one KV group
     channel_params: int  # parameters of one MLP channel
     fixed_layer_params: int = 0  # parameters inside the prunable modules that no unit owns (o / down biases)
+    layer_other: int = 0  # parameters of a layer outside its prunable modules (its norms)
+    o_bias: bool = False  # o_proj has a bias (Llama's attention_bias, or FLAP's compensation)
+    down_bias: bool = False  # down_proj has a bias (mlp_bias, or FLAP's compensation)
 
     @property
     def params_per_group(self) -> int:
@@ -68,6 +72,15 @@ class Geometry:
     def layer_prunable_params(self, w: LayerWidths) -> int:
         """Parameters of a layer's prunable part (attention groups + MLP channels; o/down biases are fixed)."""
         return w.num_kv_heads * self.group_params + w.intermediate_size * self.channel_params + self.fixed_layer_params
+
+    def layer_params(self, w: LayerWidths) -> int:
+        """Every parameter of a decoder layer of these widths (its norms included)."""
+        return self.layer_prunable_params(w) + self.layer_other
+
+    def with_output_biases(self) -> Geometry:
+        """The geometry once every o_proj and down_proj carries a bias (FLAP's compensation adds them)."""
+        extra = (0 if self.o_bias else self.hidden_size) + (0 if self.down_bias else self.hidden_size)
+        return replace(self, o_bias=True, down_bias=True, fixed_layer_params=self.fixed_layer_params + extra)
 
 
 def _unit_params(adapter: Adapter, layer: nn.Module, per_unit: dict[str, int]) -> tuple[int, int, int]:
@@ -102,8 +115,16 @@ def geometry(model: nn.Module, adapter: Adapter | None = None) -> Geometry:
     r = n_heads // n_kv
     per_unit = {"q": r * head_dim, "k": head_dim, "v": head_dim, "o": r * head_dim, "gate": 1, "up": 1, "down": 1}
     group, channel, fixed = _unit_params(adapter, layer, per_unit)
+    parts = adapter.parts(layer)
+    owned = {id(t) for obj in parts.values() for t in (obj.parameters() if isinstance(obj, nn.Module) else [obj])}
+    other = sum(t.numel() for t in layer.parameters() if id(t) not in owned)
+
+    def has_bias(role: str) -> bool:
+        return adapter.part(layer, adapter.proj_for(role).path).bias is not None
+
     return Geometry(hidden_size=cfg.hidden_size, head_dim=head_dim, n_rep=r, group_params=group,
-                    channel_params=channel, fixed_layer_params=fixed)
+                    channel_params=channel, fixed_layer_params=fixed, layer_other=other, o_bias=has_bias("o"),
+                    down_bias=has_bias("down"))
 
 
 def layer_widths(model: nn.Module, adapter: Adapter | None = None) -> list[LayerWidths]:
@@ -123,12 +144,40 @@ def count_parameters(model: nn.Module, adapter: Adapter | None = None) -> dict[s
 
 @dataclass
 class Origin:
-    """What the model looked like before any pruning, and which original units each layer still has."""
+    """What the model looked like before any pruning, and which original units each layer still has.
+
+    Every list has one entry per *current* layer: its original widths, and the original indices of its kept units;
+    ``kept_layers`` gives each current layer's original index (layers removed by depth pruning are missing) and
+    ``n_layers`` the original depth.
+    """
 
     widths: list[LayerWidths]
     params: dict
     kept_groups: list[list[int]]
     kept_channels: list[list[int]]
+    kept_layers: list[int] | None = None  # None: no layer removed
+    n_layers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kept_layers is None:
+            self.kept_layers = list(range(len(self.widths)))
+        if self.n_layers is None:
+            self.n_layers = len(self.widths)
+
+    @property
+    def removed_layers(self) -> list[int]:
+        """Original indices of the layers that depth pruning removed."""
+        return sorted(set(range(self.n_layers)) - set(self.kept_layers))
+
+    def copy(self) -> Origin:
+        return Origin(list(self.widths), dict(self.params), [list(g) for g in self.kept_groups],
+                      [list(c) for c in self.kept_channels], list(self.kept_layers), self.n_layers)
+
+    def without_layers(self, remove: Sequence[int]) -> Origin:
+        """The origin after removing the current layers ``remove``."""
+        keep = [i for i in range(len(self.widths)) if i not in set(remove)]
+        return Origin([self.widths[i] for i in keep], dict(self.params), [list(self.kept_groups[i]) for i in keep],
+                      [list(self.kept_channels[i]) for i in keep], [self.kept_layers[i] for i in keep], self.n_layers)
 
     def to_dict(self) -> dict:
         return {
@@ -136,11 +185,14 @@ class Origin:
             "params": self.params,
             "kept_groups": self.kept_groups,
             "kept_channels": self.kept_channels,
+            "kept_layers": self.kept_layers,
+            "n_layers": self.n_layers,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> Origin:
-        return cls([LayerWidths(**w) for w in d["widths"]], d["params"], d["kept_groups"], d["kept_channels"])
+        return cls([LayerWidths(**w) for w in d["widths"]], d["params"], d["kept_groups"], d["kept_channels"],
+                   d.get("kept_layers"), d.get("n_layers"))
 
 
 ORIGIN_ATTR = "_adapt_pruner_origin"
@@ -169,42 +221,18 @@ def group_rows(geo: Geometry, groups: Sequence[int]) -> tuple[torch.Tensor, torc
     return q_idx, kv_idx
 
 
-def _new_linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
-    out_f, in_f = weight.shape
-    lin = nn.Linear(in_f, out_f, bias=bias is not None, device="meta")
-    lin.weight = nn.Parameter(weight.contiguous(), requires_grad=like.weight.requires_grad)
-    if bias is not None:
-        lin.bias = nn.Parameter(bias.contiguous(), requires_grad=like.bias.requires_grad)
-    return lin
-
-
-def select_rows(lin: nn.Linear, idx: torch.Tensor) -> nn.Linear:
-    """A new Linear keeping output features ``idx`` (rows of the weight, entries of the bias)."""
-    idx = idx.to(lin.weight.device)
-    w = lin.weight.data.index_select(0, idx)
-    b = lin.bias.data.index_select(0, idx) if lin.bias is not None else None
-    return _new_linear(w, b, lin)
-
-
-def select_cols(lin: nn.Linear, idx: torch.Tensor) -> nn.Linear:
-    """A new Linear keeping input features ``idx`` (columns of the weight; the bias is unchanged)."""
-    idx = idx.to(lin.weight.device)
-    w = lin.weight.data.index_select(1, idx)
-    b = lin.bias.data.clone() if lin.bias is not None else None
-    return _new_linear(w, b, lin)
-
-
-def select_entries(param: nn.Parameter, idx: torch.Tensor) -> nn.Parameter:
-    """A new 1-D parameter keeping entries ``idx`` (a unit vector, e.g. OLMo-2's q_norm over the whole projection)."""
-    return nn.Parameter(param.data.index_select(0, idx.to(param.device)).contiguous(), requires_grad=param.requires_grad)
-
-
 @dataclass
 class LayerCut:
-    """Which units of one layer to keep (indices into the layer's *current* units, ascending)."""
+    """Which units of one layer to keep (indices into the layer's *current* units, ascending).
+
+    ``o_mean`` / ``down_mean``: the mean of every current input of o_proj / down_proj; when given, the cut
+    compensates the removed inputs with a bias (:func:`compensated_cols`), even when it removes nothing there.
+    """
 
     keep_groups: list[int]
     keep_channels: list[int]
+    o_mean: torch.Tensor | None = None
+    down_mean: torch.Tensor | None = None
 
 
 def _check_cut(li: int, cut: LayerCut, cur: LayerWidths) -> None:
@@ -223,6 +251,10 @@ def _layer_patch(adapter: Adapter, layer: nn.Module, geo: Geometry, cur: LayerWi
         changed |= set(GROUP_ROLES)
     if len(cut.keep_channels) != cur.intermediate_size:
         changed |= {"gate", "up", "down"}
+    means = {"o": cut.o_mean, "down": cut.down_mean}  # FLAP: these inputs' removed means go into the bias
+    for role, mean in means.items():
+        if mean is not None and adapter.part(layer, adapter.proj_for(role).path).bias is None:
+            changed.add(role)  # a bias for every layer, zero where nothing is removed
     if not changed:
         return {}
     q_idx, kv_idx = group_rows(geo, sorted(cut.keep_groups))
@@ -234,7 +266,11 @@ def _layer_patch(adapter: Adapter, layer: nn.Module, geo: Geometry, cur: LayerWi
         if not changed & set(p.roles):
             continue
         lin = adapter.part(layer, p.path)
-        new[p.path] = select_cols(lin, keep[p.cols]) if p.cols else select_rows(lin, adapter.row_index(p, keep, sizes))
+        if p.cols and means.get(p.cols) is not None:
+            new[p.path] = compensated_cols(lin, keep[p.cols], means[p.cols])
+        else:
+            new[p.path] = (select_cols(lin, keep[p.cols]) if p.cols
+                           else select_rows(lin, adapter.row_index(p, keep, sizes)))
     for v in adapter.unit_vectors:
         if v.role in changed:
             new[v.path] = select_entries(adapter.part(layer, v.path), keep[v.role])
@@ -266,8 +302,12 @@ def apply_patch(model: nn.Module, patch: dict, adapter: Adapter | None = None) -
     """Swap in the parts of a patch; returns the inverse patch (the old parts), usable to undo.
 
     Transactional: if any swap (or the config sync after them) fails, every part already swapped is put back
-    before the error propagates, so the model is never left part-cut.
+    before the error propagates, so the model is never left part-cut. A change of depth
+    (:class:`pruner.depth.DepthPatch`) applies itself, just as transactionally.
     """
+    if callable(getattr(patch, "apply_to", None)):  # a change of depth (pruner.depth.DepthPatch)
+        origin_of(model)
+        return patch.apply_to(model)
     adapter = adapter or adapter_for(model)
     origin_of(model)  # record the unpruned widths before the first cut
     layers = adapter.layers(model)

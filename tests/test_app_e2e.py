@@ -85,7 +85,9 @@ def test_measure_move_a_slider_and_prune(studio_url):
         assert planned >= 1
 
         # move the target slider down (a drag ends with a release event): the preview plans more steps
-        box = page.locator("#target input[type=range]").bounding_box()
+        slider = page.locator("#target input[type=range]")
+        slider.scroll_into_view_if_needed()  # clicking Measure may have scrolled it out of the viewport
+        box = slider.bounding_box()
         page.mouse.click(box["x"] + box["width"] * 0.2, box["y"] + box["height"] / 2)
         page.wait_for_function(
             "n => { const gd = document.querySelector('#alloc-heatmap .js-plotly-plot');"

@@ -156,3 +156,49 @@ def test_cli_exports_a_saved_pruned_folder(tmp_path, tiny_tokenizer):
     first = read_gguf(tmp_path / "g" / "g-f32.gguf")["tensors"]
     again = read_gguf(tmp_path / "g2" / "g2-f16.gguf")["tensors"]
     assert {k: v["shape"] for k, v in first.items()} == {k: v["shape"] for k, v in again.items()}
+
+
+# ---------------------------------------------------------------- the baselines' models (issue 13)
+
+
+def baseline(arch: str, method: str, tokenizer):
+    import pruner
+
+    cfg = pruner.PruneConfig(target=0.7, method=method, n_windows=4, window=24, batch_size=4, calibration="wikitext2")
+    p = pruner.Pruner(tiny_model(arch), tokenizer, cfg)
+    p.run()
+    return p.model
+
+
+def test_flap_biases_are_carried_by_the_llama_gguf(tmp_path, tiny_tokenizer):
+    model = baseline("llama", "flap", tiny_tokenizer)
+    info = write_gguf(model, None, tmp_path / "f.gguf", dtype="f32")
+    tensors = read_gguf(tmp_path / "f.gguf")["tensors"]
+    assert info["arch"] in ("llama", "deci")
+    assert all(f"blk.{i}.attn_output.bias" in tensors and f"blk.{i}.ffn_down.bias" in tensors for i in range(4))
+    rebuilt = load_gguf_model(tmp_path / "f.gguf")
+    assert all(layer.mlp.down_proj.bias is not None for layer in rebuilt.model.layers)
+    ids = random_windows(2, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(ids).logits, model(ids).logits)
+
+
+def test_flap_biases_in_a_qwen2_gguf_are_refused_with_the_reason(tmp_path, tiny_tokenizer):
+    model = baseline("qwen2", "flap", tiny_tokenizer)
+    with pytest.raises(ExportError, match="qwen2 architecture has no o_proj or down_proj bias.*export it as hf"):
+        export_gguf(model, None, tmp_path / "out", dtype="f32")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_shortgpt_model_is_a_plain_gguf_with_fewer_blocks(tmp_path, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = baseline("llama", "shortgpt", tiny_tokenizer)
+    n = model.config.num_hidden_layers
+    assert n < 4
+    info = write_gguf(model, None, tmp_path / "s.gguf", dtype="f32")
+    assert info["arch"] == "llama" and read_gguf(tmp_path / "s.gguf")["metadata"]["llama.block_count"] == n
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="s.gguf", dtype=torch.float32).eval()
+    ids = random_windows(2, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-5)

@@ -60,13 +60,29 @@ print(json.dumps(results))
 """
 
 
+def baseline(arch: str, method: str, tokenizer):
+    """A tiny model pruned to 70 % by one of the baselines (FLAP adds o_proj / down_proj biases, ShortGPT removes
+    layers)."""
+    import pruner
+
+    cfg = pruner.PruneConfig(target=0.7, method=method, n_windows=4, window=24, batch_size=4, calibration="wikitext2")
+    p = pruner.Pruner(tiny_model(arch), tokenizer, cfg)
+    p.run()
+    return p.model
+
+
+#: the baselines' models that the stranger loads too: name -> (architecture, method)
+BASELINE_MODELS = {"llama-flap": ("llama", "flap"), "qwen2-shortgpt": ("qwen2", "shortgpt")}
+
+
 @pytest.fixture(scope="module")
 def stranger_results(tmp_path_factory, tiny_tokenizer):
-    """Export the three architectures, then load them all in one subprocess that cannot import pruner."""
+    """Export the three architectures (and two baselines' models), then load them all in one subprocess that
+    cannot import pruner."""
     root = tmp_path_factory.mktemp("export_hf")
     models, folders = {}, []
-    for arch in ARCHS:
-        model = uneven(arch)
+    for arch in (*ARCHS, *BASELINE_MODELS):
+        model = uneven(arch) if arch in ARCHS else baseline(*BASELINE_MODELS[arch], tiny_tokenizer)
         folder = root / arch
         export_hf(model, tiny_tokenizer if arch == "llama" else None, folder)
         ids = random_windows(2, 20, seed=3)
@@ -82,7 +98,26 @@ def stranger_results(tmp_path_factory, tiny_tokenizer):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out[str(root / "llama") + ":tokens"] == tiny_tokenizer("hello world").input_ids
-    return {arch: out[str(root / arch)] for arch in ARCHS}, root, models
+    return {arch: out[str(root / arch)] for arch in (*ARCHS, *BASELINE_MODELS)}, root, models
+
+
+def test_stranger_loads_flap_biases_and_a_shallower_shortgpt_model(stranger_results):
+    """FLAP's o_proj / down_proj biases travel in the remote code; a ShortGPT model is the plain class."""
+    results, root, models = stranger_results
+    flap, short = results["llama-flap"], results["qwen2-shortgpt"]
+    assert flap["class"] == "AdaptPrunedLlamaForCausalLM" and short["class"] == "Qwen2ForCausalLM"
+    for r in (flap, short):
+        assert r["max_diff"] < 1e-5
+        assert r["with_cache"] == r["without_cache"] == r["expected"]
+    cfg = json.loads((root / "llama-flap" / "config.json").read_text())
+    assert cfg["o_proj_bias_per_layer"] == cfg["down_proj_bias_per_layer"] == [True] * 4
+    short_cfg = json.loads((root / "qwen2-shortgpt" / "config.json").read_text())
+    assert short_cfg["num_hidden_layers"] == len(short_cfg["layer_types"]) == models["qwen2-shortgpt"].config.num_hidden_layers < 4
+    assert not list((root / "qwen2-shortgpt").glob("*.py"))
+    model, _ = load_exported(root / "llama-flap")  # back into this project: the stock class with the biases
+    ids = random_windows(2, 16, seed=5)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, models["llama-flap"](ids).logits)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -2,7 +2,10 @@
 
     python -m pruner prune --model default --target 0.8 --method adaptive --criterion taylor \\
         --amplitude 0.02 --out runs/smollm-80 --report runs/smollm-80.json
+    python -m pruner prune --model default --target 0.8 --method flap --out runs/flap-80
     python -m pruner info --model runs/smollm-80
+
+``--method`` also takes the other baselines (llm-pruner, shortgpt, wanda-sp; ``docs/methods.md``).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 
-from ..config import ATTENTION_POLICIES, CRITERIA, METHODS, PruneConfig
+from ..config import ATTENTION_POLICIES, CRITERIA, METHODS, PruneConfig, method_spec
 from ..data import CORPORA
 from ..errors import ConfigError
 from ..outputs import check_output_file, check_output_folder
@@ -33,15 +36,25 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument("--target", type=float, required=True,
                    help="fraction of the original parameters to keep (0-1), or a count")
-    p.add_argument("--method", choices=METHODS, default=D.method)
-    p.add_argument("--criterion", choices=CRITERIA, default=D.criterion)
+    p.add_argument("--method", choices=METHODS, default=D.method,
+                   help="adaptive / uniform / custom (Δ-sized sub-steps), or a one-shot baseline: llm-pruner, flap, "
+                        "shortgpt, wanda-sp (docs/methods.md)")
+    p.add_argument("--criterion", choices=CRITERIA, default=None,
+                   help=f"unit score (default: {D.criterion}); llm-pruner, flap and wanda-sp use their own (taylor, "
+                        "fluctuation, wanda-sp)")
     p.add_argument("--amplitude", type=float, default=D.amplitude, help="A in s_l ← clip(s_l + Δ − A·Ĩ_l, 0, s_max)")
     p.add_argument("--step", type=float, default=D.step, help="Δ: mean sparsity added per sub-step")
     p.add_argument("--max-sparsity", type=float, default=D.max_sparsity)
     p.add_argument("--multiple", type=positive_int, default=D.multiple, help="round MLP widths down to a multiple of this")
-    p.add_argument("--attention", choices=ATTENTION_POLICIES, default=D.attention,
+    p.add_argument("--attention", choices=ATTENTION_POLICIES, default=None,
                    help="how a layer's budget is split: score (lowest Taylor score per parameter first, groups and "
-                        "channels ranked together) or proportional (attention and MLP share s_l)")
+                        f"channels ranked together) or proportional (attention and MLP share s_l); default: "
+                        f"{D.attention}; the baselines split it their own way")
+    p.add_argument("--block-layers", default=None, metavar="START:END",
+                   help="llm-pruner: prune layers START..END-1 only (default: the released 4:30 of 32 layers, "
+                        "scaled to the model's depth)")
+    p.add_argument("--no-bias-compensation", action="store_true",
+                   help="flap: do not add the removed inputs' mean contribution as o_proj / down_proj biases")
     p.add_argument("--custom", default=None, help="comma-separated final per-layer sparsities (method custom)")
     p.add_argument("--calibration", default=D.calibration,
                    help=f"calibration corpus: {', '.join(CORPORA)} or a text file")
@@ -72,12 +85,38 @@ def parse_custom(text: str | None) -> list[float] | None:
                           f"got '{text}'") from None
 
 
+def _block_layers(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        start, end = (int(x) for x in text.split(":"))
+    except ValueError as exc:
+        raise ConfigError(f"--block-layers must be START:END (two integers), got '{text}'") from exc
+    return [start, end]
+
+
 def config_from_args(args) -> PruneConfig:
-    return PruneConfig(target=args.target, method=args.method, criterion=args.criterion, amplitude=args.amplitude,
-                       step=args.step, max_sparsity=args.max_sparsity, attention=args.attention,
+    return PruneConfig(target=args.target, method=args.method, criterion=args.criterion or D.criterion,
+                       amplitude=args.amplitude, step=args.step, max_sparsity=args.max_sparsity,
+                       attention=args.attention or D.attention,
                        multiple=args.multiple, custom=parse_custom(args.custom), calibration=args.calibration,
                        n_windows=args.n_windows, window=args.window, batch_size=args.batch_size, seed=args.seed,
-                       remeasure=not args.measure_once)
+                       remeasure=not args.measure_once, block_layers=_block_layers(args.block_layers),
+                       bias_compensation=not args.no_bias_compensation)
+
+
+def describe_decision(rec) -> str:
+    """One line on what a baseline's step decided (empty for the adaptive rule)."""
+    d = rec.decision
+    if rec.removed_layers:
+        return f"removed layers {rec.removed_original_layers} (lowest block influence)"
+    if "threshold" in d:
+        thr = "none" if d["threshold"] is None else f"{d['threshold']:.3f}"
+        return (f"global threshold {thr}: removed {sum(d['groups_removed'])} KV groups and "
+                f"{sum(d['channels_removed'])} channels, bias compensation {'on' if d['bias_compensation'] else 'off'}")
+    if "window" in d:
+        return f"ratio {d['ratio']:.3f} in layers [{d['window'][0]}, {d['window'][1]}), the others untouched"
+    return ""
 
 
 def run(args) -> int:
@@ -89,6 +128,11 @@ def run(args) -> int:
         check_output_folder(args.out, args.force, "--out folder", "use --force")
     if args.report:
         check_output_file(args.report, "--report file")
+    spec = method_spec(cfg.method)
+    if args.criterion and args.criterion != cfg.criterion:
+        log(f"note: {cfg.method} scores units with its own criterion '{cfg.criterion}'; --criterion ignored")
+    if args.attention and spec.widths != "policy":
+        log(f"note: {cfg.method} splits each layer's budget its own way; --attention ignored")
     t = time.perf_counter()
     model, tok = load_model(args.model, device=args.device, dtype=args.dtype, progress=log)
     log(f"loaded {args.model} in {time.perf_counter() - t:.1f} s: {describe(model)['params']['total']:,} parameters")
@@ -108,6 +152,8 @@ def _prune(pruner):
         log(f"  step {rec.index + 1:3d}: {rec.params_total:,} params ({rec.fraction_of_original:.1%}), "
             f"importance {rec.seconds_importance:.1f} s, surgery {rec.seconds_surgery:.2f} s"
             + (f", calib loss {rec.calibration_loss:.3f}" if rec.calibration_loss is not None else ""))
+        if describe_decision(rec):
+            log(f"            {rec.method}: {describe_decision(rec)}")
 
     try:
         record = pruner.run(progress=progress)

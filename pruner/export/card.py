@@ -13,7 +13,12 @@ import json
 REPO_URL = "Adapt-Pruner Studio"  # named, not linked: the project has no public address yet
 METHOD_NAMES = {"adaptive": "Adapt-Pruner layer-wise adaptive allocation (arXiv 2502.03460)",
                 "uniform": "uniform allocation (every layer pruned equally)",
-                "custom": "custom per-layer sparsities"}
+                "custom": "custom per-layer sparsities",
+                "llm-pruner": "LLM-Pruner block-wise (Ma et al., NeurIPS 2023): one Taylor-ranked ratio inside a window "
+                              "of layers",
+                "flap": "FLAP (An et al., AAAI 2024): fluctuation metric, one global threshold, bias compensation",
+                "shortgpt": "ShortGPT (Men et al., 2024): the decoder layers of lowest Block Influence removed",
+                "wanda-sp": "Wanda-sp (structured Wanda, as in FLAP's code): one ratio in every layer"}
 _RECORD_SETTINGS = ("target", "method", "criterion", "amplitude", "step", "max_sparsity", "multiple",
                     "calibration", "n_windows", "window", "seed")
 
@@ -38,14 +43,35 @@ def _fmt_int(n) -> str:
 
 def _widths_table(facts: dict) -> list[str]:
     orig = facts.get("original_widths") or []
+    kept = facts.get("kept_layers") if facts.get("removed_layers") else None
     rows = ["| layer | query heads | KV heads | MLP width | of original (heads / MLP) |",
             "|---:|---:|---:|---:|---:|"]
     for i, w in enumerate(facts["widths"]):
         o = orig[i] if i < len(orig) else None
         share = (f"{w['num_heads']}/{o['num_heads']} / {w['intermediate_size'] / o['intermediate_size']:.0%}"
                  if o else "")
-        rows.append(f"| {i} | {w['num_heads']} | {w['num_kv_heads']} | {w['intermediate_size']} | {share} |")
+        name = f"{i} (was {kept[i]})" if kept else f"{i}"
+        rows.append(f"| {name} | {w['num_heads']} | {w['num_kv_heads']} | {w['intermediate_size']} | {share} |")
     return rows
+
+
+def _what_was_removed(facts: dict, cfg: dict) -> str:
+    """One sentence on what pruning removed (and added), from the model's facts and the record's settings."""
+    removed = facts.get("removed_layers") or []
+    widths = facts["widths"]
+    parts = []
+    if removed:
+        parts.append(f"Whole decoder layers were removed ({len(removed)} of {facts.get('original_layers')}: the "
+                     f"original layers {removed}); the remaining layers keep their weights")
+    if any(w != o for w, o in zip(widths, facts.get("original_widths") or widths, strict=False)):
+        parts.append("Whole key/value head groups and MLP channels were removed, so different layers have different "
+                     "widths")
+    text = "; ".join(parts) + "." if parts else "Nothing was removed."
+    if cfg.get("method") == "flap" and cfg.get("bias_compensation", True):
+        text += (" o_proj and down_proj carry biases that add back the removed inputs' mean contribution (FLAP's "
+                 "bias compensation).")
+    return text + (" Hidden size and vocabulary are unchanged." if removed else
+                   " Hidden size, vocabulary and layer count are unchanged.")
 
 
 def _perplexities(report: dict | None) -> list[dict]:
@@ -159,8 +185,7 @@ def model_card(facts: dict, *, fmt: str, source: str, base_model: str | None = N
     title = f"{(base_model or source).split(' ')[0].rstrip('/').split('/')[-1]} pruned to {p['total'] / 1e6:.1f}M parameters"
     lines = [_yaml_front_matter(meta), "", f"# {title}", "",
              f"A structurally pruned `{arch}` model made with {REPO_URL} (layer-wise adaptive structural pruning, "
-             "Adapt-Pruner, arXiv 2502.03460). Whole key/value head groups and MLP channels were removed, so "
-             "different layers have different widths; hidden size, vocabulary and layer count are unchanged.", "",
+             f"Adapt-Pruner, arXiv 2502.03460). {_what_was_removed(facts, cfg)}", "",
              "## Source", "", f"- Source model: {source}"]
     if o.get("total"):
         lines.append(f"- Original parameters: {_fmt_int(o['total'])}")

@@ -91,4 +91,7 @@ def model_facts(model: nn.Module) -> dict:
         "params": count_parameters(model),
         "original_widths": [w.to_dict() for w in origin.widths],
         "original_params": origin.params,
+        "original_layers": origin.n_layers,
+        "kept_layers": list(origin.kept_layers),
+        "removed_layers": origin.removed_layers,
     }

@@ -14,6 +14,10 @@ layer, and ``{arch}.attention.key_length`` / ``value_length`` give the head size
 as embedding_length / head_count). Qwen3 is written as ``qwen3`` (Qwen2's layout without biases, plus the per-head
 ``attn_q_norm`` / ``attn_k_norm``) with uniform widths only; Gemma-2, Gemma-3, Phi-3 and OLMo-2 are refused with
 the reason (:func:`gguf_arch`): llama.cpp's loaders for all five create every layer with the first layer's widths.
+A model with fewer layers (ShortGPT) is a plain model with a smaller ``block_count``. FLAP's o_proj / down_proj
+biases are written as ``blk.N.attn_output.bias`` / ``blk.N.ffn_down.bias`` for ``llama`` and ``deci``, whose
+llama.cpp loaders create them as optional tensors (``TENSOR_NOT_REQUIRED``); llama.cpp's ``qwen2`` and ``qwen3``
+loaders have neither, so such a model is refused with the reason.
 """
 
 from __future__ import annotations
@@ -61,8 +65,12 @@ LAYER_TENSORS = {
     "self_attn.o_proj.weight": "attn_output.weight", "self_attn.o_proj.bias": "attn_output.bias",
     "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight",
     "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
+    "mlp.down_proj.weight": "ffn_down.weight", "mlp.gate_proj.bias": "ffn_gate.bias",
+    "mlp.up_proj.bias": "ffn_up.bias", "mlp.down_proj.bias": "ffn_down.bias",
 }
+#: Per architecture, the layer biases llama.cpp's loader has no tensor for (a GGUF holding them does not load).
+UNSUPPORTED_BIASES = {arch: ("self_attn.o_proj.bias", "mlp.gate_proj.bias", "mlp.up_proj.bias", "mlp.down_proj.bias")
+                      for arch in ("qwen2", "qwen3")}
 GLOBAL_TENSORS = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
                   "lm_head.weight": "output.weight"}
 
@@ -217,6 +225,10 @@ def write_gguf(model: nn.Module, tokenizer, path: str | os.PathLike, dtype: str 
     widths = sync_config(model, adapter)
     arch = gguf_arch(adapter, widths, geometry(model, adapter).head_dim, model.config.hidden_size)
     cfg = model.config
+    refused = [n for n in UNSUPPORTED_BIASES.get(arch, ()) if any(k.endswith(n) for k in model.state_dict())]
+    if refused:
+        raise ExportError(f"llama.cpp's {arch} architecture has no {' or '.join(n.split('.')[1] for n in refused)} "
+                          "bias, which this model has (FLAP's bias compensation adds them); export it as hf instead")
     notes = []
     if adapter.model_type == "mistral" and getattr(cfg, "sliding_window", None):
         notes.append(f"Mistral's sliding window ({cfg.sliding_window} tokens) is not written (llama architecture)")
@@ -313,6 +325,8 @@ def load_gguf_model(path: str | os.PathLike) -> nn.Module:
         rms_norm_eps=float(meta[f"{arch}.attention.layer_norm_rms_epsilon"]),
         rope_parameters={"rope_type": "default", "rope_theta": float(meta[f"{arch}.rope.freq_base"])},
         tie_word_embeddings="output.weight" not in tensors,
+        o_proj_bias_per_layer=[f"blk.{i}.attn_output.bias" in tensors for i in range(n)],
+        down_proj_bias_per_layer=[f"blk.{i}.ffn_down.bias" in tensors for i in range(n)],
     )
     family = {"llama": "Llama", "deci": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3"}[arch]
     config = getattr(rc, f"AdaptPruned{family}Config")(**fields)

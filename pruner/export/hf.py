@@ -1,9 +1,11 @@
 """Portable Hugging Face folders: load with ``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)``.
 
-Uniform widths export as the plain architecture (no remote code). Per-layer widths export as
-``adapt_pruned_<type>``: the stock config plus ``num_attention_heads_per_layer``,
-``num_key_value_heads_per_layer`` and ``intermediate_size_per_layer``, with two small files of modelling code
-(``remote_code/``) that subclass the stock classes. Weights are safetensors only.
+Uniform widths export as the plain architecture (no remote code), whatever the depth (a ShortGPT model is a stock
+model with fewer layers). Per-layer widths export as ``adapt_pruned_<type>``: the stock config plus
+``num_attention_heads_per_layer``, ``num_key_value_heads_per_layer`` and ``intermediate_size_per_layer``, with two
+small files of modelling code (``remote_code/``) that subclass the stock classes. Biases the stock config cannot
+express (FLAP's compensation on o_proj / down_proj) go the same way, with ``o_proj_bias_per_layer`` and
+``down_proj_bias_per_layer``. Weights are safetensors only.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 
 from ..adapters import adapter_for
-from ..skeleton import finish, skeleton
+from ..skeleton import OUTPUT_BIAS_LISTS, apply_output_biases, finish, output_bias_lists, skeleton
 from ..structure import LayerWidths, is_uniform, standard_head_counts, sync_config
 from .common import ExportError, describe_source, model_facts, staging
 
@@ -54,7 +56,8 @@ def portable_config(model: nn.Module) -> tuple[dict, bool]:
     """The ``config.json`` of the export and whether it needs the remote code.
 
     Uniform widths give the stock config; per-layer widths (or a uniform width the stock config rejects, e.g.
-    a hidden size that is not a multiple of the head count) give the ``adapt_pruned_<type>`` config.
+    a hidden size that is not a multiple of the head count, or biases it has no place for) give the
+    ``adapt_pruned_<type>`` config.
     """
     from .remote_code import configuration_adapt_pruned as remote
 
@@ -66,10 +69,14 @@ def portable_config(model: nn.Module) -> tuple[dict, bool]:
     fields["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
     if is_uniform(widths) and _plain_config_is_valid(model_type, fields):
         stock = STOCK_CLASSES.get(model_type, f"{family}ForCausalLM")
-        return {"architectures": [stock], "model_type": model_type, **fields}, False
+        plain = {"architectures": [stock], "model_type": model_type, **fields}
+        if not _missing_biases(model, plain):
+            return plain, False
     for attr, key in PER_LAYER.items():
         fields[key] = [getattr(w, attr) for w in widths]
     cls = getattr(remote, f"AdaptPruned{family}Config")
+    if _missing_biases(model, {"model_type": cls.model_type, **fields}):
+        fields.update(output_bias_lists(model))
     cls(**fields)  # validates the lists before anything is written
     config = {"architectures": [f"AdaptPruned{family}ForCausalLM"], "model_type": cls.model_type,
               "auto_map": _remote_classes(family), **fields}
@@ -77,6 +84,12 @@ def portable_config(model: nn.Module) -> tuple[dict, bool]:
 
 
 # ------------------------------------------------------------------ checking a folder without loading it
+
+
+def _missing_biases(model: nn.Module, config: dict) -> bool:
+    """Whether ``model`` has biases that a model built from ``config`` would not have (FLAP's o / down biases)."""
+    expected = expected_shapes(config)
+    return any(k.endswith(".bias") and k not in expected for k in model.state_dict())
 
 
 def _weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
@@ -97,7 +110,8 @@ def _weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
 
 
 def _stock_config(config: dict):
-    """The stock transformers config of an exported ``config.json`` and its per-layer widths (None: uniform)."""
+    """The stock transformers config of an exported ``config.json``, its per-layer widths (None: uniform) and its
+    per-layer o_proj / down_proj bias lists ({}: the stock config's biases)."""
     from transformers import AutoConfig
 
     model_type = str(config.get("model_type", "")).removeprefix("adapt_pruned_")
@@ -105,7 +119,9 @@ def _stock_config(config: dict):
         raise ExportError(f"model_type {config.get('model_type')!r} is not one this project exports "
                           f"({', '.join(FAMILIES)})")
     lists = {k: config[k] for k in PER_LAYER.values() if k in config}
-    fields = {k: v for k, v in config.items() if k not in _DROP and k not in lists and not k.startswith("_")}
+    biases = {k: config[k] for k in OUTPUT_BIAS_LISTS.values() if config.get(k) is not None}
+    fields = {k: v for k, v in config.items()
+              if k not in _DROP and k not in lists and k not in OUTPUT_BIAS_LISTS.values() and not k.startswith("_")}
     if lists and not _plain_config_is_valid(model_type, fields):
         # the stock config refuses the widest layer's head count; any valid pair will do, the lists decide
         n_rep = fields["num_attention_heads"] // fields["num_key_value_heads"]
@@ -116,19 +132,21 @@ def _stock_config(config: dict):
     except Exception as exc:  # huggingface_hub's strict-dataclass errors are not ValueErrors
         raise ExportError(f"its config cannot be expressed as a stock {model_type} config: {exc}") from exc
     if not lists:
-        return stock, None
+        return stock, None, biases
     widths = [LayerWidths(*w) for w in zip(*(lists[PER_LAYER[a]] for a in ("num_heads", "num_kv_heads",
                                                                            "intermediate_size")), strict=True)]
-    return stock, widths
+    return stock, widths, biases
 
 
 def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     """Every weight an exported folder must hold, with its shape, from its ``config.json``: the shapes of an empty
     model of the stock architecture with the per-layer widths applied (parameters on ``meta``, nothing read)."""
-    stock, widths = _stock_config(config)
+    stock, widths, biases = _stock_config(config)
     if widths is not None and len(widths) != stock.num_hidden_layers:
         raise ExportError(f"{len(widths)} per-layer widths for {stock.num_hidden_layers} layers")
-    model = skeleton(stock, widths)
+    if any(len(v) != stock.num_hidden_layers for v in biases.values()):
+        raise ExportError(f"per-layer bias lists for other than {stock.num_hidden_layers} layers")
+    model = apply_output_biases(skeleton(stock, widths), biases)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if getattr(stock, "tie_word_embeddings", False):
         shapes.pop("lm_head.weight", None)
@@ -245,10 +263,10 @@ def load_exported(folder: str | os.PathLike, dtype: torch.dtype = torch.float32)
     folder = Path(folder)
     config = check_folder(folder)
     try:
-        stock, widths = _stock_config(config)
+        stock, widths, biases = _stock_config(config)
     except ExportError as exc:
         raise ExportError(f"'{folder}': {exc}") from exc
-    model = skeleton(stock, widths, dtype)
+    model = apply_output_biases(skeleton(stock, widths, dtype), biases)
     state = {}
     for f in sorted(folder.glob("*.safetensors")):
         state.update(load_file(str(f)))

@@ -1,8 +1,10 @@
 """Configs for decoder-only models whose layers have different widths (written by Adapt-Pruner Studio).
 
 Each class is the stock transformers config plus three per-layer lists; the global ``num_attention_heads``,
-``num_key_value_heads`` and ``intermediate_size`` hold the widest layer. This file and
-``modeling_adapt_pruned.py`` need only torch and transformers.
+``num_key_value_heads`` and ``intermediate_size`` hold the widest layer. Two optional per-layer lists of booleans,
+``o_proj_bias_per_layer`` and ``down_proj_bias_per_layer``, say which layers' output projections carry a bias
+(FLAP's bias compensation adds them; the stock configs cannot express an o_proj or down_proj bias alone). This
+file and ``modeling_adapt_pruned.py`` need only torch and transformers.
 """
 
 from huggingface_hub.dataclasses import strict
@@ -18,6 +20,7 @@ from transformers import (
 )
 
 PER_LAYER_FIELDS = ("num_attention_heads_per_layer", "num_key_value_heads_per_layer", "intermediate_size_per_layer")
+BIAS_FIELDS = ("o_proj_bias_per_layer", "down_proj_bias_per_layer")
 
 
 def check_per_layer_widths(config) -> None:
@@ -36,6 +39,10 @@ def check_per_layer_widths(config) -> None:
             raise ValueError(f"layer {i}: {h} query heads is not a multiple of {kv} key/value heads")
     if getattr(config, "head_dim", None) is None:
         raise ValueError("head_dim must be given explicitly (it cannot be derived from per-layer head counts)")
+    for name in BIAS_FIELDS:
+        values = getattr(config, name, None)
+        if values is not None and len(values) != config.num_hidden_layers:
+            raise ValueError(f"{name} has {len(values)} entries but num_hidden_layers is {config.num_hidden_layers}")
 
 
 class LayerConfig:
@@ -77,6 +84,8 @@ class AdaptPrunedLlamaConfig(_PerLayer, LlamaConfig):
     num_attention_heads_per_layer: list[int] | None = None
     num_key_value_heads_per_layer: list[int] | None = None
     intermediate_size_per_layer: list[int] | None = None
+    o_proj_bias_per_layer: list[bool] | None = None
+    down_proj_bias_per_layer: list[bool] | None = None
 
 
 @strict
@@ -85,6 +94,8 @@ class AdaptPrunedQwen2Config(_PerLayer, Qwen2Config):
     num_attention_heads_per_layer: list[int] | None = None
     num_key_value_heads_per_layer: list[int] | None = None
     intermediate_size_per_layer: list[int] | None = None
+    o_proj_bias_per_layer: list[bool] | None = None
+    down_proj_bias_per_layer: list[bool] | None = None
 
 
 @strict
@@ -93,6 +104,8 @@ class AdaptPrunedMistralConfig(_PerLayer, MistralConfig):
     num_attention_heads_per_layer: list[int] | None = None
     num_key_value_heads_per_layer: list[int] | None = None
     intermediate_size_per_layer: list[int] | None = None
+    o_proj_bias_per_layer: list[bool] | None = None
+    down_proj_bias_per_layer: list[bool] | None = None
 
 
 @strict
@@ -101,6 +114,8 @@ class AdaptPrunedQwen3Config(_PerLayer, Qwen3Config):
     num_attention_heads_per_layer: list[int] | None = None
     num_key_value_heads_per_layer: list[int] | None = None
     intermediate_size_per_layer: list[int] | None = None
+    o_proj_bias_per_layer: list[bool] | None = None
+    down_proj_bias_per_layer: list[bool] | None = None
 
 
 @strict
@@ -109,6 +124,8 @@ class AdaptPrunedGemma2Config(_PerLayer, Gemma2Config):
     num_attention_heads_per_layer: list[int] | None = None
     num_key_value_heads_per_layer: list[int] | None = None
     intermediate_size_per_layer: list[int] | None = None
+    o_proj_bias_per_layer: list[bool] | None = None
+    down_proj_bias_per_layer: list[bool] | None = None
 
 
 @strict
@@ -117,6 +134,8 @@ class AdaptPrunedGemma3TextConfig(_PerLayer, Gemma3TextConfig):
     num_attention_heads_per_layer: list[int] | None = None
     num_key_value_heads_per_layer: list[int] | None = None
     intermediate_size_per_layer: list[int] | None = None
+    o_proj_bias_per_layer: list[bool] | None = None
+    down_proj_bias_per_layer: list[bool] | None = None
 
 
 @strict
@@ -126,6 +145,8 @@ class AdaptPrunedPhi3Config(_PerLayer, Phi3Config):
     num_attention_heads_per_layer: list[int] | None = None
     num_key_value_heads_per_layer: list[int] | None = None
     intermediate_size_per_layer: list[int] | None = None
+    o_proj_bias_per_layer: list[bool] | None = None
+    down_proj_bias_per_layer: list[bool] | None = None
 
 
 @strict
@@ -135,3 +156,5 @@ class AdaptPrunedOlmo2Config(_PerLayer, Olmo2Config):
     num_attention_heads_per_layer: list[int] | None = None
     num_key_value_heads_per_layer: list[int] | None = None
     intermediate_size_per_layer: list[int] | None = None
+    o_proj_bias_per_layer: list[bool] | None = None
+    down_proj_bias_per_layer: list[bool] | None = None

@@ -5,8 +5,9 @@ The stock transformers classes do everything; the only change is that, after the
 layer's projections are rebuilt with that layer's widths from the config (``LAYOUTS`` says where each family
 keeps them: Phi-3 fuses q/k/v and gate/up, OLMo-2 normalises the whole q and k projections). Attention already
 reshapes with ``-1`` heads and the KV cache grows per layer, so no forward pass is overridden; the one attention
-that reads its width from the config at run time (Phi-3) gets a per-layer view of it. Needs only torch and
-transformers.
+that reads its width from the config at run time (Phi-3) gets a per-layer view of it. Where the config lists
+``o_proj_bias_per_layer`` / ``down_proj_bias_per_layer`` (FLAP's bias compensation), the output projections get a
+bias accordingly. Needs only torch and transformers.
 """
 
 import torch
@@ -58,9 +59,9 @@ def _set(obj, path, value):
     setattr(_get(obj, parent) if parent else obj, name, value)
 
 
-def _linear(like: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
-    return nn.Linear(in_features, out_features, bias=like.bias is not None,
-                     device=like.weight.device, dtype=like.weight.dtype)
+def _linear(like: nn.Linear, in_features: int, out_features: int, bias=None) -> nn.Linear:
+    bias = like.bias is not None if bias is None else bool(bias)
+    return nn.Linear(in_features, out_features, bias=bias, device=like.weight.device, dtype=like.weight.dtype)
 
 
 def apply_layer_widths(decoder: nn.Module, config, layout=SPLIT) -> None:
@@ -68,13 +69,16 @@ def apply_layer_widths(decoder: nn.Module, config, layout=SPLIT) -> None:
     hidden, d = config.hidden_size, config.head_dim
     widths = zip(config.num_attention_heads_per_layer, config.num_key_value_heads_per_layer,
                  config.intermediate_size_per_layer, strict=True)
-    for layer, (heads, kv_heads, ffn) in zip(decoder.layers, widths, strict=True):
+    n = len(decoder.layers)
+    biases = {"o": getattr(config, "o_proj_bias_per_layer", None) or [None] * n,
+              "down": getattr(config, "down_proj_bias_per_layer", None) or [None] * n}
+    for i, (layer, (heads, kv_heads, ffn)) in enumerate(zip(decoder.layers, widths, strict=True)):
         size = {"q": heads * d, "k": kv_heads * d, "v": kv_heads * d, "o": heads * d, "gate": ffn, "up": ffn,
                 "down": ffn}
         for path, roles in layout["rows"].items():
             _set(layer, path, _linear(_get(layer, path), hidden, sum(size[r] for r in roles)))
         for path, role in layout["cols"].items():
-            _set(layer, path, _linear(_get(layer, path), size[role], hidden))
+            _set(layer, path, _linear(_get(layer, path), size[role], hidden, biases[role][i]))
         for path, role in layout["vectors"].items():
             old = _get(layer, path)
             _set(layer, path, nn.Parameter(torch.ones(size[role], device=old.device, dtype=old.dtype)))
