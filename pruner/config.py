@@ -135,6 +135,10 @@ class PruneConfig:
     remeasure: bool = True
     """Re-measure importance before every sub-step (the method). False: measure once and keep the scores of the
     surviving units for the following sub-steps (faster; the schedule preview is then exact)."""
+    checkpoint: bool = True
+    """The lean backward of a gradient criterion (checkpointed layers; :mod:`pruner.lean`): the same scores in
+    about 2× the weights' memory instead of 7× (default model, 32 × 128 tokens), for about 1.4× the time. False:
+    faster where memory is plentiful."""
 
     def __post_init__(self) -> None:
         t = _finite("The target", self.target)

@@ -320,6 +320,7 @@ def measure_importance(
     batch_size: int = 8,
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    checkpoint: bool = True,
 ) -> Importance:
     """Measure layer importance and unit importance on calibration windows ``[n, T]`` (``criterion=None``: the
     layer importance only, one forward pass, no unit scores).
@@ -343,7 +344,7 @@ def measure_importance(
     try:
         with _gradients_only_for(model, prunable if needs_grad else []), watch:
             try:
-                with checkpointed(layers) if needs_grad else contextlib.nullcontext():
+                with checkpointed(layers) if needs_grad and checkpoint else contextlib.nullcontext():
                     n_tok, loss = _forward_backward(model, windows, batch_size, needs_grad, should_stop, progress)
             except (torch.OutOfMemoryError, MemoryError) as exc:
                 raise ResourceError(out_of_memory("measuring importance", windows, batch_size, model)) from exc

@@ -185,7 +185,8 @@ class Pruner:
         idx = len(self.record.steps) if step_index is None else step_index
         windows = self.calibration(idx)
         criterion = None if method_spec(self.config.method).widths == "depth" else self.config.criterion
-        return measure_importance(self.model, windows, criterion, self.config.batch_size, should_stop)
+        return measure_importance(self.model, windows, criterion, self.config.batch_size, should_stop,
+                                  checkpoint=self.config.checkpoint)
 
     @property
     def _held(self) -> tuple[Importance, UnitScores] | None:

@@ -62,6 +62,8 @@ def register(sub) -> None:
     p.add_argument("--window", type=positive_int, default=D.window)
     p.add_argument("--batch-size", type=positive_int, default=D.batch_size)
     p.add_argument("--seed", type=int, default=D.seed)
+    p.add_argument("--no-checkpoint", dest="checkpoint", action="store_false",
+                   help="importance without checkpointed layers: faster, about 3.5× more memory")
     p.add_argument("--measure-once", action="store_true",
                    help="measure importance once and reuse the surviving units' scores (faster, not the method)")
     p.add_argument("--out", default=None, help="folder to save the pruned model in")
@@ -102,7 +104,7 @@ def config_from_args(args) -> PruneConfig:
                        multiple=args.multiple, custom=parse_custom(args.custom), calibration=args.calibration,
                        n_windows=args.n_windows, window=args.window, batch_size=args.batch_size, seed=args.seed,
                        remeasure=not args.measure_once, block_layers=_block_layers(args.block_layers),
-                       bias_compensation=not args.no_bias_compensation)
+                       bias_compensation=not args.no_bias_compensation, checkpoint=args.checkpoint)
 
 
 def describe_decision(rec) -> str:
