@@ -28,7 +28,8 @@ from torch import nn
 
 from .adapters import adapter_for, adapter_for_config
 from .data import package_dir
-from .errors import ConfigError, ModelLoadError
+from .devices import _resolve_dtype, dispatch, pick_device
+from .errors import ModelLoadError
 from .formats import (
     DEFAULT_GGUF,
     DEFAULT_NAME,
@@ -55,51 +56,6 @@ from .structure import (
     standard_head_counts,
     sync_config,
 )
-
-DEVICES = "auto, cpu, cuda, cuda:N or mps"
-
-
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """CUDA, then Apple MPS, then CPU, unless ``device`` is given; a device this machine lacks is refused."""
-    if device not in (None, "auto"):
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError) as exc:
-            raise ConfigError(f"Unknown device '{device}': use {DEVICES}") from exc
-        if dev.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ConfigError(f"Device '{device}' was asked for, but CUDA is not available on this machine; "
-                                  "use --device cpu (or auto)")
-            if dev.index is not None and dev.index >= torch.cuda.device_count():
-                raise ConfigError(f"Device '{device}' does not exist: this machine has "
-                                  f"{torch.cuda.device_count()} CUDA device(s)")
-        elif dev.type == "mps":
-            if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-                raise ConfigError(f"Device '{device}' was asked for, but MPS is not available on this machine")
-        elif dev.type != "cpu":
-            raise ConfigError(f"Unsupported device '{device}': use {DEVICES}")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def _default_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-
-
-def _resolve_dtype(dtype, device) -> torch.dtype:
-    if dtype in (None, "auto"):
-        return _default_dtype(device)
-    if isinstance(dtype, str):
-        try:
-            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-                    "float16": torch.float16, "fp16": torch.float16}[dtype]
-        except KeyError as exc:
-            raise ConfigError(f"Unknown dtype '{dtype}': use float32, bfloat16 or float16") from exc
-    return dtype
 
 
 def _finish_tokenizer(tok):
@@ -142,14 +98,25 @@ def default_model_dir(progress=print) -> Path:
     return out
 
 
-def load_model(source: str | os.PathLike = "default", device=None, dtype=None, progress=print):
+def load_model(source: str | os.PathLike = "default", device=None, dtype=None, progress=print, device_map=None):
     """Load a causal LM and its tokenizer. Returns ``(model, tokenizer)``.
+
+    ``device_map`` (``"auto"``, or accelerate's dict form) spreads a model that does not fit one device over
+    several (GPUs, then CPU): it is loaded on the CPU first and dispatched with accelerate; importance, pruning
+    and generation then run through accelerate's hooks (tests/test_devices.py checks that path on a CPU).
 
     ``source``: ``"default"`` (SmolLM2-135M-Instruct, embedded), a shipped model's name once fetched
     (``qwen2.5-0.5b``, ``gemma3-270m``; see :mod:`pruner.shipped`), a local HF folder, a folder saved by
     :func:`save_pruned`, a ``.gguf`` file, or a hub id (where a hub is reachable). ``device``: auto picks CUDA,
     then MPS, then CPU. ``dtype``: float32 on CPU, bfloat16 on CUDA unless given.
     """
+    if device_map is not None:
+        model, tok = _load(source, "cpu", dtype, progress)
+        return dispatch(model, device_map), tok
+    return _load(source, device, dtype, progress)
+
+
+def _load(source, device, dtype, progress):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     dev = pick_device(device)

@@ -97,3 +97,15 @@ def test_a_dispatched_model_measures_prunes_and_generates_like_the_plain_one(tin
     torch.testing.assert_close(hooked(ids).logits, plain(ids).logits, rtol=0, atol=0)
     out = hooked.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True)
     assert torch.equal(out, plain.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True))
+
+
+def test_load_model_with_a_device_map_prunes_and_reloads(tiny_tokenizer, tmp_path):
+    model = tiny_model("qwen2")
+    pruner.save_pruned(model, tiny_tokenizer, tmp_path / "m")
+    mapped, tok = pruner.load_model(tmp_path / "m", device_map="auto", progress=None)  # one CPU here: no hooks
+    pruner.Pruner(mapped, tok, pruner.PruneConfig(target=0.8, n_windows=4, window=32, calibration="wikitext2")).run()
+    assert pruner.count_parameters(mapped)["total"] < pruner.count_parameters(model)["total"]
+    from pruner.devices import dispatch
+
+    explicit = dispatch(tiny_model("llama"), {"": "cpu"})
+    assert next(explicit.parameters()).device.type == "cpu"

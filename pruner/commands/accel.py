@@ -26,7 +26,7 @@ from ..accel import (
     TrainStep,
 )
 from ..config import CRITERIA, PruneConfig
-from ..errors import OutputError
+from ..errors import ConfigError, OutputError
 from ..outputs import check_output_file, check_output_folder
 from ..train import MIXED_PRECISION, TrainConfig
 from .common import add_model_args, add_ppl_args, check_windows, log, positive_int, write_report_or_rescue
@@ -111,6 +111,9 @@ def run(args) -> int:
     from ..io import load_model, pick_device
     from ..train import make_accelerator
 
+    if args.device_map:
+        raise ConfigError("accel trains data-parallel: spread it over devices with `accelerate launch -m pruner accel "
+                          "...` instead of --device-map")
     cfg = config_from_args(args)  # settings (target, tokens, …) are checked before anything is loaded
     if args.report:
         check_output_file(args.report, "--report file")

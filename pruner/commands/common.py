@@ -21,6 +21,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="auto",
                    help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16")
+    p.add_argument("--device-map", default=None, metavar="auto",
+                   help="spread a model too big for one device over several (accelerate's placement); 'auto'")
 
 
 def positive_int(text: str) -> int:

@@ -71,7 +71,7 @@ def run(args) -> int:
     tasks = resolve_tasks(args.tasks) if args.tasks else []  # fail on a bad name before loading the model
     if args.limit is not None and args.limit <= 0:
         raise EvalError(f"--limit must be a positive number of examples, got {args.limit}")
-    model, tok = load_model(args.model, device=args.device, dtype=args.dtype, progress=log)
+    model, tok = load_model(args.model, device=args.device, dtype=args.dtype, progress=log, device_map=args.device_map)
     info = describe(model)
     log(f"{args.model}: {info['params']['total']:,} parameters")
     report: dict = {"model": info, "source": str(args.model)}

@@ -75,6 +75,8 @@ def run(args) -> int:
     from ..export.common import ExportError, read_record
     from ..export.hub import push_to_hub
 
+    if args.device_map:
+        raise ExportError("export writes one file set from one device; drop --device-map")
     out = check_output_folder(args.out, args.force, "--out folder", "use --force")  # before anything is loaded
     src = Path(args.model).expanduser()
     if src.exists() and _overlaps(src, out):

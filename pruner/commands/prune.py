@@ -136,7 +136,7 @@ def run(args) -> int:
     if args.attention and spec.widths != "policy":
         log(f"note: {cfg.method} splits each layer's budget its own way; --attention ignored")
     t = time.perf_counter()
-    model, tok = load_model(args.model, device=args.device, dtype=args.dtype, progress=log)
+    model, tok = load_model(args.model, device=args.device, dtype=args.dtype, progress=log, device_map=args.device_map)
     log(f"loaded {args.model} in {time.perf_counter() - t:.1f} s: {describe(model)['params']['total']:,} parameters")
     check_windows(model, **{"--window": cfg.window},
                   **({} if args.no_ppl else {"--ppl-windows": max(args.ppl_windows)}))
@@ -203,6 +203,6 @@ def _finish(args, model, tok, record, interrupted: bool) -> int:
 def run_info(args) -> int:
     from ..io import describe, load_model
 
-    model, _ = load_model(args.model, device=args.device, dtype=args.dtype, progress=log)
+    model, _ = load_model(args.model, device=args.device, dtype=args.dtype, progress=log, device_map=args.device_map)
     print(json.dumps(describe(model), indent=1))
     return 0
