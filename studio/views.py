@@ -35,11 +35,25 @@ def allocation_figure(s: StudioSession, settings: StudioSettings | None):
 
 
 def unit_figure(s: StudioSession):
+    """The unit scores of the latest measurement, one row per original layer (empty where a layer was gone)."""
     imp, before = s.schedule.shown_importance()
     if imp is None:
         return viz.unit_importance_heatmap([], [])
-    return viz.unit_importance_heatmap(imp.group_scores, imp.channel_scores, criterion=imp.criterion,
-                                       note=f"measured before step {before}")
+    note = f"measured before step {before}"
+    if imp.group_scores is None:  # ShortGPT measures the layers only
+        return viz.unit_importance_heatmap([], [], criterion=None, note=note)
+    layers = s.schedule.layer_map()
+    kept = layers.kept[before - 1] if 0 < before <= len(layers.kept) else layers.now
+    groups, channels = list(imp.group_scores), list(imp.channel_scores)
+    if len(groups) == len(kept):
+        groups, channels = layers.spread(groups, kept, []), layers.spread(channels, kept, [])
+    return viz.unit_importance_heatmap(groups, channels, criterion=imp.criterion, note=note)
+
+
+def architecture(s: StudioSession):
+    """Remaining width of every original layer (a layer removed by depth pruning: all removed)."""
+    layers = s.schedule.layer_map()
+    return viz.architecture_figure(layers.original, layers.full_widths(s.work.widths()))
 
 
 def trajectory_figure(s: StudioSession):
@@ -67,7 +81,7 @@ def page_views(page, s: StudioSession | None, settings: StudioSettings | None = 
         page.unit_fig: unit_figure(s),
         page.alloc_fig: planned,
         page.alloc_md: plan_note,
-        page.arch_fig: viz.architecture_figure(list(s.pruner.origin.widths), s.work.widths()),
+        page.arch_fig: architecture(s),
         page.traj_fig: trajectory_figure(s),
         page.loss_fig: loss_figure(s),
         page.train_cost: s.costs.train_markdown(settings or s.settings),
@@ -76,3 +90,4 @@ def page_views(page, s: StudioSession | None, settings: StudioSettings | None = 
         page.gen_pruned: ev.generation if ev else "",
         page.cost: s.costs.prune_markdown(settings or s.settings),
     }
+
