@@ -6,7 +6,14 @@ import visualizations as viz
 
 from .session import StudioSession
 from .settings import StudioSettings
-from .text import LOADING, NO_EVAL
+from .text import (
+    COMPARE_CAPTION,
+    COMPARE_NO_RESULTS,
+    COMPARE_NO_ZERO_SHOT,
+    COMPARE_ZERO_SHOT,
+    LOADING,
+    NO_EVAL,
+)
 from .workspace import SessionError
 
 
@@ -91,3 +98,31 @@ def page_views(page, s: StudioSession | None, settings: StudioSettings | None = 
         page.cost: s.costs.prune_markdown(settings or s.settings),
     }
 
+
+def compare_views(page, s: StudioSession, with_files: bool = True) -> dict:
+    """The Compare methods tab from the session's comparison (``with_files``: the downloads too)."""
+    c = s.compare
+    cfg = c.settings or s.settings
+    layers = c.layers or s.schedule.layer_map()
+    table = c.table()
+    out = {
+        page.cmp_traj: viz.methods_trajectory(c.trajectories(), f"quick perplexity: {cfg.ppl_settings()}"),
+        page.cmp_widths: viz.method_widths(layers.original, c.widths()),
+        page.cmp_diff: viz.method_width_difference(layers.original, c.widths()),
+        page.cmp_table: table.astype(object).where(table.notna(), "—"),
+        page.cmp_note: compare_caption(s) if c.results else COMPARE_NO_RESULTS,
+    }
+    if with_files:
+        out[page.cmp_files] = c.downloads() or None
+    return out
+
+
+def compare_caption(s: StudioSession) -> str:
+    """What every number of the comparison table was measured with."""
+    c = s.compare
+    cfg = c.settings or s.settings
+    zs = (COMPARE_ZERO_SHOT.format(tasks=", ".join(c.zero_shot_settings[0]), limit=c.zero_shot_settings[1])
+          if c.zero_shot_settings else COMPARE_NO_ZERO_SHOT)
+    return COMPARE_CAPTION.format(target=cfg.target, params=s.work.original_total, corpus=cfg.calibration,
+                                  n_windows=cfg.n_windows, window=cfg.window, seed=cfg.seed, ppl=cfg.ppl_settings(),
+                                  zero_shot=zs, new_tokens=cfg.max_new_tokens, device=s.work.device.type.upper())
