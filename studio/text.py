@@ -118,7 +118,7 @@ ACCEL_BASELINE = ("Adapt-Accel prunes with the incremental rule (adaptive or uni
 COMPARE_CAPTION = ("**Target {target:.0%}** of the original's {params:,} parameters for every method; calibration "
                    "{corpus}, {n_windows} × {window} tokens, seed {seed}. **Quick perplexity**: {ppl} (the same for "
                    "every model). **Zero-shot avg**: {zero_shot}. **tokens/s**: greedy generation of {new_tokens} "
-                   "tokens after the prompt, batch 1, on {device} (one run: noisy on a busy machine). **prune s**: "
+                   "tokens after the prompt, batch 1, on {device}, the faster of two runs (noisy on a busy machine). **prune s**: "
                    "measuring and cutting only, without the evaluation.")
 COMPARE_ZERO_SHOT = "the mean of acc_norm / acc (each task's metric, as in the Evaluate tab) over {tasks}, {limit} seeded examples each"
 COMPARE_NO_ZERO_SHOT = "not measured (choose tasks to add it)"

@@ -109,7 +109,7 @@ def compare_views(page, s: StudioSession, with_files: bool = True) -> dict:
         page.cmp_traj: viz.methods_trajectory(c.trajectories(), f"quick perplexity: {cfg.ppl_settings()}"),
         page.cmp_widths: viz.method_widths(layers.original, c.widths()),
         page.cmp_diff: viz.method_width_difference(layers.original, c.widths()),
-        page.cmp_table: table.astype(object).where(table.notna(), "—"),
+        page.cmp_table: shown_table(table),
         page.cmp_note: compare_caption(s) if c.results else COMPARE_NO_RESULTS,
     }
     if with_files:
@@ -126,3 +126,13 @@ def compare_caption(s: StudioSession) -> str:
     return COMPARE_CAPTION.format(target=cfg.target, params=s.work.original_total, corpus=cfg.calibration,
                                   n_windows=cfg.n_windows, window=cfg.window, seed=cfg.seed, ppl=cfg.ppl_settings(),
                                   zero_shot=zs, new_tokens=cfg.max_new_tokens, device=s.work.device.type.upper())
+
+
+def shown_table(table):
+    """The comparison table for the page: the zero-shot average with its standard error in one column, "—" where
+    there is no value."""
+    t = table.astype(object).where(table.notna(), None)
+    t["zero-shot avg"] = [("—" if v is None else f"{v:.3f}" + ("" if se is None else f" ± {se:.3f}"))
+                          for v, se in zip(t["zero-shot avg"], t["± se"], strict=True)]
+    t = t.drop(columns=["± se"])
+    return t.where(t.notna(), "—")

@@ -26,7 +26,7 @@ from .style import (
 METHOD_COLORS = {"adaptive": ADAPTIVE_COLOR, "uniform": UNIFORM_COLOR, "llm-pruner": ATTN_COLOR,
                  "flap": MLP_COLOR, "shortgpt": "#8e44ad", "wanda-sp": RECOVERY_COLOR, "custom": "#16a085"}
 PALETTE = ("#2c3e50", "#e67e22", "#1abc9c", "#9b59b6")
-UNITS = (("num_kv_heads", "attention: KV groups kept"), ("intermediate_size", "MLP channels kept"))
+UNITS = (("num_kv_heads", "attention: KV groups"), ("intermediate_size", "MLP: channels"))
 
 
 def method_color(method: str, i: int = 0) -> str:
@@ -87,6 +87,7 @@ def _width_panels(original: Sequence, per_method: Mapping[str, Sequence], title:
             colorbar=dict(title=dict(text=colorbar, side="right"), thickness=12),
             hovertemplate="layer %{y}<br>%{x}: %{text} kept<br>" + hover + "<extra></extra>",
         ), 1, col)
+    fig.update_annotations(font_size=12)  # the panel titles: two panels share a half-width figure on the page
     fig.update_yaxes(autorange="reversed", dtick=max(1, len(layers) // 15))
     fig.update_yaxes(title_text="decoder layer", row=1, col=1)
     fig.update_xaxes(type="category")
