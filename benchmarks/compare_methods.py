@@ -205,6 +205,7 @@ def main(argv=None) -> int:
     p.add_argument("--n-windows", type=int, default=pruner.PruneConfig.n_windows)
     p.add_argument("--window", type=int, default=pruner.PruneConfig.window)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-checkpoint", dest="checkpoint", action="store_false",
                    help="importance without checkpointed layers (faster; the same scores)")
     p.add_argument("--save-dir", default=None, help="default: next to --out, named after the model")
@@ -217,6 +218,8 @@ def main(argv=None) -> int:
     r.add_argument("--figure", default=None)
     args = ap.parse_args(argv)
     if args.command == "prune":
+        if args.threads:
+            torch.set_num_threads(args.threads)
         args.save_dir = args.save_dir or str(Path(args.out).with_suffix(""))
         return cmd_prune(args)
     return cmd_report(args)

@@ -6,16 +6,26 @@ session has measured its own throughput.
 
 from __future__ import annotations
 
+from pruner import PrunerError
 from pruner.accel import token_shares
-from pruner.config import PAPER_CALIBRATION
+from pruner.config import PAPER_CALIBRATION, method_spec
 
+from . import text
 from .settings import StudioSettings
 from .workspace import Workspace
 
+#: What ShortGPT's measurement is called here: the layer cosines alone (one forward pass, no unit scores).
+LAYERS_ONLY = "layers"
+
 # Taylor (forward+backward) 32 × 128 tokens ≈ 16 s on the default model in fp32; forward-only criteria about
 # twice as fast. Training (forward + backward + AdamW, 4 × 256 tokens per step) runs at about the Taylor rate.
-PRIOR_TOKENS_PER_S = {"cpu": {"taylor": 256.0, "magnitude": 500.0, "activation": 480.0},
-                      "gpu": {"taylor": 20000.0, "magnitude": 50000.0, "activation": 50000.0}}
+# FLAP's fluctuation and Wanda-sp are forward-only with input statistics like activation, and ShortGPT's layers-only
+# pass is a plain forward like magnitude: their priors are those rates (assumed, not measured) until the session
+# measures its own.
+_CPU = {"taylor": 256.0, "magnitude": 500.0, "activation": 480.0}
+_GPU = {"taylor": 20000.0, "magnitude": 50000.0, "activation": 50000.0}
+PRIOR_TOKENS_PER_S = {kind: {**r, "fluctuation": r["activation"], "wanda-sp": r["activation"],
+                             LAYERS_ONLY: r["magnitude"]} for kind, r in (("cpu", _CPU), ("gpu", _GPU))}
 PRIOR_TRAIN_TOKENS_PER_S = {"cpu": 250.0, "gpu": 30000.0}
 PRIOR_MODEL_PARAMS = 134_515_008
 
@@ -46,9 +56,23 @@ class Costs:
     def calibration_tokens(s: StudioSettings) -> int:
         return int(s.n_windows) * int(s.window)
 
+    @staticmethod
+    def criterion_of(s: StudioSettings) -> str:
+        """What a step with these settings measures: the chosen criterion, a baseline's own one, or
+        :data:`LAYERS_ONLY` (ShortGPT)."""
+        try:
+            spec = method_spec(s.method)
+        except PrunerError:
+            return s.criterion
+        if spec.widths == "depth":
+            return LAYERS_ONLY
+        return spec.criterion or s.criterion
+
     def importance_seconds(self, s: StudioSettings) -> tuple[float, str]:
         """Estimated seconds of one importance measurement (the bulk of a sub-step), and where the rate comes from."""
-        rate, source = self._rate(s.criterion, PRIOR_TOKENS_PER_S[self._kind()][s.criterion])
+        what = self.criterion_of(s)
+        priors = PRIOR_TOKENS_PER_S[self._kind()]
+        rate, source = self._rate(what, priors.get(what, priors["taylor"]))  # unknown: the slowest, errs long
         return self.calibration_tokens(s) / rate, source
 
     def train_seconds(self, tokens: int) -> tuple[float, str]:
@@ -58,9 +82,10 @@ class Costs:
     def prune_markdown(self, s: StudioSettings) -> str:
         sec, source = self.importance_seconds(s)
         paper = PAPER_CALIBRATION[0] * PAPER_CALIBRATION[1]
-        return (f"**{self.calibration_tokens(s):,} calibration tokens per sub-step** ({s.n_windows} × {s.window}; "
-                f"the paper uses {paper:,}) · importance ≈ **{sec:.0f} s** per sub-step with {s.criterion} "
-                f"({source}), plus the quick evaluation")
+        out = (f"**{self.calibration_tokens(s):,} calibration tokens per sub-step** ({s.n_windows} × {s.window}; "
+               f"the paper uses {paper:,}) · importance ≈ **{sec:.0f} s** per sub-step with {self.criterion_of(s)} "
+               f"({source}), plus the quick evaluation")
+        return out + ("  \n" + text.baseline_note(s.method) if s.method in text.BASELINES else "")
 
     def train_markdown(self, s: StudioSettings) -> str:
         """What a Train round and an Adapt-Accel run will cost with these settings."""

@@ -43,13 +43,20 @@ def export_zip(session, out_dir: str | Path | None = None) -> Path:
     work = session.work
     with work.task():
         out = Path(out_dir or tempfile.mkdtemp(prefix="adapt-pruner-"))
-        folder = out / "pruned-model"
-        save_pruned(work.model, work.tokenizer, folder, record=work.pruner.record, overwrite=True)
-        (folder / "studio_report.json").write_text(json.dumps(report(session), indent=1, default=str))
-        zpath = out / "pruned-model.zip"
-        with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as z:
-            for f in sorted(folder.rglob("*")):
-                if f.is_file():
-                    z.write(f, f.relative_to(out))
-        shutil.rmtree(folder, ignore_errors=True)
-        return zpath
+        return zip_model(work.model, work.tokenizer, out, "pruned-model", work.pruner.record, report(session))
+
+
+def zip_model(model, tokenizer, out_dir: Path, name: str, record=None, studio_report: dict | None = None) -> Path:
+    """``out_dir/name.zip``: the folder :func:`pruner.save_pruned` writes (as ``name/``), plus
+    ``studio_report.json`` when given; the unzipped folder is removed again."""
+    folder = Path(out_dir) / name
+    save_pruned(model, tokenizer, folder, record=record, overwrite=True)
+    if studio_report is not None:
+        (folder / "studio_report.json").write_text(json.dumps(studio_report, indent=1, default=str))
+    zpath = Path(out_dir) / f"{name}.zip"
+    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                z.write(f, f.relative_to(out_dir))
+    shutil.rmtree(folder, ignore_errors=True)
+    return zpath

@@ -19,7 +19,7 @@ from .pool import SessionPool
 from .session import StudioSession
 from .settings import UPLOADED, StudioSettings
 from .text import READY
-from .views import allocation_figure, loss_figure, page_views
+from .views import allocation_figure, compare_views, loss_figure, page_views
 from .workspace import SessionError
 
 log = logging.getLogger("studio")
@@ -149,7 +149,7 @@ class Handlers:
             self.pool.add(request.session_hash, s)
         except Exception as exc:  # noqa: BLE001 - shown to the user
             return {p.status: fail(exc)}
-        return {p.state: s, p.status: READY, **self.views(s)}
+        return {p.state: s, p.status: READY, **self.views(s), **compare_views(p, s)}
 
     def close_session(self, request: gr.Request):
         """The tab closed (Gradio's unload): free the session's models now instead of in an hour."""
@@ -166,7 +166,7 @@ class Handlers:
             self.pool.add(request.session_hash, s)
         except Exception as exc:  # noqa: BLE001
             return {p.status: fail(exc)}
-        return {p.state: s, p.status: f"Loaded **{source}**.", **self.views(s)}
+        return {p.state: s, p.status: f"Loaded **{source}**.", **self.views(s), **compare_views(p, s)}
 
     # ------------------------------------------------------------------ light updates
     def preview(self, s, *controls):
@@ -313,3 +313,15 @@ class Handlers:
             yield {p.status: msg, **({p.zs_table: table.round(3), p.zs_fig: viz.accuracy_bars(table.to_dict("records"))}
                                      if table is not None else {})}
         yield {p.status: "Zero-shot evaluation done." if table is not None else "Nothing evaluated."}
+
+    @streamed(views_on_error=False)
+    def compare(self, s, methods, zs_tasks, zs_limit, prompt, *controls):
+        """Every chosen method on its own copy of the original, streamed; the downloads as each method finishes."""
+        p = self.page
+        settings = settings_from(*controls)
+        n_files = 0
+        for u in s.compare.run(methods, settings, prompt=prompt, zero_shot_tasks=zs_tasks or (),
+                               zero_shot_limit=int(zs_limit)):
+            files = len(s.compare.downloads())
+            yield {p.status: u.message, **compare_views(p, s, with_files=files != n_files or u.done)}
+            n_files = files

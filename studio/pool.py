@@ -3,8 +3,9 @@
 A visitor's session starts on the shared startup model and costs nothing; its private working copy is made only
 when it first changes the model (a prune step, training, Adapt-Accel). The pool
 
-* bounds the sessions that hold a private copy (``max_private``): a visitor who would be one too many is told
-  that the studio is full and to try again in a minute;
+* bounds the model copies that sessions hold (``max_private``: private working copies, and the one extra copy a
+  running comparison of methods holds): a visitor who would be one too many is told that the studio is full and to
+  try again in a minute;
 * frees a session's models when its tab closes (Gradio's ``unload`` event) — Gradio itself keeps closed tabs'
   state for an hour, which at ~0.5 GB per copy is what exhausted memory;
 * frees the models of a session idle for ``idle_seconds`` (the visitor is told on the next click).
@@ -53,14 +54,18 @@ class SessionPool:
             old.close()
         self.sweep()
 
-    def claim(self, work) -> None:
-        """Called (with its workspace) before a session makes its private copy: refuses when the studio is full."""
+    def claim(self, work, extra: bool = False) -> None:
+        """Called (with its workspace) before a session makes its private copy, or with ``extra`` before it takes
+        one more copy beside the one it holds (a comparison): refuses when the studio is full. Every copy counts,
+        so a comparison is one more copy for as long as it runs."""
         self.sweep()
         with self._lock:
-            private = sum(1 for s in self._sessions.values() if s.work is not work and s.work.holds_memory)
-        if private >= self.max_private:
-            raise SessionError(f"The studio is full: {private} visitors are pruning their own copy of the model "
-                               "right now. Try again in a minute (measuring, previews and evaluation still work).")
+            held = sum(s.work.models_held for s in self._sessions.values() if s.work is not work)
+        if extra and work is not None:
+            held += work.models_held
+        if held >= self.max_private:
+            raise SessionError(f"The studio is full: {held} model copies are in use by visitors right now. Try again "
+                               "in a minute (measuring, previews and evaluation still work).")
 
     def release(self, key: str) -> None:
         """The tab closed: free the session's models now."""
@@ -87,5 +92,5 @@ class SessionPool:
     def stats(self) -> dict:
         with self._lock:
             sessions = list(self._sessions.values())
-        return {"sessions": len(sessions), "private_copies": sum(1 for s in sessions if s.work.holds_memory),
+        return {"sessions": len(sessions), "private_copies": sum(s.work.models_held for s in sessions),
                 "max_private": self.max_private, "idle_seconds": self.idle_seconds}

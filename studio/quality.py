@@ -96,17 +96,20 @@ class Quality:
         with self.work.task():
             return self.evaluate_now(prompt)
 
-    def ppl(self, model: nn.Module) -> dict:
-        s = self.work.settings
+    def ppl(self, model: nn.Module, settings: StudioSettings | None = None) -> dict:
+        """The quick perplexity of ``model`` with the session's settings (or ``settings``)."""
+        s = settings or self.work.settings
         return perplexity(model, self.work.tokenizer, s.ppl_dataset, s.ppl_split, window=s.ppl_window,
                           max_tokens=s.ppl_tokens, should_stop=self.work.should_stop)
 
     @torch.no_grad()
-    def _generate(self, model: nn.Module, prompt: str) -> tuple[str, float]:
+    def generate(self, model: nn.Module, prompt: str, settings: StudioSettings | None = None) -> tuple[str, float]:
+        """A greedy continuation of ``prompt`` (``max_new_tokens`` of the session's settings or of ``settings``)
+        and its tokens/s."""
         tok = self.work.tokenizer
         enc = tok(prompt, return_tensors="pt").to(next(model.parameters()).device)
         t0 = time.perf_counter()
-        out = model.generate(**enc, max_new_tokens=self.work.settings.max_new_tokens, do_sample=False,
+        out = model.generate(**enc, max_new_tokens=(settings or self.work.settings).max_new_tokens, do_sample=False,
                              pad_token_id=tok.pad_token_id)
         dt = time.perf_counter() - t0
         new = out[0, enc["input_ids"].shape[1]:]
@@ -116,7 +119,7 @@ class Quality:
         s = self.work.settings
         key = (s.ppl_dataset, s.ppl_split, s.ppl_window, s.ppl_tokens, prompt, s.max_new_tokens)
         if key not in self._original_eval:
-            self._original_eval[key] = (self.ppl(self.work.original), self._generate(self.work.original, prompt)[0])
+            self._original_eval[key] = (self.ppl(self.work.original), self.generate(self.work.original, prompt)[0])
         return self._original_eval[key]
 
     def evaluate_now(self, prompt: str, track: bool = True) -> Evaluation:
@@ -130,7 +133,7 @@ class Quality:
             ppl = self.ppl(work.model)
         except Cancelled as exc:
             raise SessionError("Cancelled during the evaluation; the model is unchanged") from exc
-        gen, tps = self._generate(work.model, prompt)
+        gen, tps = self.generate(work.model, prompt)
         params = work.params()
         ev = Evaluation(work.steps_taken, params, params / work.original_total, ppl, tps, prompt, gen, ref_gen, ref_ppl)
         self._check_yardstick(work.settings)
@@ -154,7 +157,9 @@ class Quality:
         with work.task():
             try:
                 model = copy.deepcopy(work.original).eval()
-                cfg = replace(s.prune_config(work.pruner.config), method="uniform", custom=None)
+                # from the settings, not the pruner's config: a baseline chosen there has put its own criterion in
+                # that config, and the uniform baseline uses the criterion of the radio
+                cfg = replace(s, method="uniform", custom=None).prune_config(work.pruner.config)
                 pruner = Pruner(model, work.tokenizer, cfg, keep_history=0, calibration_text=calibration_text(s))
                 work.settings = s
                 ref = self.ppl(work.original)

@@ -15,8 +15,9 @@ from pruner.importance import Importance
 from pruner.planner import Schedule
 from pruner.prune import StepRecord
 
-from .costs import Costs
+from .costs import LAYERS_ONLY, Costs
 from .events import Progress
+from .layers import LayerMap
 from .settings import StudioSettings
 from .workspace import SessionError, Workspace
 
@@ -33,16 +34,21 @@ class Preview:
     reached: bool  # the plan meets the target
     exact_first: bool  # the first planned step is exactly the next real step
     notes: list[str] = field(default_factory=list)
-    widths: list[list[dict]] = field(default_factory=list)  # [step][layer] LayerWidths as dicts
+    widths: list[list[dict]] = field(default_factory=list)  # [step][remaining layer] LayerWidths as dicts
 
     @classmethod
-    def of(cls, plan: Schedule, original) -> Preview:
+    def of(cls, plan: Schedule, layers: LayerMap) -> Preview:
+        """The plan's steps, one row per original layer (a layer removed by depth pruning shows as fully removed,
+        allocation 1)."""
         out = cls([], [], [], [], plan.reached, bool(plan.steps) and not plan.steps[0].estimate, list(plan.notes))
+        kept = layers.now
         for st in plan.steps:
-            out.allocated.append(list(st.sparsity))
-            out.attention.append([1 - w.num_kv_heads / o.num_kv_heads for w, o in zip(st.widths, original, strict=True)])
-            out.mlp.append([1 - w.intermediate_size / o.intermediate_size
-                            for w, o in zip(st.widths, original, strict=True)])
+            if st.remove_layers:
+                kept = layers.after_removal(kept, st.remove_layers)
+            out.allocated.append(layers.spread(list(st.sparsity), kept, 1.0))
+            attn, mlp = layers.removed_share(st.widths, kept)
+            out.attention.append(attn)
+            out.mlp.append(mlp)
             out.params.append(st.params)
             out.widths.append([w.to_dict() for w in st.widths])
         return out
@@ -98,31 +104,46 @@ class ScheduleControl:
         except Cancelled as exc:
             raise SessionError("Cancelled: importance was not measured, the model is unchanged") from exc
         self.importance, self._key = imp, self._current_key()
-        self.costs.observe(imp.criterion, imp.tokens, imp.seconds)
+        self.costs.observe(imp.criterion or LAYERS_ONLY, imp.tokens, imp.seconds)
         return imp
 
     def importance_columns(self, normalised: bool = False) -> tuple[list[str], list[list[float]]]:
         """Layer importance per measurement, for the layers × steps heatmap: the importance each step used, then
         the pending measurement of the current model (if any)."""
         key = "layer_importance_norm" if normalised else "layer_importance"
+        layers = self.layer_map()
         labels, cols = [], []
-        for rec in self.work.pruner.record.steps:
+        for k, rec in enumerate(self.work.pruner.record.steps):
             tag = self.tags.get(rec.index)
             labels.append(f"step {rec.index + 1}" + (f" · {tag}" if tag else ""))
-            cols.append(getattr(rec, key))
+            cols.append(self._spread(layers, getattr(rec, key), layers.kept[k]))
         if self.has_current_importance():
             labels.append(f"step {self.work.steps_taken + 1} (next)")
-            cols.append(getattr(self.importance, key))
+            cols.append(self._spread(layers, getattr(self.importance, key), layers.now))
         return labels, cols
 
+    @staticmethod
+    def _spread(layers: LayerMap, values: list[float], kept: list[int]) -> list[float | None]:
+        """One value per original layer (None: the layer was gone when this was measured); a record whose
+        layers cannot be matched (it predates the map) is shown as it is."""
+        return layers.spread(values, kept) if len(values) == len(kept) else list(values)
+
+    def layer_map(self) -> LayerMap:
+        """The original layers and which of them every step of the record had (depth pruning removes some)."""
+        rec = self.work.pruner.record
+        return LayerMap.of(self.work.pruner.origin, rec.steps, rec.original_widths)
+
     def sparsity_history(self) -> tuple[list[list[float]], list[list[float]], list[list[float]]]:
-        """Per taken step: (allocated s_l, attention removed, MLP removed), each [step][layer]."""
-        orig = self.work.pruner.origin.widths
+        """Per taken step: (allocated s_l, attention removed, MLP removed), each [step][original layer]; a layer
+        removed by depth pruning counts as fully removed (allocation 1)."""
+        layers = self.layer_map()
         alloc, attn, mlp = [], [], []
-        for rec in self.work.pruner.record.steps:
-            alloc.append(list(rec.allocated_sparsity))
-            attn.append([1 - w["num_kv_heads"] / o.num_kv_heads for w, o in zip(rec.widths, orig, strict=True)])
-            mlp.append([1 - w["intermediate_size"] / o.intermediate_size for w, o in zip(rec.widths, orig, strict=True)])
+        for k, rec in enumerate(self.work.pruner.record.steps):
+            kept = layers.kept[k + 1]
+            alloc.append(layers.spread(list(rec.allocated_sparsity), kept, 1.0))
+            a, m = layers.removed_share(rec.widths, kept)
+            attn.append(a)
+            mlp.append(m)
         return alloc, attn, mlp
 
     # ------------------------------------------------------------------ preview
@@ -151,7 +172,7 @@ class ScheduleControl:
             raise SessionError(str(exc)) from exc
         finally:
             work.surgery.release()
-        out = Preview.of(plan, work.pruner.origin.widths)
+        out = Preview.of(plan, self.layer_map())
         if imp is None:
             out.notes.insert(0, f"an estimate from the importance measured before step {work.steps_taken}")
         return out

@@ -10,6 +10,7 @@ time, undo and reset) and the parts that read it, each in its own module::
     s.schedule.step(); s.quality.quick_eval("The capital of France is")
     for update in s.schedule.run_to_target(): print(update.message)
     for update in s.training.run_accel(): ...
+    for update in s.compare.run(["adaptive", "flap", "shortgpt"]): ...   # each on a copy of the original
     s.export_zip()
 
 Steps are atomic (the pruner builds the new modules before swapping them in), so a cancel or an error leaves
@@ -25,6 +26,7 @@ from torch import nn
 from pruner import load_model
 
 from . import export
+from .compare import Comparison
 from .costs import Costs
 from .quality import Quality
 from .schedule import ScheduleControl
@@ -43,6 +45,7 @@ class StudioSession:
         self.quality = Quality(self.work)
         self.schedule = ScheduleControl(self.work, self.costs, self.quality)
         self.training = Training(self.work, self.quality, self.schedule, self.costs)
+        self.compare = Comparison(self.work, self.quality)
 
     @classmethod
     def load(cls, source: str = "default", device=None, settings: StudioSettings | None = None) -> StudioSession:
@@ -58,8 +61,10 @@ class StudioSession:
         return cls(original, tokenizer, original=original, name=name, settings=settings)
 
     def close(self, reason: str = "its tab was closed") -> None:
-        """Free every model the session holds (the working copy, the uniform baseline, the training data)."""
+        """Free every model the session holds (the working copy, the uniform baseline, the training data) and the
+        comparison's downloads."""
         self.work.close(reason)
+        self.compare.close()
         self.quality.baseline_model = None
         self.training._packed = None
 

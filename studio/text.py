@@ -1,5 +1,7 @@
 """Every explanation the studio's page shows, in one place (the library holds no page text)."""
 
+from pruner.config import METHOD_SPECS
+
 INTRO = """# ✂️ Adapt-Pruner Studio
 Prune a small language model **layer by layer, adaptively** ([Adapt-Pruner, arXiv 2502.03460](https://arxiv.org/abs/2502.03460)):
 measure how much every decoder layer changes its input, give unimportant layers more sparsity, remove whole
@@ -52,3 +54,75 @@ PROMPT = "The capital of France is"
 READY = "Ready. Press **Measure importance** to begin."
 LOADING = "Loading the model …"
 NO_EVAL = "No evaluation yet: take a step or press “Evaluate now”."
+
+# ---------------------------------------------------------------------- the methods (docs/methods.md)
+
+#: Two lines per method: what it does, and how it differs from Adapt-Pruner.
+METHOD_EXPLAIN = {
+    "adaptive": ("Re-measures layer importance before every small sub-step and gives important layers less sparsity "
+                 "(s_l ← clip(s_l + Δ − A·Ĩ_l, 0, s_max)); removes KV groups and MLP channels by your unit criterion.",
+                 "This is Adapt-Pruner, the reference the others are compared with."),
+    "uniform": ("The same sub-steps with A = 0: every layer gets the same sparsity.",
+                "Adapt-Pruner without the layer importance: the adaptive part switched off."),
+    "custom": ("Your own final sparsity per layer (the custom table), reached in sub-steps.",
+               "The per-layer shares come from you, not from measured importance."),
+    "llm-pruner": ("First-order Taylor scores of KV groups and MLP channels; one ratio for every layer inside a window, "
+                   "the first and last layers left whole.",
+                   "One uniform ratio, fixed untouched layers and one shot instead of re-measured adaptive sub-steps."),
+    "flap": ("Scores the inputs of o_proj / down_proj by how much they fluctuate across tokens, standardises them and "
+             "cuts the whole model with one global threshold; a bias puts back the removed channels' mean output.",
+             "Layer shares come from one global unit ranking instead of layer importance; the bias repairs the cut "
+             "without training."),
+    "shortgpt": ("Measures each layer's block influence (1 − cos of its input and output) and deletes the layers that "
+                 "change their input least.",
+                 "Removes whole layers instead of thinning all of them: fewer layers (faster decoding), no unit scores."),
+    "wanda-sp": ("Structured Wanda: a unit's |weights| × the norm of its input activations; every layer loses the "
+                 "same share.",
+                 "A uniform ratio (no layer importance) with a forward-only score, in one shot."),
+}
+#: The one-shot baselines (their own unit score, their own split between layers; one step to the target).
+BASELINES = tuple(m for m, spec in METHOD_SPECS.items() if spec.one_shot)
+_OWN_SCORE = {"llm-pruner": "first-order Taylor", "flap": "fluctuation (WIFV)", "wanda-sp": "structured Wanda",
+              "shortgpt": "block influence of whole layers, no unit scores"}
+
+
+def baseline_note(method: str) -> str:
+    """What the schedule controls mean for a baseline (they are not silently ignored)."""
+    return (f"ℹ️ **{method}** is a one-shot baseline with its own score (**{_OWN_SCORE[method]}**) and its own split "
+            "between layers and between attention and MLP: the *unit criterion*, *amplitude A* and *budget per step "
+            "Δ* do not apply to it. It reaches the target in one step; Adapt-Accel does not run it (prune, then Train).")
+
+
+def methods_markdown(methods=None) -> str:
+    """The two-line explanation of every method, as a Markdown list."""
+    return "\n".join(f"* **{m}** — {what}  \n  *Versus Adapt-Pruner:* {diff}"
+                     for m, (what, diff) in METHOD_EXPLAIN.items() if methods is None or m in methods)
+
+
+EXPLAIN_COMPARE = """**Compare methods.** Each chosen method prunes its own copy of the *original* model to the schedule's
+**target**, with the same calibration data (corpus, windows, seed) and the same quick perplexity after every
+sub-step; the working model on the other tabs is never touched. One copy exists at a time: it is measured, saved
+as a zip and freed before the next method starts. **Cancel** stops the method in progress (it is dropped) and keeps
+the finished ones; a method that fails is reported in the table and the others still run."""
+
+EXPLAIN_COMPARE_WIDTHS = ("**Remaining width per layer**, one column per method: the share of each layer's KV groups "
+                          "(attention) and MLP channels that a method kept (✕: the whole layer removed). The "
+                          "**difference** view subtracts Adapt-Pruner's (adaptive) share: red where a method keeps "
+                          "less than Adapt-Pruner, blue where it keeps more.")
+COMPARE_NO_RESULTS = "No comparison yet: choose methods and press **Run comparison**."
+
+ACCEL_BASELINE = ("Adapt-Accel prunes with the incremental rule (adaptive or uniform sub-steps between training "
+                  "stages); **{method}** is a one-shot baseline. Switch the allocation to adaptive or uniform — or "
+                  "prune with {method} (Run to target) and then press Train.")
+
+COMPARE_CAPTION = ("**Target {target:.0%}** of the original's {params:,} parameters for every method; calibration "
+                   "{corpus}, {n_windows} × {window} tokens, seed {seed}. **Quick perplexity**: {ppl} (the same for "
+                   "every model). **Zero-shot avg**: {zero_shot}. **tokens/s**: greedy generation of {new_tokens} "
+                   "tokens after the prompt, batch 1, on {device}, the faster of two runs (noisy on a busy machine). **prune s**: "
+                   "measuring and cutting only, without the evaluation.")
+COMPARE_ZERO_SHOT = "the mean of acc_norm / acc (each task's metric, as in the Evaluate tab) over {tasks}, {limit} seeded examples each"
+COMPARE_NO_ZERO_SHOT = "not measured (choose tasks to add it)"
+
+METHOD_RADIO_INFO = ("adaptive, uniform, custom: the rule above, in sub-steps; llm-pruner, flap, shortgpt, wanda-sp: "
+                     "the paper's baselines, one step each with their own unit score (the “Compare methods” tab "
+                     "explains them)")

@@ -18,6 +18,7 @@ from .events import Progress
 from .quality import Quality, TrajectoryPoint
 from .schedule import ScheduleControl
 from .settings import StudioSettings
+from .text import ACCEL_BASELINE, BASELINES
 from .workspace import SessionError, Workspace, calibration_text
 
 MAX_TRAIN_TOKENS = 50_000_000
@@ -195,6 +196,8 @@ class Training:
             tokens = check_tokens(s.accel_tokens, "Adapt-Accel token budget")
             if s.method == "custom":
                 raise SessionError("Adapt-Accel allocates adaptively (or uniformly); switch the allocation from custom")
+            if s.method in BASELINES:  # refused before a private copy is made for nothing
+                raise SessionError(ACCEL_BASELINE.format(method=s.method))
             tcfg, data, teacher = self._setup(s)
             work.ensure_private()
             try:

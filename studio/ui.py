@@ -16,6 +16,7 @@ from pruner.config import CRITERIA, METHODS
 from pruner.data import CORPORA, CORPUS_DESCRIPTIONS
 
 from . import text
+from .compare import DEFAULT_METHODS
 from .handlers import Handlers, SharedModel
 from .pool import SessionPool
 from .quality import Quality
@@ -99,7 +100,8 @@ def _controls(page) -> None:
         page.n_steps = gr.Slider(1, 60, 12, step=1, label="…or number of steps", info="sets Δ")
     with gr.Row():
         page.criterion = gr.Radio(list(CRITERIA), value=D.criterion, label="unit criterion")
-        page.method = gr.Radio(list(METHODS), value=D.method, label="allocation")
+        page.method = gr.Radio(list(METHODS), value=D.method, label="allocation / method",
+                               info=text.METHOD_RADIO_INFO)
     with gr.Accordion("Custom schedule (final sparsity per layer)", open=False):
         page.custom = gr.Dataframe(headers=["layer", "final sparsity %"], datatype=["number", "number"],
                                    interactive=True, label="edit the last column; used when allocation = custom")
@@ -189,6 +191,8 @@ def _tabs(page) -> None:
             page.zs_btn = gr.Button("Evaluate zero-shot", elem_id="zs-btn")
             page.zs_fig = gr.Plot(elem_id="zs-bars", show_label=False)
             page.zs_table = gr.Dataframe(label="results", interactive=False, elem_id="zs-table")
+        with gr.Tab("Compare methods"):
+            _compare_tab(page)
         with gr.Tab("Export"):
             gr.Markdown(text.EXPLAIN_EXPORT)
             page.export_btn = gr.Button("Prepare downloads")
@@ -197,15 +201,43 @@ def _tabs(page) -> None:
                 page.report_file = gr.File(label="report (JSON)", interactive=False)
 
 
+def _compare_tab(page) -> None:
+    """Several methods to the same target, side by side: trajectories, per-layer widths, a table, downloads."""
+    gr.Markdown(text.EXPLAIN_COMPARE, elem_classes="explain")
+    with gr.Row():
+        page.cmp_methods = gr.CheckboxGroup(list(METHODS), value=list(DEFAULT_METHODS), label="methods",
+                                            info="each prunes a copy of the original to the target set on the left",
+                                            elem_id="cmp-methods")
+        with gr.Column(min_width=260):
+            page.cmp_zs_tasks = gr.CheckboxGroup(Quality.zero_shot_tasks(), value=[], elem_id="cmp-zs-tasks",
+                                                 label="zero-shot average on (none: skipped)")
+            page.cmp_zs_limit = gr.Slider(4, 200, 20, step=4, label="examples per task (seeded)")
+    with gr.Row():
+        page.cmp_btn = gr.Button("Run comparison", variant="primary", elem_id="cmp-btn")
+        page.cmp_cancel = gr.Button("Cancel", variant="stop", elem_id="cmp-cancel")
+    page.cmp_traj = gr.Plot(elem_id="cmp-trajectory", show_label=False)
+    with gr.Row():
+        page.cmp_widths = gr.Plot(elem_id="cmp-widths", show_label=False)
+        page.cmp_diff = gr.Plot(elem_id="cmp-diff", show_label=False)
+    gr.Markdown(text.EXPLAIN_COMPARE_WIDTHS, elem_classes="explain")
+    page.cmp_table = gr.Dataframe(label="results per method", interactive=False, elem_id="cmp-table")
+    page.cmp_note = gr.Markdown(text.COMPARE_NO_RESULTS, elem_id="cmp-note", elem_classes="explain")
+    page.cmp_files = gr.File(label="pruned models (one zip per method; load with pruner.load_model)",
+                             file_count="multiple", interactive=False, elem_id="cmp-files")
+    with gr.Accordion("What each method does", open=False):
+        gr.Markdown(text.methods_markdown(), elem_id="cmp-explain")
+
+
 def _wire(demo: gr.Blocks, p, h: Handlers) -> None:
     controls = [p.target, p.amplitude, p.step, p.criterion, p.method, p.custom, p.corpus, p.upload, p.n_windows,
                 p.window, p.seed, p.ppl_tokens, p.new_tokens]
     train_controls = [p.train_tokens, p.lr, p.distill, p.stages, p.accel_tokens]
     everything = [p.state, p.status, p.summary, p.layer_fig, p.unit_fig, p.alloc_fig, p.alloc_md, p.arch_fig,
                   p.traj_fig, p.metrics, p.gen_orig, p.gen_pruned, p.cost, p.loss_fig, p.train_cost]
-    demo.load(h.start_session, None, everything, **HEAVY)
+    compared = [p.cmp_traj, p.cmp_widths, p.cmp_diff, p.cmp_table, p.cmp_note, p.cmp_files]
+    demo.load(h.start_session, None, everything + compared, **HEAVY)
     demo.unload(h.close_session)
-    p.load_btn.click(gpu(h.load), [p.source], everything, **HEAVY)
+    p.load_btn.click(gpu(h.load), [p.source], everything + compared, **HEAVY)
     p.measure_btn.click(gpu(h.measure), [p.state, *controls], everything, **HEAVY)
     p.step_btn.click(gpu(h.step), [p.state, p.prompt, *controls], everything, **HEAVY)
     p.run_btn.click(gpu(h.run), [p.state, p.prompt, p.every, *controls], everything, **HEAVY)
@@ -219,6 +251,9 @@ def _wire(demo: gr.Blocks, p, h: Handlers) -> None:
     p.accel_btn.click(gpu_long(h.accel), [p.state, p.prompt, *train_controls, *controls], everything, **HEAVY)
     p.zs_btn.click(gpu(h.zero_shot), [p.state, p.zs_tasks, p.zs_limit, p.zs_full, p.zs_orig, p.zs_base],
                    [p.status, p.zs_table, p.zs_fig], **HEAVY)
+    p.cmp_btn.click(gpu_long(h.compare), [p.state, p.cmp_methods, p.cmp_zs_tasks, p.cmp_zs_limit, p.prompt, *controls],
+                    [p.status, *compared], **HEAVY)
+    p.cmp_cancel.click(h.cancel, [p.state], [p.status], concurrency_limit=None)
     p.fill_custom.click(h.custom_table, [p.state], [p.custom], **LIGHT)
     p.n_steps.release(h.steps_to_budget, [p.state, p.n_steps, p.target], [p.step], **LIGHT)
     for c in (p.target, p.amplitude, p.step, p.n_windows, p.window):

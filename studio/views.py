@@ -6,7 +6,14 @@ import visualizations as viz
 
 from .session import StudioSession
 from .settings import StudioSettings
-from .text import LOADING, NO_EVAL
+from .text import (
+    COMPARE_CAPTION,
+    COMPARE_NO_RESULTS,
+    COMPARE_NO_ZERO_SHOT,
+    COMPARE_ZERO_SHOT,
+    LOADING,
+    NO_EVAL,
+)
 from .workspace import SessionError
 
 
@@ -35,11 +42,25 @@ def allocation_figure(s: StudioSession, settings: StudioSettings | None):
 
 
 def unit_figure(s: StudioSession):
+    """The unit scores of the latest measurement, one row per original layer (empty where a layer was gone)."""
     imp, before = s.schedule.shown_importance()
     if imp is None:
         return viz.unit_importance_heatmap([], [])
-    return viz.unit_importance_heatmap(imp.group_scores, imp.channel_scores, criterion=imp.criterion,
-                                       note=f"measured before step {before}")
+    note = f"measured before step {before}"
+    if imp.group_scores is None:  # ShortGPT measures the layers only
+        return viz.unit_importance_heatmap([], [], criterion=None, note=note)
+    layers = s.schedule.layer_map()
+    kept = layers.kept[before - 1] if 0 < before <= len(layers.kept) else layers.now
+    groups, channels = list(imp.group_scores), list(imp.channel_scores)
+    if len(groups) == len(kept):
+        groups, channels = layers.spread(groups, kept, []), layers.spread(channels, kept, [])
+    return viz.unit_importance_heatmap(groups, channels, criterion=imp.criterion, note=note)
+
+
+def architecture(s: StudioSession):
+    """Remaining width of every original layer (a layer removed by depth pruning: all removed)."""
+    layers = s.schedule.layer_map()
+    return viz.architecture_figure(layers.original, layers.full_widths(s.work.widths()))
 
 
 def trajectory_figure(s: StudioSession):
@@ -67,7 +88,7 @@ def page_views(page, s: StudioSession | None, settings: StudioSettings | None = 
         page.unit_fig: unit_figure(s),
         page.alloc_fig: planned,
         page.alloc_md: plan_note,
-        page.arch_fig: viz.architecture_figure(list(s.pruner.origin.widths), s.work.widths()),
+        page.arch_fig: architecture(s),
         page.traj_fig: trajectory_figure(s),
         page.loss_fig: loss_figure(s),
         page.train_cost: s.costs.train_markdown(settings or s.settings),
@@ -76,3 +97,42 @@ def page_views(page, s: StudioSession | None, settings: StudioSettings | None = 
         page.gen_pruned: ev.generation if ev else "",
         page.cost: s.costs.prune_markdown(settings or s.settings),
     }
+
+
+def compare_views(page, s: StudioSession, with_files: bool = True) -> dict:
+    """The Compare methods tab from the session's comparison (``with_files``: the downloads too)."""
+    c = s.compare
+    cfg = c.settings or s.settings
+    layers = c.layers or s.schedule.layer_map()
+    table = c.table()
+    out = {
+        page.cmp_traj: viz.methods_trajectory(c.trajectories(), f"quick perplexity: {cfg.ppl_settings()}"),
+        page.cmp_widths: viz.method_widths(layers.original, c.widths()),
+        page.cmp_diff: viz.method_width_difference(layers.original, c.widths()),
+        page.cmp_table: shown_table(table),
+        page.cmp_note: compare_caption(s) if c.results else COMPARE_NO_RESULTS,
+    }
+    if with_files:
+        out[page.cmp_files] = c.downloads() or None
+    return out
+
+
+def compare_caption(s: StudioSession) -> str:
+    """What every number of the comparison table was measured with."""
+    c = s.compare
+    cfg = c.settings or s.settings
+    zs = (COMPARE_ZERO_SHOT.format(tasks=", ".join(c.zero_shot_settings[0]), limit=c.zero_shot_settings[1])
+          if c.zero_shot_settings else COMPARE_NO_ZERO_SHOT)
+    return COMPARE_CAPTION.format(target=cfg.target, params=s.work.original_total, corpus=cfg.calibration,
+                                  n_windows=cfg.n_windows, window=cfg.window, seed=cfg.seed, ppl=cfg.ppl_settings(),
+                                  zero_shot=zs, new_tokens=cfg.max_new_tokens, device=s.work.device.type.upper())
+
+
+def shown_table(table):
+    """The comparison table for the page: the zero-shot average with its standard error in one column, "—" where
+    there is no value."""
+    t = table.astype(object).where(table.notna(), None)
+    t["zero-shot avg"] = [("—" if v is None else f"{v:.3f}" + ("" if se is None else f" ± {se:.3f}"))
+                          for v, se in zip(t["zero-shot avg"], t["± se"], strict=True)]
+    t = t.drop(columns=["± se"])
+    return t.where(t.notna(), "—")

@@ -54,7 +54,8 @@ class Workspace:
         self.own_original = original is None  # the original belongs to this session alone (not shared)
         self.original.eval()
         self.model = model.eval()
-        self.before_private: Callable[[Workspace], None] | None = None
+        self.before_private: Callable[..., None] | None = None  # (workspace, extra=False): may refuse
+        self.extra_models = 0  # models held beside the working one (a comparison's pruned copy)
         self.closed: str | None = None  # why the session was closed (its models freed)
         self.last_used = time.monotonic()
         self.settings = settings or StudioSettings()
@@ -176,6 +177,25 @@ class Workspace:
     def holds_memory(self) -> bool:
         """True when the session holds a model of its own (a private copy, or an original loaded for it alone)."""
         return self.model is not None and (self.private or self.own_original)
+
+    @property
+    def models_held(self) -> int:
+        """Model copies this session holds beyond the shared original: its own working copy (or its own original)
+        and any extra copy in use (what the visitor pool counts)."""
+        return int(self.holds_memory) + self.extra_models
+
+    @contextlib.contextmanager
+    def extra_model(self) -> Iterator[None]:
+        """Hold one more model copy for the duration (a comparison prunes a copy of the original): the visitor pool
+        is asked first, as for a private copy, and may refuse."""
+        self.check_open()
+        if self.before_private is not None:
+            self.before_private(self, extra=True)
+        self.extra_models += 1
+        try:
+            yield
+        finally:
+            self.extra_models -= 1
 
     def ensure_private(self) -> None:
         """Make the working model this session's own copy before its first change (a no-op when it is)."""

@@ -157,3 +157,36 @@ def test_train_then_adapt_accel_then_compare_zero_shot(studio_url):
         bars = plot_data(page, "zs-bars")["data"]
         assert [b["name"] for b in bars] == ["original", "pruned (" + str(len(layer["x"])) + " steps)"]
         assert any("acc_norm" in x for x in bars[0]["x"])  # every task names its metric
+
+
+def run_comparison(page, methods=("adaptive", "shortgpt")) -> None:
+    """Open Compare methods, keep only ``methods`` checked, run, wait until it is done."""
+    page.get_by_role("tab", name="Compare methods").click()
+    box = page.locator("#cmp-methods")
+    for label in box.locator("label").all():
+        name = label.inner_text().strip()
+        checkbox = label.locator("input[type=checkbox]")
+        if checkbox.is_checked() != (name in methods):
+            label.click()
+    page.click("#cmp-btn")
+    wait_status(page, "Comparison done", timeout=240_000)
+
+
+def test_compare_two_methods(studio_url):
+    with studio_page(studio_url) as page:
+        p0 = params_count(page)
+        run_comparison(page)
+        traj = plot_data(page, "cmp-trajectory")["data"]
+        assert [t["name"] for t in traj] == ["adaptive", "shortgpt"]
+        assert all(t["x"][0] == p0 / 1e6 and t["x"][-1] < t["x"][0] for t in traj)  # from the original, down
+        widths = plot_data(page, "cmp-widths")["data"]
+        assert widths[0]["x"] == ["adaptive", "shortgpt"] and len(widths[0]["z"]) == 3
+        assert any(row[1] == "✕" for row in widths[0]["text"])  # ShortGPT removed a layer whole
+        diff = plot_data(page, "cmp-diff")["data"]
+        assert diff[0]["x"] == ["shortgpt"]
+        table = page.locator("#cmp-table").inner_text()
+        assert "original" in table and "adaptive" in table and "shortgpt" in table and "done" in table
+        assert "256-token windows" in page.locator("#cmp-note").inner_text()  # the page's quick perplexity
+        files = page.locator("#cmp-files").inner_text()
+        assert "adaptive-80" in files and "shortgpt-80" in files  # the page's default target, 80 %
+        assert params_count(page) == p0  # the working model is untouched

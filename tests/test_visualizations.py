@@ -145,3 +145,63 @@ def test_accuracy_bars_group_models_and_name_metrics():
     unknown = viz.accuracy_bars([{**rows[0], "stderr": None}, {**rows[1], "stderr": float("nan")}])
     assert list(unknown.data[0].error_y.array) == [None, None]  # not known: no error bar
     assert "Run an evaluation" in viz.accuracy_bars([]).layout.annotations[0].text
+
+
+# ---------------------------------------------------------------- layers removed whole, and comparing methods
+
+W = {"num_heads": 8, "num_kv_heads": 4, "intermediate_size": 100}
+
+
+def w(kv: int, ch: int) -> dict:
+    return {"num_heads": 2 * kv, "num_kv_heads": kv, "intermediate_size": ch}
+
+
+def test_removed_layers_stay_rows_in_the_heatmaps_and_the_architecture():
+    fig = viz.layer_importance_heatmap([[0.1, 0.5, 0.2], [0.2, None, 0.3]])  # layer 1 gone before step 2
+    assert [list(r) for r in fig.data[0].z] == [[0.1, 0.2], [0.5, None], [0.2, 0.3]]
+    arch = viz.architecture_figure([W, W, W], [w(2, 60), None, W])
+    kept_g, removed_g, kept_c, removed_c = arch.data
+    assert list(kept_g.x) == [2, 0, 4] and list(removed_g.x) == [2, 4, 0]
+    assert list(kept_c.x) == [60, 0, 100] and list(removed_c.x) == [40, 100, 0]
+    assert "depth pruning" in removed_g.customdata[1] and removed_g.customdata[0] == ""
+    assert "layers 1 removed whole" in arch.layout.title.text
+    unit = viz.unit_importance_heatmap([[1.0, 3.0], [], [2.0, 2.0]], [[1.0, 2.0], [], [3.0, 1.0]], n_bins=2)
+    assert list(unit.data[0].z[1]) == [None, None]  # an empty row
+    layers_only = viz.unit_importance_heatmap([], [], criterion=None, note="measured before step 2")
+    assert len(layers_only.data) == 0 and "whole layers only" in layers_only.layout.annotations[0].text
+
+
+def test_methods_trajectory_one_line_per_method():
+    fig = viz.methods_trajectory({"adaptive": ([100_000, 90_000, 80_000], [10.0, 12.0, 15.0]),
+                                  "shortgpt": ([100_000, 75_000], [10.0, 40.0])}, "wikitext2 test, 64-token windows")
+    ada, short = fig.data
+    assert ada.name == "adaptive" and list(ada.x) == [0.1, 0.09, 0.08] and list(ada.y) == [10.0, 12.0, 15.0]
+    assert short.name == "shortgpt" and list(short.x) == [0.1, 0.075] and ada.line.color != short.line.color
+    assert fig.layout.yaxis.type == "log" and fig.layout.xaxis.autorange == "reversed"
+    assert "64-token windows" in fig.layout.title.text
+    assert "Run a comparison" in viz.methods_trajectory({}).layout.annotations[0].text
+    with pytest.raises(ValueError):
+        viz.methods_trajectory({"flap": ([1, 2], [3.0])})
+
+
+def test_method_widths_side_by_side_and_the_difference_from_adaptive():
+    original = [W, W, W]
+    per = {"adaptive": [w(4, 90), w(3, 50), w(4, 100)], "shortgpt": [W, None, W], "flap": [w(2, 80), w(4, 70), W]}
+    fig = viz.method_widths(original, per)
+    attn, mlp = fig.data
+    assert list(attn.x) == ["adaptive", "shortgpt", "flap"] and list(attn.y) == [0, 1, 2]
+    assert [list(r) for r in attn.z] == [[1.0, 1.0, 0.5], [0.75, 0.0, 1.0], [1.0, 1.0, 1.0]]
+    assert [list(r) for r in mlp.z] == [[0.9, 1.0, 0.8], [0.5, 0.0, 0.7], [1.0, 1.0, 1.0]]
+    assert [list(r) for r in mlp.text][1] == ["50", "✕", "70"] and attn.zmin == 0 and attn.zmax == 1
+    assert "removed whole (shortgpt)" in fig.layout.title.text
+    diff = viz.method_width_difference(original, per)
+    d_attn, d_mlp = diff.data
+    assert list(d_attn.x) == ["shortgpt", "flap"] and d_attn.zmid is None and d_attn.zmin == -1
+    assert np.allclose(np.array(d_mlp.z, dtype=float), [[0.1, -0.1], [-0.5, 0.2], [0.0, 0.0]])
+    assert np.allclose(np.array(d_attn.z, dtype=float), [[0.0, -0.5], [-0.75, 0.25], [0.0, 0.0]])
+    assert "Include adaptive" in viz.method_width_difference(original, {"flap": per["flap"]}).layout.annotations[0].text
+    assert "Add another method" in viz.method_width_difference(original, {"adaptive": per["adaptive"]}).layout.annotations[0].text
+    assert "Run a comparison" in viz.method_widths(original, {}).layout.annotations[0].text
+    assert viz.kept_share(original, per["shortgpt"], "num_kv_heads") == [1.0, 0.0, 1.0]
+    with pytest.raises(ValueError):
+        viz.method_widths(original[:2], per)

@@ -1,6 +1,7 @@
 """Figures of the studio: pure functions, data in, Plotly figure out (no model, no state)."""
 
 from .charts import accuracy_bars, architecture_figure, loss_curve, trajectory_figure
+from .compare import kept_share, method_width_difference, method_widths, methods_trajectory
 from .heatmaps import (
     allocated_sparsity_heatmap,
     bin_scores,
@@ -10,6 +11,7 @@ from .heatmaps import (
 )
 
 __all__ = [
-    "accuracy_bars", "allocated_sparsity_heatmap", "architecture_figure", "bin_scores", "layer_importance_heatmap", "loss_curve",
+    "accuracy_bars", "allocated_sparsity_heatmap", "architecture_figure", "bin_scores", "kept_share",
+    "layer_importance_heatmap", "loss_curve", "method_width_difference", "method_widths", "methods_trajectory",
     "trajectory_figure", "unit_importance_heatmap", "unit_score_matrix",
 ]

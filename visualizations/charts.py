@@ -27,8 +27,9 @@ def _get(w, name: str) -> int:
 def architecture_figure(original: Sequence, current: Sequence) -> go.Figure:
     """Remaining width of every layer: KV groups (left) and MLP channels (right), kept vs removed.
 
-    ``original`` and ``current`` hold one width per layer (``LayerWidths`` or dicts with ``num_kv_heads`` and
-    ``intermediate_size``).
+    ``original`` and ``current`` hold one width per original layer (``LayerWidths`` or dicts with
+    ``num_kv_heads`` and ``intermediate_size``); a ``current`` entry of None is a layer removed whole (depth
+    pruning), drawn as all removed.
     """
     title = "Architecture: remaining width per layer"
     if not current:
@@ -36,25 +37,29 @@ def architecture_figure(original: Sequence, current: Sequence) -> go.Figure:
     if len(original) != len(current):
         raise ValueError("original and current need one entry per layer")
     layers = list(range(len(current)))
+    gone = [w is None for w in current]
     kv0 = [_get(w, "num_kv_heads") for w in original]
-    kv = [_get(w, "num_kv_heads") for w in current]
+    kv = [0 if w is None else _get(w, "num_kv_heads") for w in current]
     ch0 = [_get(w, "intermediate_size") for w in original]
-    ch = [_get(w, "intermediate_size") for w in current]
+    ch = [0 if w is None else _get(w, "intermediate_size") for w in current]
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
                         subplot_titles=("attention: KV groups (each with its query heads)", "MLP channels"))
     for col, kept, full, color, unit in ((1, kv, kv0, ATTN_COLOR, "groups"), (2, ch, ch0, MLP_COLOR, "channels")):
         removed = [f - k for f, k in zip(full, kept, strict=True)]
+        why = [" (the whole layer: depth pruning)" if g else "" for g in gone]
         fig.add_trace(go.Bar(y=layers, x=kept, orientation="h", name=f"{unit} kept", marker_color=color,
                              hovertemplate=f"layer %{{y}}: %{{x}} {unit} kept<extra></extra>"), 1, col)
         fig.add_trace(go.Bar(y=layers, x=removed, orientation="h", name=f"{unit} removed",
-                             marker_color=REMOVED_COLOR,
-                             hovertemplate=f"layer %{{y}}: %{{x}} {unit} removed<extra></extra>"), 1, col)
+                             marker_color=REMOVED_COLOR, customdata=why,
+                             hovertemplate=f"layer %{{y}}: %{{x}} {unit} removed%{{customdata}}<extra></extra>"), 1, col)
     fig.update_layout(barmode="stack", bargap=0.15, legend=dict(orientation="h", y=-0.15))
     fig.update_yaxes(autorange="reversed", dtick=max(1, len(layers) // 15))
     fig.update_yaxes(title_text="decoder layer", row=1, col=1)
     fig.update_xaxes(title_text="KV groups", dtick=1, row=1, col=1)
     fig.update_xaxes(title_text="channels", row=1, col=2)
-    return base_layout(fig, title, height=480)
+    if any(gone):
+        title += f"<br><sup>layers {', '.join(str(i) for i, g in enumerate(gone) if g)} removed whole</sup>"
+    return base_layout(fig, title, height=480, top=80 if any(gone) else 60)
 
 
 def trajectory_figure(

@@ -15,9 +15,10 @@ from .style import base_layout, empty_figure
 
 
 def _transpose(columns: Sequence[Sequence[float]]) -> list[list[float | None]]:
-    """Columns (one per step, one value per layer) → rows (one per layer); ragged columns are padded."""
+    """Columns (one per step, one value per layer) → rows (one per layer); ragged columns are padded and None (a
+    layer that was gone) stays None."""
     n = max((len(c) for c in columns), default=0)
-    return [[float(c[li]) if li < len(c) else None for c in columns] for li in range(n)]
+    return [[float(c[li]) if li < len(c) and c[li] is not None else None for c in columns] for li in range(n)]
 
 
 def layer_importance_heatmap(
@@ -89,16 +90,20 @@ def unit_importance_heatmap(
     group_scores: Sequence[Sequence[float]],
     channel_scores: Sequence[Sequence[float]],
     n_bins: int = 16,
-    criterion: str = "taylor",
+    criterion: str | None = "taylor",
     note: str = "",
 ) -> go.Figure:
     """Unit importance inside every layer: layers × KV groups (left) and layers × ranked MLP channel bins (right).
 
     Scores are relative to each layer's mean (1 = an average unit of that layer). Channels are sorted high → low
     and averaged in ``n_bins`` bins, so the right panel shows how steeply importance falls off inside a layer —
-    the low-ranked bins are what the next step removes.
+    the low-ranked bins are what the next step removes. An empty entry (a layer removed by depth pruning) is an
+    empty row. ``criterion=None``: a measurement of the layers only (ShortGPT), which has no unit scores.
     """
     title = f"Unit importance inside layers ({criterion}; score ÷ layer mean)" + (f"<br><sup>{note}</sup>" if note else "")
+    if criterion is None:
+        return empty_figure("Unit importance inside layers" + (f"<br><sup>{note}</sup>" if note else ""),
+                            "This measurement scored whole layers only (ShortGPT's block influence): no unit scores")
     if not group_scores:
         return empty_figure(title, "Press “Measure importance” to fill this map")
     if len(group_scores) != len(channel_scores):
