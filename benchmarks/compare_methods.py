@@ -46,6 +46,11 @@ def perplexities(model, tok) -> dict:
             for w in PPL_WINDOWS}
 
 
+def set_ppl_tokens(n: int) -> None:
+    global PPL_TOKENS
+    PPL_TOKENS = n
+
+
 ITERATIVE = ("adaptive", "uniform")  # one run per method, saved at 90, 80 and 70 % in turn (as core_prune.py)
 
 
@@ -206,6 +211,7 @@ def main(argv=None) -> int:
     p.add_argument("--window", type=int, default=pruner.PruneConfig.window)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--ppl-tokens", type=int, default=PPL_TOKENS, help="perplexity on the first N tokens")
     p.add_argument("--no-checkpoint", dest="checkpoint", action="store_false",
                    help="importance without checkpointed layers (faster; the same scores)")
     p.add_argument("--save-dir", default=None, help="default: next to --out, named after the model")
@@ -220,6 +226,7 @@ def main(argv=None) -> int:
     if args.command == "prune":
         if args.threads:
             torch.set_num_threads(args.threads)
+        set_ppl_tokens(args.ppl_tokens)
         args.save_dir = args.save_dir or str(Path(args.out).with_suffix(""))
         return cmd_prune(args)
     return cmd_report(args)

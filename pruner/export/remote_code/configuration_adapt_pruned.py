@@ -78,83 +78,24 @@ class _PerLayer:
         check_per_layer_widths(self)
 
 
-@strict
-class AdaptPrunedLlamaConfig(_PerLayer, LlamaConfig):
-    model_type = "adapt_pruned_llama"
-    num_attention_heads_per_layer: list[int] | None = None
-    num_key_value_heads_per_layer: list[int] | None = None
-    intermediate_size_per_layer: list[int] | None = None
-    o_proj_bias_per_layer: list[bool] | None = None
-    down_proj_bias_per_layer: list[bool] | None = None
+def _per_layer(base, model_type: str, explicit_head_dim: bool = False):
+    """The stock config class ``base`` plus the per-layer fields, as a strict dataclass named after it.
+    ``explicit_head_dim``: the stock config derives head_dim from hidden_size / num_attention_heads (Phi-3,
+    OLMo-2), so it becomes a field here."""
+    fields = {"head_dim": int | None} if explicit_head_dim else {}
+    fields.update({name: list[int] | None for name in PER_LAYER_FIELDS})
+    fields.update({name: list[bool] | None for name in BIAS_FIELDS})
+    name = f"AdaptPruned{base.__name__}"
+    namespace = {"__module__": __name__, "__qualname__": name, "__annotations__": fields, "model_type": model_type,
+                 **dict.fromkeys(fields)}
+    return strict(type(name, (_PerLayer, base), namespace))
 
 
-@strict
-class AdaptPrunedQwen2Config(_PerLayer, Qwen2Config):
-    model_type = "adapt_pruned_qwen2"
-    num_attention_heads_per_layer: list[int] | None = None
-    num_key_value_heads_per_layer: list[int] | None = None
-    intermediate_size_per_layer: list[int] | None = None
-    o_proj_bias_per_layer: list[bool] | None = None
-    down_proj_bias_per_layer: list[bool] | None = None
-
-
-@strict
-class AdaptPrunedMistralConfig(_PerLayer, MistralConfig):
-    model_type = "adapt_pruned_mistral"
-    num_attention_heads_per_layer: list[int] | None = None
-    num_key_value_heads_per_layer: list[int] | None = None
-    intermediate_size_per_layer: list[int] | None = None
-    o_proj_bias_per_layer: list[bool] | None = None
-    down_proj_bias_per_layer: list[bool] | None = None
-
-
-@strict
-class AdaptPrunedQwen3Config(_PerLayer, Qwen3Config):
-    model_type = "adapt_pruned_qwen3"
-    num_attention_heads_per_layer: list[int] | None = None
-    num_key_value_heads_per_layer: list[int] | None = None
-    intermediate_size_per_layer: list[int] | None = None
-    o_proj_bias_per_layer: list[bool] | None = None
-    down_proj_bias_per_layer: list[bool] | None = None
-
-
-@strict
-class AdaptPrunedGemma2Config(_PerLayer, Gemma2Config):
-    model_type = "adapt_pruned_gemma2"
-    num_attention_heads_per_layer: list[int] | None = None
-    num_key_value_heads_per_layer: list[int] | None = None
-    intermediate_size_per_layer: list[int] | None = None
-    o_proj_bias_per_layer: list[bool] | None = None
-    down_proj_bias_per_layer: list[bool] | None = None
-
-
-@strict
-class AdaptPrunedGemma3TextConfig(_PerLayer, Gemma3TextConfig):
-    model_type = "adapt_pruned_gemma3_text"
-    num_attention_heads_per_layer: list[int] | None = None
-    num_key_value_heads_per_layer: list[int] | None = None
-    intermediate_size_per_layer: list[int] | None = None
-    o_proj_bias_per_layer: list[bool] | None = None
-    down_proj_bias_per_layer: list[bool] | None = None
-
-
-@strict
-class AdaptPrunedPhi3Config(_PerLayer, Phi3Config):
-    model_type = "adapt_pruned_phi3"
-    head_dim: int | None = None  # the stock config derives it from hidden_size / num_attention_heads
-    num_attention_heads_per_layer: list[int] | None = None
-    num_key_value_heads_per_layer: list[int] | None = None
-    intermediate_size_per_layer: list[int] | None = None
-    o_proj_bias_per_layer: list[bool] | None = None
-    down_proj_bias_per_layer: list[bool] | None = None
-
-
-@strict
-class AdaptPrunedOlmo2Config(_PerLayer, Olmo2Config):
-    model_type = "adapt_pruned_olmo2"
-    head_dim: int | None = None  # the stock config derives it from hidden_size / num_attention_heads
-    num_attention_heads_per_layer: list[int] | None = None
-    num_key_value_heads_per_layer: list[int] | None = None
-    intermediate_size_per_layer: list[int] | None = None
-    o_proj_bias_per_layer: list[bool] | None = None
-    down_proj_bias_per_layer: list[bool] | None = None
+AdaptPrunedLlamaConfig = _per_layer(LlamaConfig, "adapt_pruned_llama")
+AdaptPrunedQwen2Config = _per_layer(Qwen2Config, "adapt_pruned_qwen2")
+AdaptPrunedMistralConfig = _per_layer(MistralConfig, "adapt_pruned_mistral")
+AdaptPrunedQwen3Config = _per_layer(Qwen3Config, "adapt_pruned_qwen3")
+AdaptPrunedGemma2Config = _per_layer(Gemma2Config, "adapt_pruned_gemma2")
+AdaptPrunedGemma3TextConfig = _per_layer(Gemma3TextConfig, "adapt_pruned_gemma3_text")
+AdaptPrunedPhi3Config = _per_layer(Phi3Config, "adapt_pruned_phi3", explicit_head_dim=True)
+AdaptPrunedOlmo2Config = _per_layer(Olmo2Config, "adapt_pruned_olmo2", explicit_head_dim=True)
