@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pruner.testing import ARCHITECTURES, NEW_ARCHITECTURES
+from pruner.testing import ARCHITECTURES, NEW_ARCHITECTURES, tiny_model
 from pruner.testing import tiny_tokenizer as _tiny_tokenizer
 
 torch.set_num_threads(1)  # tiny models: threads only add overhead (and the CI machine has 2 cores)
@@ -26,3 +26,12 @@ def arch(request):
 def new_arch(request):
     """The architectures added later (tests/test_architectures*.py)."""
     return request.param
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_folder(tmp_path_factory, tiny_tokenizer):
+    """A tiny Llama saved as a plain Hugging Face folder (weights and tokenizer)."""
+    d = tmp_path_factory.mktemp("tiny") / "model"
+    tiny_model("llama").save_pretrained(d)
+    tiny_tokenizer.save_pretrained(d)
+    return d

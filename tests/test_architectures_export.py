@@ -7,13 +7,10 @@ gemma3 GGUF (how Gemma-3-270M comes) loads as gemma3_text and prunes.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
-from safetensors.torch import save_file
-from test_export_hf import STRANGER, clean_env
+from test_export_hf import STRANGER, export_for_a_stranger
 
 import pruner
 from pruner.adapters import ADAPTERS
@@ -40,24 +37,9 @@ def stranger_results(tmp_path_factory, tiny_tokenizer):
     """Export every new architecture with per-layer widths, then load them all in one subprocess that cannot
     import pruner (trust_remote_code), comparing logits and cached generation."""
     root = tmp_path_factory.mktemp("export_arch")
-    models, folders = {}, []
-    for arch in NEW_ARCHITECTURES:
-        model = uneven_model(arch)
-        folder = root / arch
-        export_hf(model, tiny_tokenizer if arch == "gemma3_text" else None, folder)
-        ids = random_windows(2, 20, seed=3)
-        with torch.no_grad():
-            ref = model(ids).logits
-            generated = model.generate(ids[:1, :6], max_new_tokens=10, do_sample=False, use_cache=True)
-        save_file({"ids": ids, "logits": ref, "generated": generated}, str(folder) + ".ref.safetensors")
-        models[arch], folders = model, [*folders, str(folder)]
-    cwd = root / "cwd"
-    cwd.mkdir()
-    proc = subprocess.run([sys.executable, "-c", STRANGER, *folders], cwd=cwd, env=clean_env(root),
-                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    models = {arch: uneven_model(arch) for arch in NEW_ARCHITECTURES}
+    out = export_for_a_stranger(models, root, {"gemma3_text": tiny_tokenizer})
     assert HIDE_PROJECT in STRANGER
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out[str(root / "gemma3_text") + ":tokens"] == tiny_tokenizer("hello world").input_ids
     return {arch: out[str(root / arch)] for arch in NEW_ARCHITECTURES}, root, models
 

@@ -60,6 +60,27 @@ print(json.dumps(results))
 """
 
 
+def export_for_a_stranger(models: dict, root, tokenizers: dict) -> dict:
+    """Export every model to ``root/<name>`` with its reference logits and cached generation, then load them all in
+    one subprocess that cannot import the project (remote code only); returns what that process measured."""
+    folders = []
+    for name, model in models.items():
+        folder = root / name
+        export_hf(model, tokenizers.get(name), folder)
+        ids = random_windows(2, 20, seed=3)
+        with torch.no_grad():
+            logits = model(ids).logits
+            generated = model.generate(ids[:1, :6], max_new_tokens=10, do_sample=False, use_cache=True)
+        save_file({"ids": ids, "logits": logits, "generated": generated}, str(folder) + ".ref.safetensors")
+        folders.append(str(folder))
+    cwd = root / "cwd"
+    cwd.mkdir()
+    proc = subprocess.run([sys.executable, "-c", STRANGER, *folders], cwd=cwd, env=clean_env(root),
+                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def baseline(arch: str, method: str, tokenizer):
     """A tiny model pruned to 70 % by one of the baselines (FLAP adds o_proj / down_proj biases, ShortGPT removes
     layers)."""
@@ -80,23 +101,11 @@ def stranger_results(tmp_path_factory, tiny_tokenizer):
     """Export the three architectures (and two baselines' models), then load them all in one subprocess that
     cannot import pruner."""
     root = tmp_path_factory.mktemp("export_hf")
-    models, folders = {}, []
+    models = {}
     for arch in (*ARCHS, *BASELINE_MODELS):
         model = uneven(arch) if arch in ARCHS else baseline(*BASELINE_MODELS[arch], tiny_tokenizer)
-        folder = root / arch
-        export_hf(model, tiny_tokenizer if arch == "llama" else None, folder)
-        ids = random_windows(2, 20, seed=3)
-        with torch.no_grad():
-            logits = model(ids).logits
-            generated = model.generate(ids[:1, :6], max_new_tokens=10, do_sample=False, use_cache=True)
-        save_file({"ids": ids, "logits": logits, "generated": generated}, str(folder) + ".ref.safetensors")
-        models[arch], folders = model, [*folders, str(folder)]
-    empty = root / "cwd"
-    empty.mkdir()
-    proc = subprocess.run([sys.executable, "-c", STRANGER, *folders], cwd=empty, env=clean_env(root),
-                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+        models[arch] = model
+    out = export_for_a_stranger(models, root, {"llama": tiny_tokenizer})
     assert out[str(root / "llama") + ":tokens"] == tiny_tokenizer("hello world").input_ids
     return {arch: out[str(root / arch)] for arch in (*ARCHS, *BASELINE_MODELS)}, root, models
 

@@ -324,11 +324,8 @@ def test_the_baselines_refuse_adapt_accel():
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory, tiny_tokenizer):
-    d = tmp_path_factory.mktemp("tiny") / "model"
-    tiny_model("llama").save_pretrained(d)
-    tiny_tokenizer.save_pretrained(d)
-    return d
+def tiny_folder(tiny_llama_folder):
+    return tiny_llama_folder
 
 
 @pytest.mark.parametrize("extra", [["--method", "flap"], ["--method", "shortgpt"],

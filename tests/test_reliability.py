@@ -19,11 +19,8 @@ UNWRITABLE = "/proc/adapt-pruner-test"  # even root cannot create anything under
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory, tiny_tokenizer):
-    d = tmp_path_factory.mktemp("tiny") / "model"
-    tiny_model("llama").save_pretrained(d)
-    tiny_tokenizer.save_pretrained(d)
-    return d
+def folder(tiny_llama_folder):
+    return tiny_llama_folder
 
 
 def cli(capsys, *args) -> tuple[int, str]:
