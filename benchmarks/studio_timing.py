@@ -91,7 +91,7 @@ def _free_port() -> int:
 
 
 def browser_timing(model: str, steps: int, shots: Path | None, accel: bool = False,
-                   evaluate: bool = False) -> dict:
+                   evaluate: bool = False, compare: bool = False) -> dict:
     """Start app.py, drive it in headless Chromium, time what the page shows."""
     from playwright.sync_api import sync_playwright
 
@@ -186,6 +186,17 @@ def browser_timing(model: str, steps: int, shots: Path | None, accel: bool = Fal
                 zero_shot(full_page=True)
                 print(f"run to target {out['seconds_run_to_target']:.0f} s; uniform baseline "
                       f"{out['seconds_uniform_baseline']:.0f} s; zero-shot {out['seconds_zero_shot']:.0f} s", flush=True)
+            if compare:  # the Compare methods tab with its defaults (every method to the schedule's target)
+                page.get_by_role("tab", name="Compare methods").click()
+                t1 = time.perf_counter()
+                page.click("#cmp-btn")
+                wait_status("Comparison done", timeout=3_600_000)
+                out["seconds_compare"] = time.perf_counter() - t1
+                out["compare_table"] = page.locator("#cmp-table").inner_text()
+                print(f"comparison {out['seconds_compare']:.0f} s", flush=True)
+                page.wait_for_timeout(1500)
+                if shots:
+                    page.screenshot(path=str(shots / "studio_compare.png"), full_page=True)
             browser.close()
     finally:
         proc.terminate()
@@ -205,13 +216,16 @@ def main() -> None:
     p.add_argument("--evaluate", action="store_true",
                    help="browser mode: then run to the target, the uniform baseline and the zero-shot comparison "
                         "(dense vs adaptive vs uniform)")
+    p.add_argument("--compare", action="store_true",
+                   help="browser mode: then the Compare methods tab with its default methods (screenshot)")
     p.add_argument("--device", default="auto", help="session mode: auto, cpu or cuda")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args()
     if a.browser:
         if a.screenshots:
             a.screenshots.mkdir(parents=True, exist_ok=True)
-        result = {"mode": "browser", **browser_timing(a.model, a.steps, a.screenshots, a.accel, a.evaluate)}
+        result = {"mode": "browser", **browser_timing(a.model, a.steps, a.screenshots, a.accel, a.evaluate,
+                                                      a.compare)}
     else:
         result = {"mode": "session", **session_timing(a.model, a.steps, a.prompt, a.device)}
     result.update(model=a.model, machine=machine(), command=" ".join(sys.argv))
