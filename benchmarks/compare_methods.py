@@ -157,7 +157,7 @@ def figure(prune: dict, zeroshot: dict | None, path: Path) -> None:
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("WikiText-2 test perplexity (512-token windows, log)",
-                                                        "zero-shot average, paper's 7 tasks (500 each)"))
+                                                        "zero-shot average, the paper's 7 tasks (sizes evaluated)"))
     dense = next(r for r in prune["runs"] if r["method"] == "dense")
     for method in METHODS:
         runs = sorted((r for r in prune["runs"] if r["method"] == method), key=lambda r: -r["params"])
@@ -168,9 +168,11 @@ def figure(prune: dict, zeroshot: dict | None, path: Path) -> None:
                                  [r["perplexity"]["512"]["perplexity"] for r in runs], name=method,
                                  mode="lines+markers", legendgroup=method), 1, 1)
         if zeroshot:
-            zs = [zeroshot.get(Path(r["folder"]).name, {}).get("average", {}).get("value") for r in runs]
-            fig.add_trace(go.Scatter(x=x, y=[zeroshot.get("dense", {}).get("average", {}).get("value")] + zs,
-                                     name=method, mode="lines+markers", legendgroup=method, showlegend=False), 1, 2)
+            zs = [zeroshot.get("dense", {}).get("average", {}).get("value")]
+            zs += [zeroshot.get(Path(r["folder"]).name, {}).get("average", {}).get("value") for r in runs]
+            have = [(px, v) for px, v in zip(x, zs, strict=True) if v is not None]  # sizes not evaluated: left out
+            fig.add_trace(go.Scatter(x=[px for px, _ in have], y=[v for _, v in have], name=method,
+                                     mode="lines+markers", legendgroup=method, showlegend=False), 1, 2)
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_xaxes(title_text="parameters (M)", autorange="reversed")
     fig.update_layout(width=1200, height=480, template="plotly_white",

@@ -118,14 +118,18 @@ def browser_timing(model: str, steps: int, shots: Path | None, accel: bool = Fal
                                        " return e !== null && new RegExp(p).test(e.innerText); }",
                                        arg=pattern, timeout=timeout)
 
+            def tab_run(tab: str, button: str, done: str, key: str, table: str, timeout: float) -> None:
+                """Press a tab's button with its defaults: time it until the status says ``done``, keep its table."""
+                page.get_by_role("tab", name=tab).click()
+                t1 = time.perf_counter()
+                page.click(button)
+                wait_status(done, timeout=timeout)
+                out[f"seconds_{key}"] = time.perf_counter() - t1
+                out[f"{key}_table"] = page.locator(table).inner_text()
+
             def zero_shot(full_page: bool) -> None:
                 """The Evaluate tab's comparison with its defaults: time it, keep the table, screenshot it."""
-                page.get_by_role("tab", name="Evaluate").click()
-                t1 = time.perf_counter()
-                page.click("#zs-btn")
-                wait_status("Zero-shot evaluation done", timeout=1_800_000)
-                out["seconds_zero_shot"] = time.perf_counter() - t1
-                out["zero_shot_table"] = page.locator("#zs-table").inner_text()
+                tab_run("Evaluate", "#zs-btn", "Zero-shot evaluation done", "zero_shot", "#zs-table", 1_800_000)
                 page.wait_for_timeout(800)
                 if shots:
                     page.screenshot(path=str(shots / "studio_evaluate.png"), full_page=full_page)
@@ -187,12 +191,7 @@ def browser_timing(model: str, steps: int, shots: Path | None, accel: bool = Fal
                 print(f"run to target {out['seconds_run_to_target']:.0f} s; uniform baseline "
                       f"{out['seconds_uniform_baseline']:.0f} s; zero-shot {out['seconds_zero_shot']:.0f} s", flush=True)
             if compare:  # the Compare methods tab with its defaults (every method to the schedule's target)
-                page.get_by_role("tab", name="Compare methods").click()
-                t1 = time.perf_counter()
-                page.click("#cmp-btn")
-                wait_status("Comparison done", timeout=3_600_000)
-                out["seconds_compare"] = time.perf_counter() - t1
-                out["compare_table"] = page.locator("#cmp-table").inner_text()
+                tab_run("Compare methods", "#cmp-btn", "Comparison done", "compare", "#cmp-table", 3_600_000)
                 print(f"comparison {out['seconds_compare']:.0f} s", flush=True)
                 page.wait_for_timeout(1500)
                 if shots:
