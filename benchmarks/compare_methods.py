@@ -13,14 +13,16 @@ Three steps, each writing JSON (the zero-shot and speed steps reuse ``benchmarks
     .venv/bin/python benchmarks/eval_suite.py --models default runs/compare/default/* --tasks none --efficiency \\
         --efficiency-repeats 5 --efficiency-runs 5 --out runs/compare/default_speed.json
     # the table (Markdown) and the figure (PNG through headless Chromium)
-    .venv/bin/python benchmarks/compare_methods.py report runs/compare/default.json runs/compare/default_zeroshot.json \\
-        runs/compare/default_speed.json --figure assets/compare_methods.png
+    .venv/bin/python benchmarks/compare_methods.py report runs/compare/default.json \\
+        --zeroshot runs/compare/default_zeroshot.json --speed runs/compare/default_speed.json \\
+        --figure assets/compare_methods.png
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -124,9 +126,25 @@ def cmd_prune(args) -> int:
 # ---------------------------------------------------------------------- report
 
 
-def _by_folder(path) -> dict:
-    data = json.loads(Path(path).read_text())
-    return {Path(m["source"]).name if m["source"] != "default" else "dense": m for m in data["models"]}
+def _by_folder(paths) -> dict | None:
+    """eval_suite results by folder name (``dense`` for the default model); a later file's entry wins."""
+    if not paths:
+        return None
+    out = {}
+    for path in paths:
+        for m in json.loads(Path(path).read_text())["models"]:
+            out[Path(m["source"]).name if m["source"] != "default" else "dense"] = m
+    return out
+
+
+def _seven(entry: dict | None) -> tuple[float | None, float | None]:
+    """The paper's seven-task average and its standard error (None where a model did not run all seven)."""
+    avg = (entry or {}).get("average") or {}
+    if avg.get("paper_seven") is None or avg.get("paper_seven_stderr") is not None:
+        return avg.get("paper_seven"), avg.get("paper_seven_stderr")
+    # files written before the average carried its standard error: sqrt(Σ se²) / 7 from the tasks
+    tasks = [entry["tasks"][t] for t in avg["paper_seven_tasks"]]
+    return avg["paper_seven"], math.sqrt(sum(r[f"{r['metric_used']}_stderr"] ** 2 for r in tasks)) / len(tasks)
 
 
 def _cell(value, fmt: str) -> str:
@@ -140,9 +158,9 @@ def table(prune: dict, zeroshot: dict | None, speed: dict | None) -> str:
     order = {m: i for i, m in enumerate(("dense", *METHODS))}
     for r in sorted(prune["runs"], key=lambda r: (-r["target"], order.get(r["method"], 99))):
         key = "dense" if r["method"] == "dense" else Path(r["folder"]).name
-        zs = (zeroshot or {}).get(key, {}).get("average") or {}
+        value, stderr = _seven((zeroshot or {}).get(key))
         sp = (speed or {}).get(key, {}).get("efficiency") or {}
-        avg = _cell(zs.get("value"), ".3f") + (f" ± {zs['stderr']:.3f}" if zs.get("stderr") else "")
+        avg = _cell(value, ".3f") + (f" ± {stderr:.3f}" if stderr else "")
         target = "—" if r["method"] == "dense" else f"{r['target']:.0%}"
         rows.append(f"| {target} | {r['method']} | {r['params']:,} | {r['fraction']:.2%} | {r.get('layers', '—')} | "
                     f"{r['perplexity']['128']['perplexity']:.2f} | {r['perplexity']['512']['perplexity']:.2f} | {avg} | "
@@ -168,8 +186,7 @@ def figure(prune: dict, zeroshot: dict | None, path: Path) -> None:
                                  [r["perplexity"]["512"]["perplexity"] for r in runs], name=method,
                                  mode="lines+markers", legendgroup=method), 1, 1)
         if zeroshot:
-            zs = [zeroshot.get("dense", {}).get("average", {}).get("value")]
-            zs += [zeroshot.get(Path(r["folder"]).name, {}).get("average", {}).get("value") for r in runs]
+            zs = [_seven(zeroshot.get("dense"))[0]] + [_seven(zeroshot.get(Path(r["folder"]).name))[0] for r in runs]
             have = [(px, v) for px, v in zip(x, zs, strict=True) if v is not None]  # sizes not evaluated: left out
             fig.add_trace(go.Scatter(x=[px for px, _ in have], y=[v for _, v in have], name=method,
                                      mode="lines+markers", legendgroup=method, showlegend=False), 1, 2)
@@ -193,8 +210,7 @@ def figure(prune: dict, zeroshot: dict | None, path: Path) -> None:
 
 def cmd_report(args) -> int:
     prune = json.loads(Path(args.prune).read_text())
-    zeroshot = _by_folder(args.zeroshot) if args.zeroshot else None
-    speed = _by_folder(args.speed) if args.speed else None
+    zeroshot, speed = _by_folder(args.zeroshot), _by_folder(args.speed)
     print(table(prune, zeroshot, speed))
     if args.figure:
         figure(prune, zeroshot, Path(args.figure))
@@ -221,8 +237,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     r = sub.add_parser("report")
     r.add_argument("prune")
-    r.add_argument("zeroshot", nargs="?")
-    r.add_argument("speed", nargs="?")
+    r.add_argument("--zeroshot", nargs="+", default=None, help="eval_suite JSON files (the paper's seven tasks)")
+    r.add_argument("--speed", nargs="+", default=None, help="eval_suite --efficiency JSON files")
     r.add_argument("--figure", default=None)
     args = ap.parse_args(argv)
     if args.command == "prune":
