@@ -13,6 +13,7 @@ The JSON file is rewritten after every model, so an interrupted run keeps what i
 
     .venv/bin/python benchmarks/scale.py --models default,gemma3-270m,qwen2.5-0.5b --compare80 qwen2.5-0.5b \\
         --out benchmarks/results/scale_cpu.json
+    .venv/bin/python benchmarks/scale.py report benchmarks/results/scale_cpu.json    # the README's table
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -161,7 +163,41 @@ def bench(name: str, args) -> dict:
     return out
 
 
+def report(path: str) -> str:
+    """The README's table (Markdown) from a result file."""
+    data = json.loads(Path(path).read_text())
+    gib = 2**30
+    rows = ["| model | parameters | first load | cached load | importance pass (tokens) | plain fwd+bwd | ratio | "
+            "pass peak / weights | surgery per sub-step | prune to 90 % (sub-steps) | WikiText-2 ppl dense → 90 % |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, m in data["models"].items():
+        imp, p90, arch = m["importance"], m["prune_90"], m["architecture"]
+        first = m.get("first_load") or {}
+        first_s = f"{first['seconds']:.0f} s" if "seconds" in first else "—"
+        mem = imp["memory"]
+        ratios = [r["ratio_to_weights"] for r in p90["importance_memory"] if r]
+        surgery = p90["seconds_surgery"]
+        rows.append(
+            f"| {name} ({arch['model_type']}, {arch['layers']} layers) | {arch['params']['total']:,} | {first_s} | "
+            f"{m['cached_load_seconds']:.1f} s | {imp['seconds']:.1f} s ({imp['tokens']:,}) | "
+            f"{imp['plain_forward_backward_seconds']:.1f} s | {imp['ratio_to_plain']:.2f}× | "
+            f"{(mem['weights_bytes'] + mem['pass_extra_bytes']) / gib:.2f} / {mem['weights_bytes'] / gib:.2f} GiB = "
+            f"{mem['ratio_to_weights']:.2f}× (steps {min(ratios):.2f}–{max(ratios):.2f}×) | "
+            f"{min(surgery):.2f}–{max(surgery):.2f} s | {p90['fraction']:.2%} in {p90['seconds']:.0f} s "
+            f"({p90['sub_steps']}) | {m['dense_perplexity']['perplexity']:.2f} → {p90['perplexity']['perplexity']:.2f} |")
+    mach = data["machine"]
+    rows.append("")
+    rows.append(f"{mach['cpu']}, {mach['cpu_count']} cores, {mach['torch_threads']} torch threads, torch "
+                f"{mach['torch']}, {data['dtype']} on {data['device']}; 1-minute load average "
+                f"{mach.get('loadavg_1m_at_start', float('nan')):.2f} at the start, "
+                f"{mach.get('loadavg_1m_at_end', float('nan')):.2f} at the end.")
+    return "\n".join(rows)
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "report":
+        print(report(sys.argv[2]))
+        return
     a = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     a.add_argument("--models", default="default,gemma3-270m,qwen2.5-0.5b")
     a.add_argument("--compare80", default="qwen2.5-0.5b", help="models that also get adaptive vs uniform at 80 %%")
