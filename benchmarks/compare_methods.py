@@ -78,7 +78,7 @@ def prune_method(source: str, method: str, targets: list[float], args):
     total = 0.0
     for target in sorted(targets, reverse=True):
         cfg = pruner.PruneConfig(target=target, method=method, n_windows=args.n_windows, window=args.window,
-                                 checkpoint=args.checkpoint)
+                                 step=args.step, checkpoint=args.checkpoint)
         if p is None or method not in ITERATIVE:
             model, tok = pruner.load_model(source, device=args.device, progress=None)
             p, total = pruner.Pruner(model, tok, cfg), 0.0
@@ -227,6 +227,8 @@ def main(argv=None) -> int:
     p.add_argument("--targets", default=",".join(str(t) for t in TARGETS))
     p.add_argument("--n-windows", type=int, default=pruner.PruneConfig.n_windows)
     p.add_argument("--window", type=int, default=pruner.PruneConfig.window)
+    p.add_argument("--step", type=float, default=pruner.PruneConfig.step,
+                   help="the iterative methods' budget per sub-step (Δ)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--ppl-tokens", type=int, default=PPL_TOKENS, help="perplexity on the first N tokens")
