@@ -177,6 +177,7 @@ def figure(prune: dict, zeroshot: dict | None, path: Path) -> None:
     fig = make_subplots(rows=1, cols=2, subplot_titles=("WikiText-2 test perplexity (512-token windows, log)",
                                                         "zero-shot average, the paper's 7 tasks (sizes evaluated)"))
     dense = next(r for r in prune["runs"] if r["method"] == "dense")
+    colours = dict(zip(METHODS, ("#d62728", "#7f7f7f", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"), strict=True))
     for method in METHODS:
         runs = sorted((r for r in prune["runs"] if r["method"] == method), key=lambda r: -r["params"])
         if not runs:
@@ -184,12 +185,13 @@ def figure(prune: dict, zeroshot: dict | None, path: Path) -> None:
         x = [dense["params"] / 1e6] + [r["params"] / 1e6 for r in runs]
         fig.add_trace(go.Scatter(x=x, y=[dense["perplexity"]["512"]["perplexity"]] +
                                  [r["perplexity"]["512"]["perplexity"] for r in runs], name=method,
-                                 mode="lines+markers", legendgroup=method), 1, 1)
+                                 mode="lines+markers", legendgroup=method, line_color=colours[method]), 1, 1)
         if zeroshot:
             zs = [_seven(zeroshot.get("dense"))[0]] + [_seven(zeroshot.get(Path(r["folder"]).name))[0] for r in runs]
             have = [(px, v) for px, v in zip(x, zs, strict=True) if v is not None]  # sizes not evaluated: left out
             fig.add_trace(go.Scatter(x=[px for px, _ in have], y=[v for _, v in have], name=method,
-                                     mode="lines+markers", legendgroup=method, showlegend=False), 1, 2)
+                                     mode="lines+markers", legendgroup=method, showlegend=False,
+                                     line_color=colours[method]), 1, 2)
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_xaxes(title_text="parameters (M)", autorange="reversed")
     fig.update_layout(width=1200, height=480, template="plotly_white",
