@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 import pruner
+from pruner.evaluation import PAPER_TASKS, average
 
 METHODS = ("adaptive", "uniform", "llm-pruner", "flap", "shortgpt", "wanda-sp")
 TARGETS = (0.9, 0.8, 0.7)
@@ -53,7 +53,7 @@ def set_ppl_tokens(n: int) -> None:
     PPL_TOKENS = n
 
 
-ITERATIVE = ("adaptive", "uniform")  # one run per method, saved at 90, 80 and 70 % in turn (as core_prune.py)
+ITERATIVE = pruner.config.INCREMENTAL_METHODS  # one run per method, saved at 90, 80 and 70 % in turn (as core_prune.py)
 
 
 def _finish(model, tok, p, method: str, target: float, seconds: float, args) -> dict:
@@ -139,12 +139,10 @@ def _by_folder(paths) -> dict | None:
 
 def _seven(entry: dict | None) -> tuple[float | None, float | None]:
     """The paper's seven-task average and its standard error (None where a model did not run all seven)."""
-    avg = (entry or {}).get("average") or {}
-    if avg.get("paper_seven") is None or avg.get("paper_seven_stderr") is not None:
-        return avg.get("paper_seven"), avg.get("paper_seven_stderr")
-    # files written before the average carried its standard error: sqrt(Σ se²) / 7 from the tasks
-    tasks = [entry["tasks"][t] for t in avg["paper_seven_tasks"]]
-    return avg["paper_seven"], math.sqrt(sum(r[f"{r['metric_used']}_stderr"] ** 2 for r in tasks)) / len(tasks)
+    if not entry or not all(t in entry.get("tasks", {}) for t in PAPER_TASKS):
+        return None, None
+    avg = average({t: entry["tasks"][t] for t in PAPER_TASKS})  # also for files written before it had a stderr
+    return avg["paper_seven"], avg["paper_seven_stderr"]
 
 
 def _cell(value, fmt: str) -> str:

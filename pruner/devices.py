@@ -61,6 +61,6 @@ def dispatch(model: nn.Module, device_map="auto") -> nn.Module:
 
     if device_map == "auto":
         device_map = infer_auto_device_map(model, no_split_module_classes=model._no_split_modules or [])
-    if set(device_map.values()) <= {"cpu"} and not torch.cuda.is_available():
-        return model.eval()  # one device: nothing to dispatch
+    if set(device_map.values()) <= {"cpu"}:
+        return model.eval()  # all on the CPU, where it was loaded: nothing to dispatch, no hooks
     return dispatch_model(model, device_map=device_map).eval()

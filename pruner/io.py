@@ -103,7 +103,8 @@ def load_model(source: str | os.PathLike = "default", device=None, dtype=None, p
 
     ``device_map`` (``"auto"``, or accelerate's dict form) spreads a model that does not fit one device over
     several (GPUs, then CPU): it is loaded on the CPU first and dispatched with accelerate; importance, pruning
-    and generation then run through accelerate's hooks (tests/test_devices.py checks that path on a CPU).
+    and generation then run through accelerate's hooks (tests/test_devices.py runs them on a CPU with the hooks
+    attached by hand). The default dtype is the one of the device the model will run on (bfloat16 on CUDA).
 
     ``source``: ``"default"`` (SmolLM2-135M-Instruct, embedded), a shipped model's name once fetched
     (``qwen2.5-0.5b``, ``gemma3-270m``; see :mod:`pruner.shipped`), a local HF folder, a folder saved by
@@ -111,7 +112,7 @@ def load_model(source: str | os.PathLike = "default", device=None, dtype=None, p
     then MPS, then CPU. ``dtype``: float32 on CPU, bfloat16 on CUDA unless given.
     """
     if device_map is not None:
-        model, tok = _load(source, "cpu", dtype, progress)
+        model, tok = _load(source, "cpu", _resolve_dtype(dtype, pick_device(device)), progress)
         return dispatch(model, device_map), tok
     return _load(source, device, dtype, progress)
 

@@ -72,7 +72,7 @@ class Costs:
         """Estimated seconds of one importance measurement (the bulk of a sub-step), and where the rate comes from."""
         what = self.criterion_of(s)
         priors = PRIOR_TOKENS_PER_S[self._kind()]
-        rate, source = self._rate(what, priors.get(what, priors["taylor"]))  # unknown: the slowest, errs long
+        rate, source = self._rate(what, priors[what])  # every criterion has a prior (a test checks it)
         return self.calibration_tokens(s) / rate, source
 
     def train_seconds(self, tokens: int) -> tuple[float, str]:

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .charts import _get
 from .style import (
     ADAPTIVE_COLOR,
     ATTN_COLOR,
@@ -31,10 +32,6 @@ UNITS = (("num_kv_heads", "attention: KV groups"), ("intermediate_size", "MLP: c
 
 def method_color(method: str, i: int = 0) -> str:
     return METHOD_COLORS.get(method, PALETTE[i % len(PALETTE)])
-
-
-def _get(w, name: str) -> int:
-    return int(w[name] if isinstance(w, Mapping) else getattr(w, name))
 
 
 def kept_share(original: Sequence, widths: Sequence, name: str) -> list[float]:
