@@ -26,7 +26,7 @@ from ..accel import (
     TrainStep,
 )
 from ..config import CRITERIA, PruneConfig
-from ..errors import ConfigError, OutputError
+from ..errors import OutputError
 from ..outputs import check_output_file, check_output_folder
 from ..train import MIXED_PRECISION, TrainConfig
 from .common import add_model_args, add_ppl_args, check_windows, log, positive_int, write_report_or_rescue
@@ -36,7 +36,7 @@ P, T, A = PruneConfig, TrainConfig, AccelConfig  # the defaults live on the conf
 
 def register(sub) -> None:
     a = sub.add_parser("accel", help="Adapt-Accel: prune in stages with recovery training in between")
-    add_model_args(a)
+    add_model_args(a, device_map=False)
     a.set_defaults(dtype="float32")  # trained in fp32 (+ bf16 autocast on CUDA), not in bf16 weights
     a.add_argument("--target", type=float, default=A.target, help="fraction of the original parameters to keep, or a count")
     a.add_argument("--stages", type=int, default=A.stages, help="N prune → train stages")
@@ -111,9 +111,6 @@ def run(args) -> int:
     from ..io import load_model, pick_device
     from ..train import make_accelerator
 
-    if args.device_map:
-        raise ConfigError("accel trains data-parallel: spread it over devices with `accelerate launch -m pruner accel "
-                          "...` instead of --device-map")
     cfg = config_from_args(args)  # settings (target, tokens, …) are checked before anything is loaded
     if args.report:
         check_output_file(args.report, "--report file")

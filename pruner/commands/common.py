@@ -15,14 +15,17 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, device_map: bool = True) -> None:
+    """--model, --device, --dtype; and --device-map for the commands that can run over several devices (not accel,
+    which trains data-parallel through `accelerate launch`, nor export, which writes one file set)."""
     p.add_argument("--model", default="default",
                    help="'default' (SmolLM2-135M-Instruct), a folder, a .gguf file or a hub id")
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="auto",
                    help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16")
-    p.add_argument("--device-map", default=None, metavar="auto",
-                   help="spread a model too big for one device over several (accelerate's placement); 'auto'")
+    if device_map:
+        p.add_argument("--device-map", default=None, metavar="auto",
+                       help="spread a model too big for one device over several (accelerate's placement); 'auto'")
 
 
 def positive_int(text: str) -> int:

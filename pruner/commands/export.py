@@ -19,7 +19,7 @@ from .common import add_model_args, log
 
 def register(sub) -> None:
     e = sub.add_parser("export", help="export a (pruned) model as a portable HF folder or a GGUF file, with a model card")
-    add_model_args(e)
+    add_model_args(e, device_map=False)
     e.add_argument("--format", choices=["hf", "gguf"], required=True,
                    help="hf: folder loadable with AutoModelForCausalLM (trust_remote_code when widths differ); "
                         "gguf: llama.cpp file")
@@ -75,8 +75,6 @@ def run(args) -> int:
     from ..export.common import ExportError, read_record
     from ..export.hub import push_to_hub
 
-    if args.device_map:
-        raise ExportError("export writes one file set from one device; drop --device-map")
     out = check_output_folder(args.out, args.force, "--out folder", "use --force")  # before anything is loaded
     src = Path(args.model).expanduser()
     if src.exists() and _overlaps(src, out):
