@@ -43,14 +43,9 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def perplexities(model, tok) -> dict:
-    return {str(w): pruner.perplexity(model, tok, "wikitext2", "test", window=w, max_tokens=PPL_TOKENS)
+def perplexities(model, tok, max_tokens: int) -> dict:
+    return {str(w): pruner.perplexity(model, tok, "wikitext2", "test", window=w, max_tokens=max_tokens)
             for w in PPL_WINDOWS}
-
-
-def set_ppl_tokens(n: int) -> None:
-    global PPL_TOKENS
-    PPL_TOKENS = n
 
 
 ITERATIVE = pruner.config.INCREMENTAL_METHODS  # one run per method, saved at 90, 80 and 70 % in turn (as core_prune.py)
@@ -65,7 +60,7 @@ def _finish(model, tok, p, method: str, target: float, seconds: float, args) -> 
            "layers": len(rec.final_widths), "sub_steps": len(rec.steps), "prune_seconds": seconds,
            "peak_memory_bytes": rec.peak_memory_bytes, "peak_memory_kind": rec.peak_memory_kind,
            "widths": rec.final_widths, "decisions": [s.decision for s in rec.steps],
-           "perplexity": perplexities(model, tok)}
+           "perplexity": perplexities(model, tok, args.ppl_tokens)}
     log(f"{method} {target:.0%}: {out['fraction']:.2%} ({out['params']:,}) in {seconds:.0f} s, ppl "
         + ", ".join(f"{w}: {r['perplexity']:.2f}" for w, r in out["perplexity"].items()))
     return out
@@ -99,7 +94,7 @@ def cmd_prune(args) -> int:
                                               "torch": torch.__version__},
               "settings": {"n_windows": args.n_windows, "window": args.window, "calibration": "wiki",
                            "checkpoint": args.checkpoint,
-                           "perplexity": f"WikiText-2 test, windows {list(PPL_WINDOWS)}, first {PPL_TOKENS} tokens, "
+                           "perplexity": f"WikiText-2 test, windows {list(PPL_WINDOWS)}, first {args.ppl_tokens} tokens, "
                                          "no BOS", "training": "none",
                            "protocol": "adaptive and uniform: one run each, saved at 90, 80, 70 % in turn (wall time "
                                        "cumulative); the one-shot baselines: from the dense model at every target"},
@@ -109,7 +104,7 @@ def cmd_prune(args) -> int:
         model, tok = pruner.load_model(args.model, device=args.device, progress=None)
         result["runs"].append({"method": "dense", "target": 1.0, "params": pruner.count_parameters(model)["total"],
                                "fraction": 1.0, "layers": model.config.num_hidden_layers,
-                               "perplexity": perplexities(model, tok)})
+                               "perplexity": perplexities(model, tok, args.ppl_tokens)})
         del model
     targets = [float(t) for t in args.targets.split(",")]
     for method in args.methods.split(","):
@@ -246,7 +241,6 @@ def main(argv=None) -> int:
     if args.command == "prune":
         if args.threads:
             torch.set_num_threads(args.threads)
-        set_ppl_tokens(args.ppl_tokens)
         args.save_dir = args.save_dir or str(Path(args.out).with_suffix(""))
         return cmd_prune(args)
     return cmd_report(args)

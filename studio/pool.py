@@ -61,7 +61,7 @@ class SessionPool:
         self.sweep()
         with self._lock:
             held = sum(s.work.models_held for s in self._sessions.values() if s.work is not work)
-        if extra and work is not None:
+        if extra:
             held += work.models_held
         if held >= self.max_private:
             raise SessionError(f"The studio is full: {held} model copies are in use by visitors right now. Try again "
