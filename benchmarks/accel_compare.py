@@ -29,11 +29,19 @@ from pathlib import Path
 
 import torch
 
-from pruner.accel import AccelConfig, AccelDone, AccelStart, StagePruned, StageTrained, TrainStep, iter_accel
-from pruner.io import load_model
-from pruner.perplexity import format_perplexity
-from pruner.prune import PruneConfig
-from pruner.train import TrainConfig, make_accelerator
+from pruner.evaluation.perplexity import format_perplexity
+from pruner.io.models import load_model
+from pruner.pruning.pruner import PruneConfig
+from pruner.training.accel import (
+    AccelConfig,
+    AccelDone,
+    AccelStart,
+    StagePruned,
+    StageTrained,
+    TrainStep,
+    iter_accel,
+)
+from pruner.training.train import TrainConfig, make_accelerator
 
 RUNS = {
     "oneshot": {"mode": "oneshot", "method": "adaptive"},

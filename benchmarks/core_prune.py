@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import pruner
-from pruner.importance import measure_importance
+from pruner.importance.measure import measure_importance
 
 
 def reset_peak_rss() -> None:

@@ -21,7 +21,7 @@ import torch
 
 from pruner import load_model
 from pruner.evaluation import average, compare, efficiency, evaluate, resolve_tasks
-from pruner.perplexity import format_perplexity, perplexity
+from pruner.evaluation.perplexity import format_perplexity, perplexity
 
 
 def log(msg: str) -> None:

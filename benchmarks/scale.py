@@ -32,9 +32,9 @@ import torch
 
 import pruner
 from pruner.data import calibration_windows
-from pruner.importance import measure_importance
-from pruner.memory import tame_allocator, touch_weights
-from pruner.shipped import SHIPPED, is_fetched, model_dir
+from pruner.importance.measure import measure_importance
+from pruner.io.shipped import SHIPPED, is_fetched, model_dir
+from pruner.runtime.memory import tame_allocator, touch_weights
 
 #: Per model: calibration windows and per-step budget (the bigger models take fewer, larger sub-steps on a CPU).
 SETTINGS = {"default": dict(n_windows=32, window=128, step=0.02),
@@ -79,7 +79,7 @@ def first_load(name: str) -> dict | None:
 
 def plain_backward_seconds(model, windows: torch.Tensor, batch: int) -> float:
     """The model's own loss, forward + backward, gradients for the same (scored) matrices, no checkpointing."""
-    from pruner.adapters import adapter_for
+    from pruner.model.adapters import adapter_for
 
     ad = adapter_for(model)
     scored = [p for layer in ad.layers(model) for part in ad.parts(layer).values()

@@ -5,11 +5,9 @@ The public API, usable from scripts and notebooks::
     from pruner import load_model, Pruner, PruneConfig, perplexity, save_pruned
 """
 
-from .adapters import SUPPORTED, adapter_for
-from .allocation import Allocation, allocate_sparsity, plan_widths, sparsity_of
-from .config import ATTENTION_POLICIES, CRITERIA, METHOD_SPECS, METHODS, PruneConfig
-from .data import CORPORA, calibration_windows, load_text
-from .errors import (
+from pruner.config import ATTENTION_POLICIES, CRITERIA, METHODS, PruneConfig
+from pruner.data import CORPORA, calibration_windows, load_text
+from pruner.errors import (
     AllocationError,
     Cancelled,
     ConfigError,
@@ -18,18 +16,21 @@ from .errors import (
     PrunerError,
     UnsupportedArchitectureError,
 )
-from .importance import Importance, measure_importance, normalise_importance
-from .io import describe, load_model, pick_device, save_pruned
-from .perplexity import format_perplexity, perplexity
-from .planner import PlannedStep, Planner, Schedule, target_tolerance
-from .prune import Pruner, PruneRecord, StepRecord, prune_to_target
-from .structure import LayerWidths, count_parameters, layer_widths, origin_of
+from pruner.evaluation.perplexity import format_perplexity, perplexity
+from pruner.importance.measure import Importance, measure_importance, normalise_importance
+from pruner.io.models import describe, load_model, pick_device, save_pruned
+from pruner.methods import REGISTRY, Method, method_class
+from pruner.methods.allocation import Allocation, allocate_sparsity, plan_widths, sparsity_of
+from pruner.model.adapters import SUPPORTED, adapter_for
+from pruner.model.structure import LayerWidths, count_parameters, layer_widths, origin_of
+from pruner.pruning.planner import PlannedStep, Planner, Schedule, target_tolerance
+from pruner.pruning.pruner import Pruner, PruneRecord, StepRecord, prune_to_target
 
 __all__ = [
     "PrunerError", "ConfigError", "UnsupportedArchitectureError", "AllocationError", "DataError", "ModelLoadError",
     "Cancelled",
     "SUPPORTED", "adapter_for",
-    "METHODS", "METHOD_SPECS", "CRITERIA", "ATTENTION_POLICIES", "PruneConfig",
+    "METHODS", "REGISTRY", "Method", "method_class", "CRITERIA", "ATTENTION_POLICIES", "PruneConfig",
     "Allocation", "allocate_sparsity", "plan_widths", "sparsity_of",
     "Planner", "PlannedStep", "Schedule", "target_tolerance",
     "CORPORA", "calibration_windows", "load_text",

@@ -1,6 +1,6 @@
 """The settings of a pruning run and the choice lists behind them: the one home of every pruning default.
 
-The command line (:mod:`pruner.commands.prune`), Adapt-Accel and the studio read their defaults and choices from
+The command line (:mod:`pruner.cli.prune`), Adapt-Accel and the studio read their defaults and choices from
 here; where the studio deliberately differs it says so in ``studio/settings.py``.
 """
 
@@ -10,67 +10,24 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .data import CORPORA
-from .errors import ConfigError
+from pruner.data import CORPORA
+from pruner.errors import ConfigError
+from pruner.importance.measure import CRITERIA
+from pruner.methods import REGISTRY, method_class
 
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """What a pruning method is, in the planner's terms (``docs/methods.md`` describes each one)."""
-
-    allocation: str
-    """How per-layer sparsity is set: ``adaptive`` / ``uniform`` / ``custom`` (the incremental rule of
-    :func:`pruner.allocation.allocate_sparsity`), ``window`` (one ratio inside a window of layers, the others
-    untouched), or ``none`` (the widths policy decides alone)."""
-    widths: str
-    """How sparsity becomes units: ``policy`` (:attr:`PruneConfig.attention`), ``proportional`` (attention and MLP
-    share s_l), ``global`` (FLAP's one threshold over all layers and both modules) or ``depth`` (whole layers)."""
-    criterion: str | None
-    """The method's own unit criterion (it replaces :attr:`PruneConfig.criterion`), or None: the configured one
-    (``depth`` methods score layers only)."""
-    one_shot: bool
-    """One planned step (its budget fraction bisected to land on the target) instead of Δ-sized sub-steps."""
-    compensates: bool = False
-    """Adds the removed inputs' mean contribution as a bias of o_proj / down_proj (FLAP)."""
-
-
-#: Every method, by name: the adaptive rule and its baselines (``docs/methods.md``). SliceGPT is not here yet.
-METHOD_SPECS: dict[str, MethodSpec] = {
-    "adaptive": MethodSpec("adaptive", "policy", None, one_shot=False),
-    "uniform": MethodSpec("uniform", "policy", None, one_shot=False),
-    "custom": MethodSpec("custom", "policy", None, one_shot=False),
-    "llm-pruner": MethodSpec("window", "proportional", "taylor", one_shot=True),
-    "flap": MethodSpec("none", "global", "fluctuation", one_shot=True, compensates=True),
-    "shortgpt": MethodSpec("none", "depth", None, one_shot=True),
-    "wanda-sp": MethodSpec("window", "proportional", "wanda-sp", one_shot=True),
-}
-#: How per-layer sparsity is allocated or which baseline decides it (the choice list of ``--method``).
-METHODS = tuple(METHOD_SPECS)
+#: Every method, by name (one class each in :mod:`pruner.methods`; ``docs/methods.md``).
+METHODS = tuple(REGISTRY)
 #: The methods that move in Δ-sized sub-steps with the rule ``s_l ← clip(s_l + Δ − A·Ĩ_l, 0, s_max)``.
-INCREMENTAL_METHODS = tuple(m for m, s in METHOD_SPECS.items() if not s.one_shot)
-#: How units inside a layer are scored (see :mod:`pruner.importance`).
-CRITERIA = ("taylor", "magnitude", "activation", "fluctuation", "wanda-sp")
-#: How a layer's parameter budget is split between KV groups and MLP channels (see :mod:`pruner.planner`).
+INCREMENTAL_METHODS = tuple(m for m, cls in REGISTRY.items() if cls.incremental)
+#: The one-shot baselines (their own criterion and split; one planned step to the target).
+BASELINES = tuple(m for m, cls in REGISTRY.items() if cls.baseline)
+#: How a layer's parameter budget is split between KV groups and MLP channels (see :mod:`pruner.pruning.planner`).
 ATTENTION_POLICIES = ("score", "proportional")
 #: The paper's calibration per sub-step (512 windows × 64 tokens); the CPU-sized default is 32 × 128.
 PAPER_CALIBRATION = (512, 64)
 #: The calibration each baseline's released code uses (windows, tokens, corpus); the library's default stays
 #: 32 × 128 tokens of ``wiki`` for every method, so that comparisons differ in the method only.
-PUBLISHED_CALIBRATION = {
-    "llm-pruner": (10, 64, "bookcorpus"),  # hf_prune.py: get_examples('bookcorpus', ..., num_examples=10, seq_len=64)
-    "flap": (1024, 128, "wikitext2"),  # scripts/llama_7b.sh --nsamples 1024; model.seqlen = 128
-    "wanda-sp": (128, 128, "c4"),  # lib/prune.py prune_wanda_sp: get_loaders("c4", nsamples=128)
-    "shortgpt": (None, 256, "pg19"),  # run_shortgpt.py: all of PG19 validation in 256-token strides
-}
-#: LLM-Pruner's block-wise window in its released script for 32-layer LLaMA-7B (scripts/llama_prune.sh:
-#: ``--block_*_layer_start 4 --block_*_layer_end 30``), scaled to the model's depth by default.
-LLM_PRUNER_WINDOW = (4, 30, 32)
-
-
-def method_spec(name: str) -> MethodSpec:
-    if name not in METHOD_SPECS:
-        raise ConfigError(f"Unknown method '{name}': use one of {', '.join(METHODS)}")
-    return METHOD_SPECS[name]
+PUBLISHED_CALIBRATION = {m: cls.published_calibration for m, cls in REGISTRY.items() if cls.published_calibration}
 
 
 def _finite(name: str, value) -> float:
@@ -95,10 +52,11 @@ class PruneConfig:
     method: str = "adaptive"
     """``adaptive`` (the rule), ``uniform`` (A = 0), ``custom`` (``custom`` final sparsities), or a baseline:
     ``llm-pruner``, ``flap``, ``shortgpt``, ``wanda-sp`` (one shot each; ``docs/methods.md``)."""
-    criterion: str = "taylor"
+    criterion: str | None = None
     """Unit score: ``taylor`` (first-order, the paper's), ``magnitude`` (L1), ``activation`` (Wanda-style),
-    ``fluctuation`` (FLAP's WIFV) or ``wanda-sp``. A baseline with a criterion of its own (llm-pruner: taylor,
-    flap: fluctuation, wanda-sp: wanda-sp) sets it here on creation; shortgpt scores whole layers only."""
+    ``fluctuation`` (FLAP's WIFV) or ``wanda-sp``. None (the default): the method's own criterion where it has one
+    (llm-pruner: taylor, flap: fluctuation, wanda-sp: wanda-sp), else ``taylor``; the field then holds what runs.
+    Another criterion for a method with its own is refused. shortgpt scores whole layers only."""
     amplitude: float = 0.02
     """A in ``s_l ← clip(s_l + Δ − A·Ĩ_l, 0, s_max)``: how far importance moves sparsity between layers."""
     step: float = 0.02
@@ -129,14 +87,15 @@ class PruneConfig:
     """Safety limit on sub-steps in one run."""
     block_layers: list[int] | None = None
     """``llm-pruner``: the window ``[start, end)`` of layer indices it prunes (the others stay whole). None:
-    the released script's 4..30 of 32 LLaMA layers scaled to the model's depth (``LLM_PRUNER_WINDOW``)."""
+    the released script's 4..30 of 32 LLaMA layers scaled to the model's depth
+    (:data:`pruner.methods.llm_pruner.LLM_PRUNER_WINDOW`)."""
     bias_compensation: bool = True
     """``flap``: add the removed inputs' mean contribution as a bias of o_proj / down_proj (the paper's)."""
     remeasure: bool = True
     """Re-measure importance before every sub-step (the method). False: measure once and keep the scores of the
     surviving units for the following sub-steps (faster; the schedule preview is then exact)."""
     checkpoint: bool = True
-    """The lean backward of a gradient criterion (checkpointed layers; :mod:`pruner.lean`): the same scores in
+    """The lean backward of a gradient criterion (checkpointed layers; :mod:`pruner.importance.lean`): the same scores in
     about 2× the weights' memory instead of 7× (default model, 32 × 128 tokens), for about 1.4× the time. False:
     faster where memory is plentiful."""
 
@@ -146,9 +105,12 @@ class PruneConfig:
             raise ConfigError(f"The target must be > 0 (a fraction of the original size or a parameter count), got {t}")
         if 1 <= t < 2:
             raise ConfigError(f"The target {t} is ≥ 100 % of the model's size; use a fraction < 1 or a count")
-        spec = method_spec(self.method)
-        if spec.criterion is not None:
-            self.criterion = spec.criterion  # the baseline's own criterion: the record then says what ran
+        method = method_class(self.method)
+        if self.criterion is None:
+            self.criterion = method.criterion or "taylor"  # the record then says what runs
+        elif method.criterion is not None and self.criterion != method.criterion:
+            raise ConfigError(f"{self.method} scores units with its own criterion '{method.criterion}' "
+                              f"(docs/methods.md), not '{self.criterion}': leave the criterion unset")
         if self.criterion not in CRITERIA:
             raise ConfigError(f"Unknown criterion '{self.criterion}': use one of {', '.join(CRITERIA)}")
         if self.attention not in ATTENTION_POLICIES:
@@ -170,12 +132,7 @@ class PruneConfig:
                                   "or a path to a text file")
         if self.n_windows < 1 or self.window < 2 or self.batch_size < 1:
             raise ConfigError("Calibration needs ≥ 1 window of ≥ 2 tokens and a batch size ≥ 1")
-        if self.method == "custom":
-            if not self.custom:
-                raise ConfigError("method 'custom' needs the final sparsity of every layer (custom=[...])")
-            vals = [_finite("A custom sparsity", v) for v in self.custom]
-            if any(not 0 <= v < 1 for v in vals):
-                raise ConfigError("Custom sparsities must lie in [0, 1)")
+        method.check_config(self)
         if self.block_layers is not None:
             w = list(self.block_layers)
             if len(w) != 2 or any(isinstance(v, bool) or int(v) != v for v in w) or not 0 <= w[0] < w[1]:

@@ -14,13 +14,15 @@ The files are located with ``importlib.util.find_spec`` without importing the pa
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .errors import DataError
+from pruner.errors import DataError
 
 WIKITEXT_DIR = Path(__file__).resolve().parent / "resources" / "wikitext-2"
 
@@ -69,6 +71,22 @@ def detokenize_wikitext(text: str) -> str:
 #: How much of a user's text file (or uploaded text) is read for calibration windows: a calibration sample
 #: needs a few thousand tokens, and tokenizing a 50 MB file whole took 6.7 GB of memory.
 CALIBRATION_CHARS = 4_000_000
+
+
+@dataclass(frozen=True)
+class CalibrationText:
+    """A user's own calibration text (an uploaded file), so that records say what it was, not a corpus name."""
+
+    text: str
+    name: str = "text"
+
+    def describe(self, tokenizer=None) -> dict:
+        """``{"file", "sha256", "chars"}`` and, with a tokenizer, the ``tokens`` that calibration reads of it."""
+        out = {"file": self.name, "sha256": hashlib.sha256(self.text.encode("utf-8")).hexdigest(),
+               "chars": len(self.text)}
+        if tokenizer is not None and self.text.strip():
+            out["tokens"] = int(tokenize_corpus(tokenizer, "text", text=self.text[:CALIBRATION_CHARS]).numel())
+        return out
 
 
 @functools.lru_cache(maxsize=16)

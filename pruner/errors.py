@@ -39,3 +39,7 @@ class OutputError(PrunerError, FileExistsError):
 
 class ResourceError(PrunerError, MemoryError):
     """The machine ran out of memory; the message names what to reduce. Nothing was changed."""
+
+
+class ExportError(ModelLoadError):
+    """An export cannot be made or read (unsafe source, mismatched folder, existing output, unsupported setting)."""

@@ -71,7 +71,7 @@ def tiny_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from .data import load_text
+    from pruner.data import load_text
 
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -91,7 +91,7 @@ def random_windows(n: int = 8, length: int = 24, seed: int = 0, vocab: int = TIN
 
 def uneven_model(arch: str = "llama"):
     """A tiny model pruned to different widths per layer (one layer left whole, so the widest is the original)."""
-    from .structure import LayerCut, apply_patch, build_cut
+    from pruner.model.structure import LayerCut, apply_patch, build_cut
 
     model = tiny_model(arch)
     apply_patch(model, build_cut(model, {

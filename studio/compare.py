@@ -27,8 +27,8 @@ from pathlib import Path
 
 from pruner import Cancelled, PrunerError, layer_widths
 from pruner.config import METHODS
-from pruner.prune import Pruner
-from pruner.structure import origin_of
+from pruner.model.structure import origin_of
+from pruner.pruning.pruner import Pruner
 
 from . import export
 from .events import Progress
@@ -92,8 +92,6 @@ class Comparison:
     def config_for(self, s: StudioSettings, method: str):
         """The :class:`PruneConfig` of ``method`` with the session's schedule and calibration settings (a baseline
         puts in its own criterion)."""
-        if method == "custom" and not s.custom:
-            raise SessionError("custom needs the final sparsity of every layer: fill the custom table first")
         try:
             return replace(s, method=method).prune_config(self.work.pruner.config)
         except PrunerError as exc:

@@ -7,8 +7,9 @@ session has measured its own throughput.
 from __future__ import annotations
 
 from pruner import PrunerError
-from pruner.accel import token_shares
-from pruner.config import PAPER_CALIBRATION, method_spec
+from pruner.config import BASELINES, PAPER_CALIBRATION
+from pruner.methods import method_class
+from pruner.training.accel import token_shares
 
 from . import text
 from .settings import StudioSettings
@@ -61,12 +62,12 @@ class Costs:
         """What a step with these settings measures: the chosen criterion, a baseline's own one, or
         :data:`LAYERS_ONLY` (ShortGPT)."""
         try:
-            spec = method_spec(s.method)
+            method = method_class(s.method)
         except PrunerError:
             return s.criterion
-        if spec.widths == "depth":
+        if method.layers_only:
             return LAYERS_ONLY
-        return spec.criterion or s.criterion
+        return method.criterion or s.criterion
 
     def importance_seconds(self, s: StudioSettings) -> tuple[float, str]:
         """Estimated seconds of one importance measurement (the bulk of a sub-step), and where the rate comes from."""
@@ -85,7 +86,7 @@ class Costs:
         out = (f"**{self.calibration_tokens(s):,} calibration tokens per sub-step** ({s.n_windows} × {s.window}; "
                f"the paper uses {paper:,}) · importance ≈ **{sec:.0f} s** per sub-step with {self.criterion_of(s)} "
                f"({source}), plus the quick evaluation")
-        return out + ("  \n" + text.baseline_note(s.method) if s.method in text.BASELINES else "")
+        return out + ("  \n" + text.baseline_note(s.method) if s.method in BASELINES else "")
 
     def train_markdown(self, s: StudioSettings) -> str:
         """What a Train round and an Adapt-Accel run will cost with these settings."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pruner.prune import StepRecord
+from pruner.pruning.pruner import StepRecord
 
 
 @dataclass

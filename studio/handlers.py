@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import gradio as gr
 
@@ -28,13 +29,14 @@ log = logging.getLogger("studio")
 def settings_from(target, amplitude, step, criterion, method, custom, corpus, upload, n_windows, window, seed,
                   ppl_tokens, new_tokens) -> StudioSettings:
     """The schedule controls' values as :class:`StudioSettings` (percentages → fractions)."""
-    text = None
+    text = name = None
     if corpus == UPLOADED:
         if not upload:
             raise SessionError("Choose a text file to upload, or pick a shipped corpus for calibration")
         try:  # only as much as calibration reads (a huge upload is not held whole)
             with open(upload, encoding="utf-8") as f:
                 text = f.read(CALIBRATION_CHARS)
+            name = Path(upload).name
         except (OSError, UnicodeDecodeError) as exc:
             raise SessionError(f"The uploaded file is not readable UTF-8 text ({exc})") from exc
     values = None
@@ -45,6 +47,7 @@ def settings_from(target, amplitude, step, criterion, method, custom, corpus, up
             raise SessionError("The custom table must hold numbers (final sparsity in %)") from exc
     return StudioSettings(target=target / 100, amplitude=amplitude, step=step / 100, criterion=criterion,
                           method=method, custom=values, calibration=corpus, calibration_text=text,
+                          calibration_name=name,
                           n_windows=int(n_windows), window=int(window), seed=int(seed or 0),
                           ppl_tokens=int(ppl_tokens), max_new_tokens=int(new_tokens))
 

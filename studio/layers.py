@@ -31,7 +31,7 @@ class LayerMap:
 
     @classmethod
     def of(cls, origin, steps: Sequence = (), original_widths: Sequence | None = None) -> LayerMap:
-        """From a model's :class:`pruner.structure.Origin` (the present) and the step records that led there (each
+        """From a model's :class:`pruner.model.structure.Origin` (the present) and the step records that led there (each
         with ``removed_original_layers``); ``original_widths`` (a record's, aligned with the layers before its first
         step) fills in the widths of layers removed since."""
         now = list(origin.kept_layers)

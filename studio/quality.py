@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pruner import Cancelled, PrunerError, format_perplexity, perplexity
-from pruner.prune import Pruner
+from pruner.pruning.pruner import Pruner
 
 from .events import Progress
 from .settings import StudioSettings

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from pruner import AllocationError, Cancelled, PrunerError
-from pruner.importance import Importance
-from pruner.planner import Schedule
-from pruner.prune import StepRecord
+from pruner.importance.measure import Importance
+from pruner.pruning.planner import Schedule
+from pruner.pruning.pruner import StepRecord
 
 from .costs import LAYERS_ONLY, Costs
 from .events import Progress
@@ -162,7 +162,7 @@ class ScheduleControl:
             imp = self.current_importance()
             if imp is None and work.pruner.last_measurement is None:
                 raise SessionError("Measure importance first: the plan needs the layer and unit scores")
-            if work.planner_target_reached(cfg):
+            if work.pruner.reached(cfg):
                 raise SessionError(f"The model is already at or below the target ({s.target:.0%} of the original);"
                                    " lower the target to prune further")
             plan = work.pruner.preview(imp, cfg, measure=False)
@@ -202,7 +202,7 @@ class ScheduleControl:
         if settings is not None:
             self.work.configure(settings)
         with self.work.task():
-            if self.work.planner_target_reached():
+            if self.work.pruner.reached():
                 raise SessionError(f"The model is already at or below the target ({self.work.pruner.config.target:.0%}"
                                    " of the original); lower the target to prune further")
             return self._step()
@@ -230,7 +230,7 @@ class ScheduleControl:
             except PrunerError as exc:
                 raise SessionError(str(exc)) from exc
             for k in range(work.pruner.config.max_steps):
-                if work.planner_target_reached():
+                if work.pruner.reached():
                     break
                 sec, _ = self.costs.importance_seconds(work.settings)
                 yield Progress(f"Step {work.steps_taken + 1}: measuring importance on "
@@ -243,7 +243,7 @@ class ScheduleControl:
                         return
                     raise
                 ev = None
-                last = work.planner_target_reached()
+                last = work.pruner.reached()
                 if prompt is not None and ((k + 1) % max(evaluate_every, 1) == 0 or last):
                     yield Progress(f"Step {rec.index + 1} done; quick evaluation …", rec)
                     ev = self.quality.evaluate_now(prompt)

@@ -1,14 +1,15 @@
 """What a visitor sets in the studio, and the one place where the studio's defaults differ from the library's.
 
-Every other default comes from :class:`pruner.PruneConfig` and :class:`pruner.train.TrainConfig`.
+Every other default comes from :class:`pruner.PruneConfig` and :class:`pruner.training.train.TrainConfig`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-from pruner.config import PruneConfig
-from pruner.train import TrainConfig
+from pruner.config import CRITERIA, PruneConfig
+from pruner.methods import method_class
+from pruner.training.train import TrainConfig
 
 UPLOADED = "uploaded file"
 
@@ -32,12 +33,13 @@ class StudioSettings:
     target: float = _P.target  # fraction of the original parameters
     amplitude: float = _P.amplitude
     step: float = _P.step
-    criterion: str = _P.criterion
+    criterion: str = CRITERIA[0]  # the radio's choice; a method with a criterion of its own uses that one
     method: str = _P.method
     attention: str = _P.attention
     custom: list[float] | None = None
     calibration: str = _P.calibration  # a corpus name or UPLOADED
     calibration_text: str | None = None  # the uploaded file's text
+    calibration_name: str | None = None  # the uploaded file's name (the records say it, with the text's sha256)
     n_windows: int = STUDIO_DEFAULTS["n_windows"][0]
     window: int = _P.window
     seed: int = _P.seed
@@ -67,7 +69,8 @@ class StudioSettings:
         """The schedule part as a :class:`PruneConfig` (other fields kept from ``base``)."""
         base = base or PruneConfig()
         return replace(
-            base, target=self.target, amplitude=self.amplitude, step=self.step, criterion=self.criterion,
+            base, target=self.target, amplitude=self.amplitude, step=self.step,
+            criterion=None if method_class(self.method).criterion else self.criterion,
             method=self.method, attention=self.attention,
             custom=list(self.custom) if self.custom is not None else None,
             calibration="wiki" if self.calibration == UPLOADED else self.calibration,

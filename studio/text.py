@@ -1,7 +1,5 @@
 """Every explanation the studio's page shows, in one place (the library holds no page text)."""
 
-from pruner.config import METHOD_SPECS
-
 INTRO = """# ✂️ Adapt-Pruner Studio
 Prune a small language model **layer by layer, adaptively** ([Adapt-Pruner, arXiv 2502.03460](https://arxiv.org/abs/2502.03460)):
 measure how much every decoder layer changes its input, give unimportant layers more sparsity, remove whole
@@ -80,8 +78,6 @@ METHOD_EXPLAIN = {
                  "same share.",
                  "A uniform ratio (no layer importance) with a forward-only score, in one shot."),
 }
-#: The one-shot baselines (their own unit score, their own split between layers; one step to the target).
-BASELINES = tuple(m for m, spec in METHOD_SPECS.items() if spec.one_shot)
 _OWN_SCORE = {"llm-pruner": "first-order Taylor", "flap": "fluctuation (WIFV)", "wanda-sp": "structured Wanda",
               "shortgpt": "block influence of whole layers, no unit scores"}
 

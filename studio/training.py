@@ -1,24 +1,25 @@
 """Recovery training in the studio: a Train round, and Adapt-Accel (prune ↔ train in stages), streamed to the
 page; the loss curve and the perplexity before/after every round or stage.
 
-Both consume the library's typed events (:mod:`pruner.train`, :mod:`pruner.accel`). A cancel keeps what was
+Both consume the library's typed events (:mod:`pruner.training.train`, :mod:`pruner.training.accel`). A cancel keeps what was
 completed (the optimiser steps of a round, the stages of a run); an error puts the model back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
-import pruner.accel as accel
-import pruner.train as train
+import pruner.training.accel as accel
+import pruner.training.train as train
 from pruner import Cancelled, PrunerError
+from pruner.config import BASELINES
 
 from .events import Progress
 from .quality import Quality, TrajectoryPoint
 from .schedule import ScheduleControl
 from .settings import StudioSettings
-from .text import ACCEL_BASELINE, BASELINES
+from .text import ACCEL_BASELINE
 from .workspace import SessionError, Workspace, calibration_text
 
 MAX_TRAIN_TOKENS = 50_000_000
@@ -151,7 +152,7 @@ class Training:
                 raise SessionError("Cancelled during the evaluation; the model keeps its training") from exc
 
     def _train_round(self, tokens: int, cfg, data, teacher):
-        """Run :func:`pruner.train.iter_train`, logging every step; returns its :class:`TrainDone` (None when
+        """Run :func:`pruner.training.train.iter_train`, logging every step; returns its :class:`TrainDone` (None when
         cancelled before the first step). On an error the weights and the log are put back."""
         work = self.work
         snap = {k: v.detach().to("cpu", copy=True) for k, v in work.model.state_dict().items()}
@@ -194,8 +195,6 @@ class Training:
             work.configure(settings)
         with work.task():
             tokens = check_tokens(s.accel_tokens, "Adapt-Accel token budget")
-            if s.method == "custom":
-                raise SessionError("Adapt-Accel allocates adaptively (or uniformly); switch the allocation from custom")
             if s.method in BASELINES:  # refused before a private copy is made for nothing
                 raise SessionError(ACCEL_BASELINE.format(method=s.method))
             tcfg, data, teacher = self._setup(s)
@@ -241,13 +240,12 @@ class Training:
             return Progress(f"Adapt-Accel: {len(ev.plan)} stages ({plan}), {tokens:,} training tokens; "
                             f"perplexity now {ppl0:.2f}")
         if isinstance(ev, accel.PruneStep):
-            rec = replace(ev.record, index=len(record.steps))
-            record.steps.append(rec)
+            (rec,) = work.pruner.adopt([ev.record])
             self.schedule.tags[rec.index] = f"stage {ev.stage}"
             return Progress(f"Stage {ev.stage}: sub-step cut to {rec.params_total / 1e6:.2f} M parameters "
                             f"({rec.fraction_of_original:.1%})", rec)
         if isinstance(ev, accel.StagePruned):
-            work.pruner.sparsity = list(ev.sparsity)
+            work.pruner.adopt(sparsity=ev.sparsity)
             state["pruned_ppl"][ev.stage] = ev.perplexity["perplexity"]
             self.log.begin(f"stage {ev.stage}")
             return Progress(f"Stage {ev.stage} pruned to {ev.params / 1e6:.2f} M parameters: "
@@ -281,7 +279,7 @@ class Training:
 
     def _rollback(self, n_rec: int, n_loss: int, n_round: int, n_recovery: int, sparsity: list[float]) -> None:
         """Forget what an unfinished Adapt-Accel stage added (its model changes were undone by iter_accel)."""
-        del self.work.pruner.record.steps[n_rec:]
+        self.work.pruner.truncate(n_rec)
         del self.recovery[n_recovery:]
         self.log.truncate(n_loss, n_round)
         self.work.adopt(sparsity)

@@ -63,7 +63,7 @@ def build_demo(model=None, tokenizer=None, source: str = "default", pool: Sessio
 
 def model_choices() -> list[tuple[str, str]]:
     """The model picker: the default model and the shipped real models (those not fetched yet say how)."""
-    from pruner.shipped import SHIPPED, is_fetched
+    from pruner.io.shipped import SHIPPED, is_fetched
 
     out = [("default — SmolLM2-135M-Instruct (embedded)", "default")]
     for name, m in SHIPPED.items():

@@ -17,10 +17,8 @@ import torch
 from torch import nn
 
 from pruner import PrunerError, adapter_for, count_parameters, describe, layer_widths
-from pruner.config import PruneConfig
-from pruner.data import CORPORA
-from pruner.planner import target_params, target_tolerance
-from pruner.prune import Pruner, StepRecord
+from pruner.data import CORPORA, CalibrationText
+from pruner.pruning.pruner import Pruner, StepRecord
 
 from .settings import UPLOADED, StudioSettings
 
@@ -100,12 +98,6 @@ class Workspace:
     def widths(self):
         return layer_widths(self.model)
 
-    def planner_target_reached(self, config: PruneConfig | None = None) -> bool:
-        """True when the working model is at the target of ``config`` (default: the pruner's), within the
-        library's tolerance."""
-        cfg = config or self.pruner.config
-        return self.params() <= target_params(cfg.target, self.original_total) + target_tolerance(self.original_total)
-
     def summary(self) -> dict:
         """Architecture summary of the working model (see :func:`pruner.describe`) plus the original size."""
         d = describe(self.model)
@@ -156,9 +148,6 @@ class Workspace:
         """Apply new settings to the next steps (validated; the model is not touched)."""
         if not 0 < settings.target < 1:
             raise SessionError(f"The target must be a fraction of the original size in (0, 1), got {settings.target}")
-        n = len(self.pruner.sparsity)
-        if settings.method == "custom" and (settings.custom is None or len(settings.custom) != n):
-            raise SessionError(f"A custom schedule needs one final sparsity per layer ({n} values)")
         text = calibration_text(settings)
         cfg = self._prune_config(settings)
         try:
@@ -232,9 +221,7 @@ class Workspace:
         """After training or Adapt-Accel changed the model outside the pruner: a fresh Pruner on it that keeps the
         record (the undo history is cleared, since undoing a step would also undo the training)."""
         self.pruner = self._new_pruner(self.pruner.record)
-        if sparsity is not None:
-            self.pruner.sparsity = list(sparsity)
-        self.pruner._finish_record()
+        self.pruner.adopt(sparsity=sparsity)
         self.changed("train")
 
     def step(self, importance, should_stop) -> StepRecord:
@@ -264,12 +251,13 @@ class Workspace:
             self.changed("reset")
 
 
-def calibration_text(settings: StudioSettings) -> str | None:
-    """The uploaded calibration text, or None for a shipped corpus; a clear error for anything else."""
+def calibration_text(settings: StudioSettings) -> CalibrationText | None:
+    """The uploaded calibration text with its file name (the records say both), or None for a shipped corpus; a
+    clear error for anything else."""
     if settings.calibration == UPLOADED:
         if not settings.calibration_text or not settings.calibration_text.strip():
             raise SessionError("Choose a text file to upload, or pick a shipped corpus for calibration")
-        return settings.calibration_text
+        return CalibrationText(settings.calibration_text, settings.calibration_name or UPLOADED)
     if settings.calibration not in CORPORA:
         raise SessionError(f"Unknown calibration corpus '{settings.calibration}'")
     return None

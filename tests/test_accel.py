@@ -7,7 +7,10 @@ import json
 import pytest
 import torch
 
-from pruner.accel import (
+from pruner.model.structure import count_parameters, geometry, layer_widths
+from pruner.pruning.pruner import PruneConfig
+from pruner.testing import tiny_tokenizer
+from pruner.training.accel import (
     AccelConfig,
     event_dict,
     iter_accel,
@@ -17,10 +20,7 @@ from pruner.accel import (
     stage_plan,
     token_shares,
 )
-from pruner.prune import PruneConfig
-from pruner.structure import count_parameters, geometry, layer_widths
-from pruner.testing import tiny_tokenizer
-from pruner.train import TrainConfig, make_accelerator
+from pruner.training.train import TrainConfig, make_accelerator
 from tests.test_train import tiny_llama
 
 
@@ -200,8 +200,8 @@ def test_an_error_or_a_closed_stream_mid_stage_restores_the_last_completed_stage
 
 
 def test_cli_runs_and_resumes(tmp_path, capsys):
-    from pruner.cli import main
-    from pruner.io import save_pruned
+    from pruner.cli.main import main
+    from pruner.io.models import save_pruned
 
     src = save_pruned(tiny_llama(), tiny_tokenizer(), tmp_path / "tiny")
     common = ["--model", str(src), "--device", "cpu", "--target", "0.75", "--stages", "2", "--tokens", "256",

@@ -22,10 +22,10 @@ def worker(out: str) -> None:
     """One rank: a tiny model, two stages, then write the weights and what this rank saw."""
     from safetensors.torch import save_file
 
-    from pruner.accel import event_dict, iter_accel
-    from pruner.structure import layer_widths
+    from pruner.model.structure import layer_widths
     from pruner.testing import tiny_tokenizer
-    from pruner.train import make_accelerator
+    from pruner.training.accel import event_dict, iter_accel
+    from pruner.training.train import make_accelerator
     from tests.test_accel import tiny_cfg
     from tests.test_train import tiny_llama
 

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 import pruner
-from pruner.importance import measure_importance
-from pruner.planner import target_tolerance
-from pruner.structure import LayerCut, apply_patch, build_cut, count_parameters, geometry, layer_widths
+from pruner.importance.measure import measure_importance
+from pruner.model.structure import LayerCut, apply_patch, build_cut, count_parameters, geometry, layer_widths
+from pruner.pruning.planner import target_tolerance
 from pruner.testing import NEW_ARCHITECTURES, random_windows, tiny_model, uneven_model
 
 
@@ -226,7 +226,7 @@ def test_phi3_layers_read_their_own_widths_and_follow_the_model_config():
 
 def test_adapt_accel_restore_puts_every_part_back(new_arch):
     """Adapt-Accel's restore after an error copies every prunable part back (fused Linears, OLMo-2's norms)."""
-    from pruner.accel import _restore, _snapshot
+    from pruner.training.accel import _restore, _snapshot
 
     model = tiny_model(new_arch)
     pruner.origin_of(model)  # a Pruner records it before anything is cut
@@ -241,7 +241,7 @@ def test_adapt_accel_restore_puts_every_part_back(new_arch):
 def test_an_unsupported_architecture_gets_one_line_naming_every_supported_one():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from pruner.adapters import ADAPTERS
+    from pruner.model.adapters import ADAPTERS
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
     with pytest.raises(pruner.UnsupportedArchitectureError) as err:

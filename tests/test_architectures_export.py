@@ -13,12 +13,12 @@ import torch
 from test_export_hf import STRANGER, export_for_a_stranger
 
 import pruner
-from pruner.adapters import ADAPTERS
 from pruner.export import ExportError, export_gguf, export_hf, load_gguf_model, read_gguf
 from pruner.export.gguf import write_gguf
-from pruner.export.hf import load_exported
-from pruner.planner import target_tolerance
-from pruner.structure import LayerCut, apply_patch, build_cut, layer_widths
+from pruner.io.exported import load_exported
+from pruner.model.adapters import ADAPTERS
+from pruner.model.structure import LayerCut, apply_patch, build_cut, layer_widths
+from pruner.pruning.planner import target_tolerance
 from pruner.testing import HIDE_PROJECT, NEW_ARCHITECTURES, random_windows, tiny_model, uneven_model
 
 CLASSES = {"qwen3": "Qwen3", "gemma2": "Gemma2", "gemma3_text": "Gemma3Text", "phi3": "Phi3", "olmo2": "Olmo2"}
@@ -81,7 +81,7 @@ def test_uniform_widths_export_the_plain_architecture(new_arch, tmp_path):
 def test_remote_code_layouts_match_the_adapters():
     """The exported modelling code hard-codes each family's layout; it must say what the adapter says."""
     from pruner.export.hf import FAMILIES
-    from pruner.export.remote_code.modeling_adapt_pruned import LAYOUTS
+    from pruner.model.remote_code.modeling_adapt_pruned import LAYOUTS
 
     for model_type, family in FAMILIES.items():
         ours, theirs = ADAPTERS[model_type].layout(), LAYOUTS[family]
@@ -155,7 +155,7 @@ def test_a_gemma3_gguf_loads_as_gemma3_text_and_prunes(tmp_path, tiny_tokenizer)
     assert model.config.model_type == "gemma3_text"
     ids = random_windows(2, 16)
     torch.testing.assert_close(logits(model, ids), logits(src, ids))
-    from pruner.formats import strip_quantization as _strip_quantization
+    from pruner.io.formats import strip_quantization as _strip_quantization
 
     _strip_quantization(model)
     cfg = pruner.PruneConfig(target=0.96, method="uniform", n_windows=4, window=32, batch_size=4, calibration="wikitext2")
@@ -168,7 +168,7 @@ def test_a_gemma3_gguf_loads_as_gemma3_text_and_prunes(tmp_path, tiny_tokenizer)
 
 
 def test_cli_refuses_a_gguf_it_cannot_write_in_one_line(tmp_path, tiny_tokenizer, capsys):
-    from pruner.cli import main
+    from pruner.cli.main import main
 
     pruner.save_pruned(uneven_model("gemma3_text"), tiny_tokenizer, tmp_path / "pruned")
     capsys.readouterr()

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import pruner
-from pruner.allocation import allocate_sparsity, plan_widths
-from pruner.importance import Importance, measure_importance
-from pruner.structure import LayerCut, apply_patch, build_cut, count_parameters, geometry, layer_widths
+from pruner.importance.measure import Importance, measure_importance
+from pruner.methods import REGISTRY, UnitScores
+from pruner.methods.allocation import allocate_sparsity, allocate_toward, plan_widths
+from pruner.model.structure import LayerCut, apply_patch, build_cut, count_parameters, geometry, layer_widths
 from pruner.testing import random_windows, tiny_model
 
 
@@ -198,9 +199,14 @@ def test_adaptive_allocation_mean_grows_by_the_budget():
 
 def test_zero_amplitude_equals_uniform():
     imp = pruner.normalise_importance([0.5, 0.1, 0.3, 0.2])
-    a = allocate_sparsity([0.0, 0.1, 0.2, 0.0], imp, 0.04, amplitude=0.0, method="adaptive")
-    u = allocate_sparsity([0.0, 0.1, 0.2, 0.0], imp, 0.04, amplitude=0.3, method="uniform")
+    a = allocate_sparsity([0.0, 0.1, 0.2, 0.0], imp, 0.04, amplitude=0.0)
+    u = allocate_sparsity([0.0, 0.1, 0.2, 0.0], None, 0.04, amplitude=0.0)
     assert a.sparsity == u.sparsity == pytest.approx([0.04, 0.14, 0.24, 0.04])
+    # the uniform method is the rule with A = 0 whatever amplitude is configured
+    geo, w = geometry(tiny_model()), layer_widths(tiny_model())
+    method = REGISTRY["uniform"](pruner.PruneConfig(method="uniform", amplitude=0.3, step=0.04), geo, w, 0)
+    alloc = method.allocate([0.0, 0.1, 0.2, 0.0], UnitScores(imp, None, None), 1.0)
+    assert alloc.sparsity == pytest.approx(a.sparsity)
 
 
 def test_allocation_clips_and_holds():
@@ -215,10 +221,10 @@ def test_allocation_clips_and_holds():
 def test_custom_allocation_reaches_the_schedule():
     s = [0.0] * 3
     for _ in range(50):
-        s = allocate_sparsity(s, None, 0.05, method="custom", custom=[0.1, 0.5, 0.3]).sparsity
+        s = allocate_toward(s, [0.1, 0.5, 0.3], 0.05).sparsity
     assert s == pytest.approx([0.1, 0.5, 0.3])
     with pytest.raises(pruner.AllocationError):
-        allocate_sparsity(s, None, 0.05, method="custom", custom=[0.1])
+        allocate_toward(s, [0.1], 0.05)
 
 
 def test_plan_widths_floor_and_group_staggering():
@@ -461,7 +467,7 @@ def test_save_when_the_widest_layer_has_a_head_count_that_does_not_divide_hidden
 
 
 def test_score_policy_removes_the_lowest_score_per_parameter_first(tiny_tokenizer):
-    from pruner.allocation import plan_widths_by_score
+    from pruner.methods.allocation import plan_widths_by_score
 
     model = tiny_model()
     geo = geometry(model)

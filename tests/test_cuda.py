@@ -30,7 +30,7 @@ def test_prune_generate_save_reload_on_cuda(tiny_tokenizer, tmp_path):
 
 
 def test_a_training_step_under_bf16_autocast(tiny_tokenizer):
-    from pruner.train import TrainConfig, train
+    from pruner.training.train import TrainConfig, train
 
     model = tiny_model("llama").to("cuda")
     out = train(model, tiny_tokenizer, 2 * 64, TrainConfig(lr=1e-3, seq_len=32, batch_size=2, data="stories"))

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import pruner
-from pruner.importance import measure_importance
-from pruner.structure import layer_widths
+from pruner.importance.measure import measure_importance
+from pruner.model.structure import layer_widths
 from pruner.testing import ARCHITECTURES, random_windows, tiny_model
 
 
@@ -52,7 +52,7 @@ def test_a_bf16_model_prunes_saves_and_reloads_in_bf16(tiny_tokenizer, tmp_path)
 def test_the_lean_pass_equals_the_models_own_loss_and_gradients(arch, monkeypatch):
     import contextlib
 
-    import pruner.importance as imp
+    import pruner.importance.measure as imp
 
     model = tiny_model(arch, seed=3)
     windows = random_windows(6, 24, seed=4)
@@ -105,7 +105,7 @@ def test_load_model_with_a_device_map_prunes_and_reloads(tiny_tokenizer, tmp_pat
     mapped, tok = pruner.load_model(tmp_path / "m", device_map="auto", progress=None)  # one CPU here: no hooks
     pruner.Pruner(mapped, tok, pruner.PruneConfig(target=0.8, n_windows=4, window=32, calibration="wikitext2")).run()
     assert pruner.count_parameters(mapped)["total"] < pruner.count_parameters(model)["total"]
-    from pruner.devices import dispatch
+    from pruner.runtime.devices import dispatch
 
     plain = tiny_model("llama")
     explicit = dispatch(plain, {"": "cpu"})  # all on the CPU: the same model back, without accelerate's hooks

@@ -31,7 +31,7 @@ from pruner.evaluation import (
 from pruner.evaluation import suite as suite_mod
 from pruner.evaluation import tasks as tasks_mod
 from pruner.evaluation.scoring import choice_metrics, mean_stderr
-from pruner.importance import Cancelled
+from pruner.importance.measure import Cancelled
 from pruner.testing import tiny_model
 
 # published sizes of the splits used (lm-evaluation-harness defaults)
@@ -250,7 +250,7 @@ def _save_tiny(tmp_path, tok):
 
 
 def test_cli_eval_writes_a_report_and_prints_a_table(tiny_tokenizer, tmp_path, capsys):
-    from pruner.cli import main
+    from pruner.cli.main import main
 
     folder = _save_tiny(tmp_path, tiny_tokenizer)
     report = tmp_path / "r.json"
@@ -264,7 +264,7 @@ def test_cli_eval_writes_a_report_and_prints_a_table(tiny_tokenizer, tmp_path, c
 
 
 def test_cli_rejects_bad_tasks_and_limits(tiny_tokenizer, tmp_path, capsys):
-    from pruner.cli import main
+    from pruner.cli.main import main
 
     folder = _save_tiny(tmp_path, tiny_tokenizer)
     assert main(["eval", "--model", str(folder), "--tasks", "nonsense", "--no-ppl"]) == 2

@@ -11,7 +11,7 @@ import torch
 
 from pruner.export import ExportError, export_gguf, load_gguf_model, read_gguf
 from pruner.export.gguf import _gguf_tensors, permute_qk, unpermute_qk, write_gguf
-from pruner.structure import layer_widths
+from pruner.model.structure import layer_widths
 from pruner.testing import random_windows, tiny_model, uneven_model
 
 
@@ -63,7 +63,7 @@ def test_f32_gguf_round_trip_metadata_and_tensors(tmp_path, arch, tiny_tokenizer
 
 def test_qwen2_is_written_only_where_llama_cpp_can_hold_it(tmp_path, tiny_tokenizer):
     from pruner.export import ExportError
-    from pruner.structure import LayerCut, apply_patch, build_cut
+    from pruner.model.structure import LayerCut, apply_patch, build_cut
 
     # lost heads, or per-layer widths: llama.cpp's qwen2 loader sizes q at the hidden size, one n_ff for all layers
     with pytest.raises(ExportError, match="lost attention heads"):
@@ -140,8 +140,8 @@ def test_unknown_gguf_dtype_is_refused(tmp_path):
 
 
 def test_cli_exports_a_saved_pruned_folder(tmp_path, tiny_tokenizer):
-    from pruner.cli import main
-    from pruner.io import save_pruned
+    from pruner.cli.main import main
+    from pruner.io.models import save_pruned
 
     save_pruned(uneven("llama"), tiny_tokenizer, tmp_path / "pruned")
     assert main(["export", "--model", str(tmp_path / "pruned"), "--format", "gguf", "--gguf-dtype", "f32",

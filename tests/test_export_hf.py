@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pruner.export import ExportError, check_folder, export_hf, model_card, model_facts, refuse_pickles
-from pruner.export.hf import load_exported
-from pruner.structure import LayerCut, apply_patch, build_cut, layer_widths
+from pruner.io.exported import load_exported
+from pruner.model.structure import LayerCut, apply_patch, build_cut, layer_widths
 from pruner.testing import HIDE_PROJECT, random_windows, tiny_model, uneven_model
 
 ARCHS = ("llama", "qwen2", "mistral")
@@ -188,7 +188,7 @@ def test_mismatched_folder_is_refused(tmp_path):
         check_folder(tmp_path / "ok")
     with pytest.raises(ExportError, match="do not match"):
         load_exported(tmp_path / "ok")
-    from pruner.cli import main
+    from pruner.cli.main import main
 
     assert main(["export", "--model", str(tmp_path / "ok"), "--format", "hf", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
@@ -225,7 +225,7 @@ def test_pickle_only_source_is_refused(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(ExportError, match="pickle"):
         refuse_pickles(tmp_path)
-    from pruner.cli import main
+    from pruner.cli.main import main
 
     assert main(["export", "--model", str(tmp_path), "--format", "hf", "--out", str(tmp_path / "x")]) == 2
 
@@ -243,7 +243,7 @@ def test_load_exported_returns_stock_class_with_same_logits(stranger_results):
 def test_per_layer_config_validation():
     from huggingface_hub.errors import StrictDataclassClassValidationError
 
-    from pruner.export.remote_code.configuration_adapt_pruned import AdaptPrunedLlamaConfig
+    from pruner.model.remote_code.configuration_adapt_pruned import AdaptPrunedLlamaConfig
 
     base = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4, head_dim=8,
                 intermediate_size=96, vocab_size=320)

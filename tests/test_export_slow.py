@@ -16,8 +16,8 @@ from pruner import load_model
 from pruner.data import package_dir
 from pruner.export import export_gguf, export_hf, read_gguf
 from pruner.export.gguf import permute_qk
-from pruner.io import DEFAULT_GGUF
-from pruner.structure import LayerCut, apply_patch, build_cut
+from pruner.io.models import DEFAULT_GGUF
+from pruner.model.structure import LayerCut, apply_patch, build_cut
 from pruner.testing import HIDE_PROJECT
 
 pytestmark = pytest.mark.slow

@@ -113,3 +113,86 @@ def test_the_library_never_imports_the_ui():
             names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
             names |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level}
             assert not names & {"gradio", "studio", "spaces", "visualizations"}, name
+
+
+#: The layers of the code base, lowest first (docs/architecture in the README): a module may import from its own
+#: layer and the ones below, never from a higher one. ``pruner`` itself (the public API), the CLI and the test
+#: helpers sit on top of the library; the visualisations and the studio above it.
+LAYERS: list[tuple[str, ...]] = [
+    ("pruner.errors", "pruner.data", "pruner.runtime"),
+    ("pruner.model",),
+    ("pruner.importance",),
+    ("pruner.methods",),
+    ("pruner.config",),
+    ("pruner.pruning",),
+    ("pruner.io", "pruner.evaluation"),
+    ("pruner.export",),
+    ("pruner.training",),
+    ("pruner.cli", "pruner.testing", "pruner.__main__", "pruner"),
+    ("visualizations",),
+    ("studio",),
+]
+
+
+def layer_of(module: str) -> int:
+    """The layer of a module: the longest prefix listed in :data:`LAYERS` decides."""
+    best, rank = -1, None
+    for r, prefixes in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and len(p) > best:
+                best, rank = len(p), r
+    if rank is None:
+        raise AssertionError(f"{module} belongs to no layer: add it to LAYERS")
+    return rank
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} (layer {layer_of(m)}) imports {t} (layer {layer_of(t)})"
+                  for m, ts in graph.items() for t in ts if layer_of(t) > layer_of(m))
+
+
+def test_the_layer_checker_finds_an_upward_import():
+    assert upward_imports({"pruner.model.structure": {"pruner.export.hf"}}) == [
+        "pruner.model.structure (layer 1) imports pruner.export.hf (layer 7)"]
+    assert upward_imports({"pruner.export.hf": {"pruner.model.structure"}}) == []
+
+
+def test_no_module_imports_from_a_higher_layer():
+    found = upward_imports(import_graph())
+    assert found == [], "imports that run upward:\n" + "\n".join(found)
+
+
+def test_the_library_is_in_sub_packages():
+    """Only the base modules, the public API and the test helpers sit at the top of ``pruner/``."""
+    flat = sorted(p.name for p in (ROOT / "pruner").glob("*.py"))
+    assert flat == ["__init__.py", "__main__.py", "config.py", "data.py", "errors.py", "testing.py"]
+
+
+def name_comparisons(tree: ast.AST, names: set[str]) -> list[int]:
+    """Lines that compare with a method's name: ``x == "flap"``, ``x != "custom"``, ``x in ("uniform", ...)``."""
+    def is_name(node) -> bool:
+        if isinstance(node, ast.Constant) and node.value in names:
+            return True
+        return isinstance(node, (ast.Tuple, ast.List, ast.Set)) and any(is_name(e) for e in node.elts)
+
+    return sorted(n.lineno for n in ast.walk(tree)
+                  if isinstance(n, ast.Compare) and any(map(is_name, [n.left, *n.comparators])))
+
+
+def test_the_name_checker_finds_a_comparison():
+    tree = ast.parse('if cfg.method == "flap" or m in ("uniform", "x"):\n    pass\nif "custom" != y:\n    pass\n')
+    assert name_comparisons(tree, {"flap", "uniform", "custom"}) == [1, 1, 3]
+    assert name_comparisons(ast.parse('method = "flap"\nd = {"flap": 1}\n'), {"flap"}) == []
+
+
+def test_no_code_outside_the_methods_switches_on_a_method_name():
+    """A method is a class (pruner/methods/): everything else asks it, never compares its name."""
+    from pruner.methods import REGISTRY
+
+    found = []
+    for name, path in project_modules().items():
+        if name.startswith("pruner.methods"):
+            continue
+        for line in name_comparisons(ast.parse(path.read_text(encoding="utf-8")), set(REGISTRY)):
+            found.append(f"{path.relative_to(ROOT)}:{line}")
+    assert found == [], "method names compared outside pruner/methods/: " + ", ".join(found)

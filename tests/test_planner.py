@@ -10,9 +10,10 @@ from dataclasses import replace
 import pytest
 
 import pruner
-from pruner.config import ATTENTION_POLICIES, INCREMENTAL_METHODS, METHOD_SPECS, METHODS
-from pruner.planner import target_tolerance, top_units
-from pruner.structure import layer_widths
+from pruner.config import ATTENTION_POLICIES, INCREMENTAL_METHODS, METHODS
+from pruner.methods import method_class
+from pruner.model.structure import layer_widths
+from pruner.pruning.planner import target_tolerance, top_units
 from pruner.testing import tiny_model
 
 CUSTOM = [0.3, 0.6, 0.4, 0.55]
@@ -41,7 +42,7 @@ def test_the_first_planned_step_is_the_next_real_step(arch, method, attention, t
         assert rec.allocated_sparsity == first.sparsity
         assert rec.fraction == first.fraction
         assert rec.removed_layers == first.remove_layers and rec.decision == first.decision
-        if METHOD_SPECS[method].one_shot:  # one step reaches the target: plan again from the pruned model
+        if (not method_class(method).incremental):  # one step reaches the target: plan again from the pruned model
             p.configure(replace(p.config, target=0.5))
 
 
@@ -52,7 +53,7 @@ def test_with_importance_held_fixed_the_plan_is_the_run(arch, method, attention,
     plan = p.preview()  # measures once; the run then reuses that measurement
     assert not any(s.estimate for s in plan.steps)
     steps = list(p.iter_run())
-    one_shot = METHOD_SPECS[method].one_shot
+    one_shot = (not method_class(method).incremental)
     assert len(steps) == len(plan.steps) >= (1 if one_shot else 2)
     assert layer_widths(model) == plan.steps[-1].widths
     assert [r.params_total for r in steps] == [s.params for s in plan.steps]
@@ -85,7 +86,7 @@ def test_preview_needs_a_measurement_for_the_score_policy(tiny_tokenizer):
         p.preview(measure=False)
     # the proportional policy with a uniform allocation needs no scores to plan the widths
     q = pruner.Pruner(tiny_model(), tiny_tokenizer, config("uniform", "proportional"))
-    plan = q.planner.schedule(q.sparsity, q.widths(), pruner.planner.UnitScores.of(None), q.target_params())
+    plan = q.planner.schedule(q.sparsity, q.widths(), pruner.pruning.planner.UnitScores.of(None), q.target_params())
     assert plan.reached and plan.steps[0].keep_groups is None
 
 

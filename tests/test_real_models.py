@@ -8,7 +8,7 @@ import torch
 
 import pruner
 from pruner.export import ExportError, export_gguf, export_hf
-from pruner.shipped import SHIPPED, is_fetched
+from pruner.io.shipped import SHIPPED, is_fetched
 
 pytestmark = pytest.mark.slow
 

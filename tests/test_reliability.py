@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import pruner
-from pruner.adapters import Adapter
-from pruner.cli import main
-from pruner.structure import count_parameters, layer_widths
+from pruner.cli.main import main
+from pruner.model.adapters import Adapter
+from pruner.model.structure import count_parameters, layer_widths
 from pruner.testing import tiny_model
 
 UNWRITABLE = "/proc/adapt-pruner-test"  # even root cannot create anything under /proc
@@ -112,7 +112,7 @@ def test_ctrl_c_during_the_final_perplexity_keeps_model_and_report(folder, tmp_p
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("pruner.commands.prune.perplexities", interrupted)
+    monkeypatch.setattr("pruner.cli.prune.perplexities", interrupted)
     code, err = cli(capsys, "prune", "--model", folder, "--target", "0.9", "--out", tmp_path / "out",
                     "--report", tmp_path / "r.json", *PRUNE)
     assert code == 130
@@ -148,9 +148,9 @@ def test_a_failure_anywhere_in_a_step_leaves_the_model_as_it_was(tiny_tokenizer,
         if point == "4th module swap":
             m.setattr(Adapter, "set_part", _failing_after(4))
         elif point == "config sync":
-            m.setattr("pruner.structure.sync_config", lambda *a, **k: (_ for _ in ()).throw(boom))
+            m.setattr("pruner.model.structure.sync_config", lambda *a, **k: (_ for _ in ()).throw(boom))
         elif point == "unit bookkeeping":
-            m.setattr("pruner.planner.UnitScores.restricted", lambda *a, **k: (_ for _ in ()).throw(boom))
+            m.setattr("pruner.pruning.planner.UnitScores.restricted", lambda *a, **k: (_ for _ in ()).throw(boom))
         else:
             m.setattr(pruner.Pruner, "_step_record", lambda *a, **k: (_ for _ in ()).throw(boom))
         with pytest.raises(RuntimeError):
@@ -263,9 +263,9 @@ def test_export_reports_and_outputs_are_checked_first(folder, tmp_path, capsys):
 
 
 def test_damaged_checkpoints_name_the_file(tmp_path, tiny_tokenizer, capsys):
-    from pruner.accel import AccelConfig, run_accel
     from pruner.config import PruneConfig
-    from pruner.train import TrainConfig, make_accelerator
+    from pruner.training.accel import AccelConfig, run_accel
+    from pruner.training.train import TrainConfig, make_accelerator
 
     cfg = AccelConfig(target=0.8, stages=2, tokens=4 * 64, eval_window=64, eval_max_tokens=256, eval_initial=False,
                       prune=PruneConfig(n_windows=4, window=32, step=0.1, calibration="stories"),
@@ -283,13 +283,13 @@ def test_damaged_checkpoints_name_the_file(tmp_path, tiny_tokenizer, capsys):
 
 
 def test_ctrl_c_in_accel_exits_130_and_says_how_to_resume(folder, tmp_path, capsys, monkeypatch):
-    import pruner.accel
+    import pruner.training.accel
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
         yield  # a generator, like iter_train
 
-    monkeypatch.setattr(pruner.accel, "iter_train", interrupted)
+    monkeypatch.setattr(pruner.training.accel, "iter_train", interrupted)
     code, err = cli(capsys, "accel", "--model", folder, "--target", "0.8", "--stages", "2", "--tokens", "256",
                     "--data", "stories", "--seq-len", "32", "--n-windows", "4", "--window", "32",
                     "--ppl-windows", "32", "--ppl-max-tokens", "256", "--out", tmp_path / "run")
@@ -302,7 +302,7 @@ def test_out_of_memory_is_one_line_and_changes_nothing(tiny_tokenizer, folder, c
 
     model = tiny_model("llama")
     flags = [p.requires_grad for p in model.parameters()]
-    monkeypatch.setattr("pruner.importance._forward_backward", oom)
+    monkeypatch.setattr("pruner.importance.measure._forward_backward", oom)
     p = pruner.Pruner(model, tiny_tokenizer, pruner.PruneConfig(n_windows=4, window=32, calibration="wikitext2"))
     with pytest.raises(pruner.PrunerError, match="batch size"):
         p.step()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 
@@ -10,7 +11,7 @@ import torch
 
 from pruner import load_model
 from pruner.data import load_text
-from pruner.structure import count_parameters, layer_widths
+from pruner.model.structure import count_parameters, layer_widths
 from pruner.testing import tiny_model as _tiny_model
 from pruner.testing import tiny_tokenizer
 from studio import SessionError, StudioSession, StudioSettings
@@ -114,7 +115,7 @@ def test_a_failed_step_leaves_the_model_as_it_was(monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("surgery failed")
 
-    monkeypatch.setattr("pruner.prune.build_cut", broken)
+    monkeypatch.setattr("pruner.pruning.pruner.build_cut", broken)
     with pytest.raises(RuntimeError, match="surgery failed"):
         s.schedule.step()
     assert same_state(before, state(s.model)) and s.steps_taken == 0
@@ -154,10 +155,15 @@ def test_custom_and_uploaded_calibration_settings_are_validated():
         s.configure(tiny_settings(method="custom", custom=[0.1]))
     with pytest.raises(SessionError, match="upload"):
         s.configure(tiny_settings(calibration="uploaded file"))
+    text = load_text("stories")[:20000]
     s.configure(tiny_settings(method="custom", custom=[0.0, 0.3, 0.3], calibration="uploaded file",
-                              calibration_text=load_text("stories")[:20000]))
+                              calibration_text=text, calibration_name="my-notes.txt"))
     rec = s.schedule.step()
     assert rec.allocated_sparsity[0] == 0.0 and rec.allocated_sparsity[1] > 0
+    # the records say what the calibration was: the file, its sha256 and the tokens read — not a shipped corpus
+    said = s.work.pruner.record.to_dict()["config"]["calibration"]
+    assert said == {"file": "my-notes.txt", "sha256": hashlib.sha256(text.encode()).hexdigest(), "chars": len(text),
+                    "tokens": len(s.work.tokenizer(text, add_special_tokens=False)["input_ids"])}
 
 
 def test_uniform_baseline_overlays_without_touching_the_working_model():

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-import pruner.accel
-import pruner.train
-from pruner.structure import count_parameters, layer_widths
+import pruner.training.accel
+import pruner.training.train
+from pruner.model.structure import count_parameters, layer_widths
 from studio import SessionError
 from tests.test_session import same_state, state, tiny_session
 
@@ -48,7 +48,7 @@ def test_training_input_is_checked_before_anything_changes():
 
 
 def test_an_error_during_training_restores_the_weights(monkeypatch):
-    real = pruner.train.iter_train
+    real = pruner.training.train.iter_train
 
     def failing(model, *a, **kw):
         for i, ev in enumerate(real(model, *a, **kw)):
@@ -56,7 +56,7 @@ def test_an_error_during_training_restores_the_weights(monkeypatch):
                 raise RuntimeError("CUDA out of memory (simulated)")
             yield ev
 
-    monkeypatch.setattr(pruner.train, "iter_train", failing)
+    monkeypatch.setattr(pruner.training.train, "iter_train", failing)
     s = tiny_session(**TRAIN)
     before = state(s.model)
     with pytest.raises(RuntimeError, match="out of memory"):
@@ -118,14 +118,14 @@ def test_cancel_accel_keeps_the_last_completed_stage():
 
 
 def test_an_error_in_a_stage_puts_the_model_back_at_the_last_completed_stage(monkeypatch):
-    real = pruner.accel.iter_train
+    real = pruner.training.accel.iter_train
 
     def failing(*a, stage=None, **kw):
         if stage == 2:
             raise RuntimeError("out of memory (simulated)")
         yield from real(*a, stage=stage, **kw)
 
-    monkeypatch.setattr(pruner.accel, "iter_train", failing)
+    monkeypatch.setattr(pruner.training.accel, "iter_train", failing)
     s = accel_session()
     seen = {}
     with pytest.raises(RuntimeError, match="out of memory"):

@@ -13,8 +13,8 @@ import pytest
 import visualizations as viz
 from pruner import load_model, perplexity
 from pruner.config import CRITERIA, METHODS
-from pruner.planner import target_tolerance
-from pruner.structure import count_parameters, layer_widths
+from pruner.model.structure import count_parameters, layer_widths
+from pruner.pruning.planner import target_tolerance
 from studio import SessionError, StudioSession
 from studio.compare import DEFAULT_METHODS
 from studio.pool import SessionPool

@@ -9,7 +9,7 @@ import torch
 
 from pruner.data import load_text
 from pruner.testing import tiny_model, tiny_tokenizer
-from pruner.train import (
+from pruner.training.train import (
     PackedData,
     TrainConfig,
     TrainDone,

@@ -9,7 +9,7 @@ import weakref
 
 import pytest
 
-from pruner.structure import count_parameters
+from pruner.model.structure import count_parameters
 from studio import SessionError, StudioSession, StudioSettings
 from studio.pool import SessionPool
 from tests.test_session import tiny_model, tiny_settings, tiny_tokenizer

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import visualizations as viz
-from pruner.structure import LayerWidths
+from pruner.model.structure import LayerWidths
 
 
 def test_layer_importance_heatmap_is_layers_by_steps():

@@ -42,7 +42,8 @@ def kept_share(original: Sequence, widths: Sequence, name: str) -> list[float]:
     return [0.0 if w is None else _get(w, name) / _get(o, name) for w, o in zip(widths, original, strict=True)]
 
 
-def methods_trajectory(series: Mapping[str, tuple[Sequence[int], Sequence[float]]], ppl_label: str = "") -> go.Figure:
+def methods_trajectory(series: Mapping[str, tuple[Sequence[int], Sequence[float]]], ppl_label: str = "",
+                       reference: str = "adaptive") -> go.Figure:
     """Perplexity (log) against parameters (millions, falling to the right), one line per method.
 
     ``series[method] = (params, perplexities)``, one point per sub-step from the original (a one-shot method has
@@ -57,7 +58,7 @@ def methods_trajectory(series: Mapping[str, tuple[Sequence[int], Sequence[float]
         color = method_color(method, i)
         fig.add_trace(go.Scatter(
             x=[p / 1e6 for p in params], y=list(ppl), mode="lines+markers", name=method,
-            marker=dict(color=color, size=7), line=dict(color=color, dash="solid" if method == "adaptive" else "dot"),
+            marker=dict(color=color, size=7), line=dict(color=color, dash="solid" if method == reference else "dot"),
             hovertemplate=f"{method}<br>%{{x:.3f}} M parameters<br>perplexity %{{y:.2f}}<extra></extra>",
         ))
     fig.update_xaxes(title_text="parameters (millions)", autorange="reversed", gridcolor="#eee")

@@ -7,10 +7,26 @@
 Importing this package reads no data and loads no model.
 """
 
-from .costs import compare, efficiency, macs_per_token
-from .scoring import ByteTokenizer, encode_pair, loglikelihoods
-from .suite import AVERAGE_CONVENTION, NORMALISATION, average, evaluate, fingerprint, results_table
-from .tasks import PAPER_TASKS, TASKS, EvalError, Item, TaskSpec, load_items, resolve_tasks, select
+from pruner.evaluation.efficiency import compare, efficiency, macs_per_token
+from pruner.evaluation.scoring import ByteTokenizer, encode_pair, loglikelihoods
+from pruner.evaluation.suite import (
+    AVERAGE_CONVENTION,
+    NORMALISATION,
+    average,
+    evaluate,
+    fingerprint,
+    results_table,
+)
+from pruner.evaluation.tasks import (
+    PAPER_TASKS,
+    TASKS,
+    EvalError,
+    Item,
+    TaskSpec,
+    load_items,
+    resolve_tasks,
+    select,
+)
 
 __all__ = [
     "compare", "efficiency", "macs_per_token",

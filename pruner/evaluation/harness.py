@@ -6,7 +6,7 @@ needs neither.
 
 from __future__ import annotations
 
-from .tasks import EvalError, resolve_tasks
+from pruner.evaluation.tasks import EvalError, resolve_tasks
 
 HARNESS_NAMES = {"arc_easy": "arc_easy", "arc_challenge": "arc_challenge", "hellaswag": "hellaswag",
                  "openbookqa": "openbookqa", "piqa": "piqa", "winogrande": "winogrande", "social_iqa": "social_iqa",

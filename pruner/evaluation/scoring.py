@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..importance import Cancelled
+from pruner.errors import ConfigError
+from pruner.importance.measure import Cancelled
 
 
 class ByteTokenizer:
@@ -78,7 +78,7 @@ def loglikelihoods(
     greedy decoding would produce exactly the continuation).
 
     ``progress(done, total)`` counts distinct model inputs; ``should_stop()`` returning True raises
-    :class:`~pruner.importance.Cancelled` between batches.
+    :class:`~pruner.importance.measure.Cancelled` between batches.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")

@@ -15,8 +15,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .scoring import choice_metrics, encode_pair, loglikelihoods, max_length, mean_stderr
-from .tasks import FORMAT_VERSION, PAPER_TASKS, TASKS, EvalError, load_items, resolve_tasks, select
+from pruner.evaluation.scoring import choice_metrics, encode_pair, loglikelihoods, max_length, mean_stderr
+from pruner.evaluation.tasks import (
+    FORMAT_VERSION,
+    PAPER_TASKS,
+    TASKS,
+    EvalError,
+    load_items,
+    resolve_tasks,
+    select,
+)
 
 AVERAGE_CONVENTION = "plain mean over tasks of acc_norm where the task has it, else acc (the paper's convention)"
 AVERAGE_STDERR = "sqrt(sum of the tasks' squared standard errors) / number of tasks (tasks treated as independent)"
@@ -97,7 +105,7 @@ def evaluate(
     ``limit``: at most this many examples per task, drawn with ``seed`` (the same ones every time; for MMLU the
     limit applies to all 57 subjects together, sampled uniformly, so subjects keep their proportions).
     ``progress(done, total)`` counts model forward inputs over all tasks; ``should_stop()`` returning True
-    raises :class:`~pruner.importance.Cancelled`. Results are cached per model fingerprint (``cache=False``
+    raises :class:`~pruner.importance.measure.Cancelled`. Results are cached per model fingerprint (``cache=False``
     to recompute); the batch size does not change any score, so it is not part of the cache key.
 
     Returns ``{"tasks": {name: {acc, acc_stderr, [acc_norm, acc_norm_stderr], n, metric_used, value, ...}},

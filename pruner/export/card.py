@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import json
 
+from pruner.methods import REGISTRY
+
 REPO_URL = "Adapt-Pruner Studio"  # named, not linked: the project has no public address yet
-METHOD_NAMES = {"adaptive": "Adapt-Pruner layer-wise adaptive allocation (arXiv 2502.03460)",
-                "uniform": "uniform allocation (every layer pruned equally)",
-                "custom": "custom per-layer sparsities",
-                "llm-pruner": "LLM-Pruner block-wise (Ma et al., NeurIPS 2023): one Taylor-ranked ratio inside a window "
-                              "of layers",
-                "flap": "FLAP (An et al., AAAI 2024): fluctuation metric, one global threshold, bias compensation",
-                "shortgpt": "ShortGPT (Men et al., 2024): the decoder layers of lowest Block Influence removed",
-                "wanda-sp": "Wanda-sp (structured Wanda, as in FLAP's code): one ratio in every layer"}
+METHOD_NAMES = {m: cls.summary for m, cls in REGISTRY.items()}  # how a card names the method
 _RECORD_SETTINGS = ("target", "method", "criterion", "amplitude", "step", "max_sparsity", "multiple",
                     "calibration", "n_windows", "window", "seed")
 
@@ -67,9 +62,9 @@ def _what_was_removed(facts: dict, cfg: dict) -> str:
         parts.append("Whole key/value head groups and MLP channels were removed, so different layers have different "
                      "widths")
     text = "; ".join(parts) + "." if parts else "Nothing was removed."
-    if cfg.get("method") == "flap" and cfg.get("bias_compensation", True):
-        text += (" o_proj and down_proj carry biases that add back the removed inputs' mean contribution (FLAP's "
-                 "bias compensation).")
+    method = REGISTRY.get(cfg.get("method"))
+    if method is not None:
+        text += method.card_note(cfg)
     return text + (" Hidden size and vocabulary are unchanged." if removed else
                    " Hidden size, vocabulary and layer count are unchanged.")
 

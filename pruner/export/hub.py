@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .common import ExportError
+from pruner.export.common import ExportError
 
 
 def push_to_hub(folder: str | os.PathLike, repo: str, private: bool = False) -> str:

@@ -1,0 +1,398 @@
+"""Per-layer widths, parameter counts and the physical removal of units (the surgery).
+
+A *unit* is what the pruner removes as a whole:
+
+* an attention **KV group**: key/value head ``h`` with its ``n_rep`` query heads ``[h*n_rep, (h+1)*n_rep)``
+  (the blocked mapping that ``repeat_kv`` implies), i.e. rows of q/k/v (and their biases) and the matching
+  input columns of o_proj (and the entries of unit vectors that follow those rows, e.g. OLMo-2's q/k norms);
+* an **MLP channel**: a row of gate_proj and up_proj and the matching input column of down_proj.
+
+The adapter (:mod:`pruner.model.adapters`) says which physical Linear holds each logical projection: for fused ones
+(Phi-3's qkv_proj and gate_up_proj) a unit's rows are slices of the fused matrix, found by offset.
+
+Removing whole KV groups keeps ``num_key_value_groups`` (query heads per KV head) unchanged, so the attention
+forward pass of transformers works unmodified: it reshapes with ``-1`` heads. The config fields are kept in sync
+here (never in callers): uniform widths are written to the config; uneven widths are described per layer by
+:func:`layer_widths`, which reads the tensors themselves, and are persisted by :mod:`pruner.io.models`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+
+import torch
+from torch import nn
+
+from pruner.model.adapters import GROUP_ROLES, Adapter, adapter_for, role_sizes
+from pruner.model.slicing import compensated_cols, select_cols, select_entries, select_rows
+
+
+@dataclass(frozen=True)
+class LayerWidths:
+    """The width of one decoder layer."""
+
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Fixed shape facts of a model (unchanged by pruning), parameter counts per unit included.
+
+    The counts come from the adapter's layout (:func:`geometry`), so fused projections and the unit vectors
+    sliced with the units (OLMo-2's q/k norms) are counted exactly.
+    """
+
+    hidden_size: int
+    head_dim: int
+    n_rep: int  # query heads per KV head
+    group_params: int  # parameters of one KV group
+    channel_params: int  # parameters of one MLP channel
+    fixed_layer_params: int = 0  # parameters inside the prunable modules that no unit owns (o / down biases)
+    layer_other: int = 0  # parameters of a layer outside its prunable modules (its norms)
+    o_bias: bool = False  # o_proj has a bias (Llama's attention_bias, or FLAP's compensation)
+    down_bias: bool = False  # down_proj has a bias (mlp_bias, or FLAP's compensation)
+
+    @property
+    def params_per_group(self) -> int:
+        """Parameters of one KV group: q rows of n_rep heads, k and v rows of one head (with their biases and
+        unit-vector entries), o columns."""
+        return self.group_params
+
+    @property
+    def params_per_channel(self) -> int:
+        """Parameters of one MLP channel: a row of gate and up (and their biases), a column of down."""
+        return self.channel_params
+
+    def layer_prunable_params(self, w: LayerWidths) -> int:
+        """Parameters of a layer's prunable part (attention groups + MLP channels; o/down biases are fixed)."""
+        return w.num_kv_heads * self.group_params + w.intermediate_size * self.channel_params + self.fixed_layer_params
+
+    def layer_params(self, w: LayerWidths) -> int:
+        """Every parameter of a decoder layer of these widths (its norms included)."""
+        return self.layer_prunable_params(w) + self.layer_other
+
+    def with_output_biases(self) -> Geometry:
+        """The geometry once every o_proj and down_proj carries a bias (FLAP's compensation adds them)."""
+        extra = (0 if self.o_bias else self.hidden_size) + (0 if self.down_bias else self.hidden_size)
+        return replace(self, o_bias=True, down_bias=True, fixed_layer_params=self.fixed_layer_params + extra)
+
+
+def _unit_params(adapter: Adapter, layer: nn.Module, per_unit: dict[str, int]) -> tuple[int, int, int]:
+    """Parameters per KV group and per MLP channel (``per_unit``: rows / columns of each role one unit owns), and
+    the parameters of the prunable modules that no unit owns."""
+    group = channel = fixed = 0
+    for p in adapter.projections:
+        lin = adapter.part(layer, p.path)
+        if p.cols:
+            n = per_unit[p.cols] * lin.out_features
+            fixed += lin.out_features if lin.bias is not None else 0
+        else:
+            n = sum(per_unit[r] for r in p.rows) * (lin.in_features + (1 if lin.bias is not None else 0))
+        if p.roles[0] in GROUP_ROLES:
+            group += n
+        else:
+            channel += n
+    for v in adapter.unit_vectors:
+        if v.role in GROUP_ROLES:
+            group += per_unit[v.role]
+        else:
+            channel += per_unit[v.role]
+    return group, channel, fixed
+
+
+def geometry(model: nn.Module, adapter: Adapter | None = None) -> Geometry:
+    adapter = adapter or adapter_for(model)
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    layer = adapter.layers(model)[0]
+    n_heads, n_kv, _ = adapter.widths_of(layer, head_dim)
+    r = n_heads // n_kv
+    per_unit = {"q": r * head_dim, "k": head_dim, "v": head_dim, "o": r * head_dim, "gate": 1, "up": 1, "down": 1}
+    group, channel, fixed = _unit_params(adapter, layer, per_unit)
+    parts = adapter.parts(layer)
+    owned = {id(t) for obj in parts.values() for t in (obj.parameters() if isinstance(obj, nn.Module) else [obj])}
+    other = sum(t.numel() for t in layer.parameters() if id(t) not in owned)
+
+    def has_bias(role: str) -> bool:
+        return adapter.part(layer, adapter.proj_for(role).path).bias is not None
+
+    return Geometry(hidden_size=cfg.hidden_size, head_dim=head_dim, n_rep=r, group_params=group,
+                    channel_params=channel, fixed_layer_params=fixed, layer_other=other, o_bias=has_bias("o"),
+                    down_bias=has_bias("down"))
+
+
+def layer_widths(model: nn.Module, adapter: Adapter | None = None) -> list[LayerWidths]:
+    """Read every decoder layer's widths from its weight shapes (the source of truth)."""
+    adapter = adapter or adapter_for(model)
+    geo = geometry(model, adapter)
+    return [layer_widths_of(layer, adapter, geo) for layer in adapter.layers(model)]
+
+
+def count_parameters(model: nn.Module, adapter: Adapter | None = None) -> dict[str, int]:
+    """Total parameters (tied weights counted once), decoder-layer parameters and the rest (embeddings etc.)."""
+    adapter = adapter or adapter_for(model)
+    total = sum(p.numel() for p in model.parameters())  # parameters() de-duplicates tied tensors
+    decoder = sum(p.numel() for p in adapter.layers(model).parameters())
+    return {"total": total, "decoder_layers": decoder, "other": total - decoder}
+
+
+@dataclass
+class Origin:
+    """What the model looked like before any pruning, and which original units each layer still has.
+
+    Every list has one entry per *current* layer: its original widths, and the original indices of its kept units;
+    ``kept_layers`` gives each current layer's original index (layers removed by depth pruning are missing) and
+    ``n_layers`` the original depth.
+    """
+
+    widths: list[LayerWidths]
+    params: dict
+    kept_groups: list[list[int]]
+    kept_channels: list[list[int]]
+    kept_layers: list[int] | None = None  # None: no layer removed
+    n_layers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kept_layers is None:
+            self.kept_layers = list(range(len(self.widths)))
+        if self.n_layers is None:
+            self.n_layers = len(self.widths)
+
+    @property
+    def removed_layers(self) -> list[int]:
+        """Original indices of the layers that depth pruning removed."""
+        return sorted(set(range(self.n_layers)) - set(self.kept_layers))
+
+    def copy(self) -> Origin:
+        return Origin(list(self.widths), dict(self.params), [list(g) for g in self.kept_groups],
+                      [list(c) for c in self.kept_channels], list(self.kept_layers), self.n_layers)
+
+    def without_layers(self, remove: Sequence[int]) -> Origin:
+        """The origin after removing the current layers ``remove``."""
+        keep = [i for i in range(len(self.widths)) if i not in set(remove)]
+        return Origin([self.widths[i] for i in keep], dict(self.params), [list(self.kept_groups[i]) for i in keep],
+                      [list(self.kept_channels[i]) for i in keep], [self.kept_layers[i] for i in keep], self.n_layers)
+
+    def to_dict(self) -> dict:
+        return {
+            "widths": [w.to_dict() for w in self.widths],
+            "params": self.params,
+            "kept_groups": self.kept_groups,
+            "kept_channels": self.kept_channels,
+            "kept_layers": self.kept_layers,
+            "n_layers": self.n_layers,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Origin:
+        return cls([LayerWidths(**w) for w in d["widths"]], d["params"], d["kept_groups"], d["kept_channels"],
+                   d.get("kept_layers"), d.get("n_layers"))
+
+
+ORIGIN_ATTR = "_adapt_pruner_origin"
+
+
+def origin_of(model: nn.Module) -> Origin:
+    """The model's :class:`Origin`; an unpruned model becomes its own origin."""
+    o = getattr(model, ORIGIN_ATTR, None)
+    if o is None:
+        widths = layer_widths(model)
+        o = Origin(
+            widths=widths,
+            params=count_parameters(model),
+            kept_groups=[list(range(w.num_kv_heads)) for w in widths],
+            kept_channels=[list(range(w.intermediate_size)) for w in widths],
+        )
+        setattr(model, ORIGIN_ATTR, o)
+    return o
+
+
+def group_rows(geo: Geometry, groups: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices of q (and o columns) and of k/v for the given KV groups, in the blocked GQA mapping."""
+    d, r = geo.head_dim, geo.n_rep
+    q_idx = torch.cat([torch.arange(g * r * d, (g + 1) * r * d) for g in groups]) if groups else torch.empty(0, dtype=torch.long)
+    kv_idx = torch.cat([torch.arange(g * d, (g + 1) * d) for g in groups]) if groups else torch.empty(0, dtype=torch.long)
+    return q_idx, kv_idx
+
+
+@dataclass
+class LayerCut:
+    """Which units of one layer to keep (indices into the layer's *current* units, ascending).
+
+    ``o_mean`` / ``down_mean``: the mean of every current input of o_proj / down_proj; when given, the cut
+    compensates the removed inputs with a bias (:func:`compensated_cols`), even when it removes nothing there.
+    """
+
+    keep_groups: list[int]
+    keep_channels: list[int]
+    o_mean: torch.Tensor | None = None
+    down_mean: torch.Tensor | None = None
+
+
+def _check_cut(li: int, cut: LayerCut, cur: LayerWidths) -> None:
+    if not cut.keep_groups or not cut.keep_channels:
+        raise ValueError(f"layer {li}: a cut must keep at least one KV group and one MLP channel")
+    if max(cut.keep_groups) >= cur.num_kv_heads or max(cut.keep_channels) >= cur.intermediate_size:
+        raise IndexError(f"layer {li}: unit index out of range")
+    if len(set(cut.keep_groups)) != len(cut.keep_groups) or len(set(cut.keep_channels)) != len(cut.keep_channels):
+        raise ValueError(f"layer {li}: duplicate unit indices")
+
+
+def _layer_patch(adapter: Adapter, layer: nn.Module, geo: Geometry, cur: LayerWidths, cut: LayerCut) -> dict:
+    """The new parts of one layer: every Linear (or unit vector) one of whose logical projections loses units."""
+    changed = set()
+    if len(cut.keep_groups) != cur.num_kv_heads:
+        changed |= set(GROUP_ROLES)
+    if len(cut.keep_channels) != cur.intermediate_size:
+        changed |= {"gate", "up", "down"}
+    means = {"o": cut.o_mean, "down": cut.down_mean}  # FLAP: these inputs' removed means go into the bias
+    for role, mean in means.items():
+        if mean is not None and adapter.part(layer, adapter.proj_for(role).path).bias is None:
+            changed.add(role)  # a bias for every layer, zero where nothing is removed
+    if not changed:
+        return {}
+    q_idx, kv_idx = group_rows(geo, sorted(cut.keep_groups))
+    c_idx = torch.tensor(sorted(cut.keep_channels), dtype=torch.long)
+    keep = {"q": q_idx, "k": kv_idx, "v": kv_idx, "o": q_idx, "gate": c_idx, "up": c_idx, "down": c_idx}
+    sizes = role_sizes(cur.num_heads, cur.num_kv_heads, cur.intermediate_size, geo.head_dim)
+    new = {}
+    for p in adapter.projections:
+        if not changed & set(p.roles):
+            continue
+        lin = adapter.part(layer, p.path)
+        if p.cols and means.get(p.cols) is not None:
+            new[p.path] = compensated_cols(lin, keep[p.cols], means[p.cols])
+        else:
+            new[p.path] = (select_cols(lin, keep[p.cols]) if p.cols
+                           else select_rows(lin, adapter.row_index(p, keep, sizes)))
+    for v in adapter.unit_vectors:
+        if v.role in changed:
+            new[v.path] = select_entries(adapter.part(layer, v.path), keep[v.role])
+    return new
+
+
+def build_cut(model: nn.Module, cuts: dict[int, LayerCut], adapter: Adapter | None = None) -> dict:
+    """Compute the replacement parts for a set of layer cuts without touching the model.
+
+    Returns an opaque *patch* for :func:`apply_patch` (``{layer: {part path: new Linear or parameter}}``).
+    Building everything first and swapping afterwards makes a step atomic: an error (bad indices, out of
+    memory) while building leaves the model untouched.
+    """
+    adapter = adapter or adapter_for(model)
+    geo = geometry(model, adapter)
+    layers = adapter.layers(model)
+    patch = {}
+    for li, cut in cuts.items():
+        layer = layers[li]
+        cur = layer_widths_of(layer, adapter, geo)
+        _check_cut(li, cut, cur)
+        new = _layer_patch(adapter, layer, geo, cur, cut)
+        if new:
+            patch[li] = new
+    return patch
+
+
+def apply_patch(model: nn.Module, patch: dict, adapter: Adapter | None = None) -> dict:
+    """Swap in the parts of a patch; returns the inverse patch (the old parts), usable to undo.
+
+    Transactional: if any swap (or the config sync after them) fails, every part already swapped is put back
+    before the error propagates, so the model is never left part-cut. A change of depth
+    (:class:`pruner.model.depth.DepthPatch`) applies itself, just as transactionally.
+    """
+    if callable(getattr(patch, "apply_to", None)):  # a change of depth (pruner.depth.DepthPatch)
+        origin_of(model)
+        return patch.apply_to(model)
+    adapter = adapter or adapter_for(model)
+    origin_of(model)  # record the unpruned widths before the first cut
+    layers = adapter.layers(model)
+    inverse: dict = {}
+    try:
+        for li, new in patch.items():
+            layer, inv = layers[li], {}
+            inverse[li] = inv
+            for path, part in new.items():
+                old = adapter.part(layer, path)
+                adapter.set_part(layer, path, part)
+                inv[path] = old
+        sync_config(model, adapter)
+    except BaseException:
+        _swap_back(model, inverse, adapter)
+        raise
+    return inverse
+
+
+def _swap_back(model: nn.Module, inverse: dict, adapter: Adapter) -> None:
+    """Put back the old parts of a partly applied patch (the inverse holds exactly the swapped ones)."""
+    layers = adapter.layers(model)
+    for li, inv in inverse.items():
+        for path, part in inv.items():
+            adapter.set_part(layers[li], path, part)
+    sync_config(model, adapter)
+
+
+def layer_widths_of(layer: nn.Module, adapter: Adapter, geo: Geometry) -> LayerWidths:
+    return LayerWidths(*adapter.widths_of(layer, geo.head_dim))
+
+
+def _layer_view(adapter: Adapter, cfg, w: LayerWidths):
+    """The config a layer's attention reads: the model's, or — for attention that reads widths from its config at
+    run time (``adapter.layer_config``) and a layer whose widths differ — a view with the layer's own widths."""
+    own = {"num_attention_heads": w.num_heads, "num_key_value_heads": w.num_kv_heads,
+           "intermediate_size": w.intermediate_size}
+    own = {k: own[k] for k in adapter.layer_config}
+    if all(getattr(cfg, k) == v for k, v in own.items()):
+        return cfg
+    from pruner.model.remote_code.configuration_adapt_pruned import (
+        LayerConfig,  # the same class the export ships
+    )
+
+    return LayerConfig(cfg, **own)
+
+
+def sync_config(model: nn.Module, adapter: Adapter | None = None) -> list[LayerWidths]:
+    """Bring the config and module attributes in line with the weight shapes.
+
+    ``head_dim`` is written explicitly (it must not be re-derived from a changed head count). The global
+    fields hold the widths when all layers agree, else the largest width (per-layer widths live in the tensors
+    and in the saved ``pruned_widths.json``). Every attention keeps ``num_key_value_groups = n_rep``.
+    """
+    adapter = adapter or adapter_for(model)
+    geo = geometry(model, adapter)
+    widths = layer_widths(model, adapter)
+    cfg = model.config
+    cfg.head_dim = geo.head_dim
+    cfg.num_attention_heads = max(w.num_heads for w in widths)
+    cfg.num_key_value_heads = max(w.num_kv_heads for w in widths)
+    cfg.intermediate_size = max(w.intermediate_size for w in widths)
+    for layer, w in zip(adapter.layers(model), widths, strict=True):
+        mlp = adapter.mlp(layer)
+        if hasattr(mlp, "intermediate_size"):
+            mlp.intermediate_size = w.intermediate_size
+        attn = adapter.attention(layer)
+        for name, val in (("num_heads", w.num_heads), ("num_key_value_heads", w.num_kv_heads),
+                          ("num_key_value_groups", geo.n_rep)):
+            if hasattr(attn, name):
+                setattr(attn, name, val)
+        if adapter.layer_config:
+            attn.config = _layer_view(adapter, cfg, w)
+    return widths
+
+
+def standard_head_counts(hidden_size: int, head_dim: int, n_rep: int) -> tuple[int, int]:
+    """Global ``(num_attention_heads, num_key_value_heads)`` that a stock config accepts (hidden_size a multiple of
+    the head count) and that keep ``n_rep`` query heads per KV head. For a config whose widest layer's head count
+    is refused; the per-layer widths (tensors, ``pruned_widths.json`` or the per-layer lists) are the truth."""
+    heads = hidden_size // head_dim  # the unpruned head count of a standard config
+    if heads < n_rep or heads % n_rep or hidden_size % heads:  # head_dim independent of hidden / heads (Gemma)
+        heads = next((h for h in range(n_rep, hidden_size + 1, n_rep) if hidden_size % h == 0), heads)
+    return heads, max(1, heads // n_rep)
+
+
+def is_uniform(widths: Sequence[LayerWidths]) -> bool:
+    return len(set(widths)) <= 1

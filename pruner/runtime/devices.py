@@ -1,0 +1,66 @@
+"""Where a model runs and in which precision: the device (CUDA, then MPS, then CPU unless given; a device the
+machine lacks is one clear line), the dtype (bfloat16 on CUDA, float32 elsewhere unless given), and accelerate's
+placement of a model over several devices (``device_map``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pruner.errors import ConfigError
+
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """CUDA, then Apple MPS, then CPU, unless ``device`` is given; a device this machine lacks is refused."""
+    if device not in (None, "auto"):
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ConfigError(f"Unknown device '{device}': use {DEVICES}") from exc
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ConfigError(f"Device '{device}' was asked for, but CUDA is not available on this machine; "
+                                  "use --device cpu (or auto)")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise ConfigError(f"Device '{device}' does not exist: this machine has "
+                                  f"{torch.cuda.device_count()} CUDA device(s)")
+        elif dev.type == "mps":
+            if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+                raise ConfigError(f"Device '{device}' was asked for, but MPS is not available on this machine")
+        elif dev.type != "cpu":
+            raise ConfigError(f"Unsupported device '{device}': use {DEVICES}")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def _resolve_dtype(dtype, device) -> torch.dtype:
+    if dtype in (None, "auto"):
+        return _default_dtype(device)
+    if isinstance(dtype, str):
+        try:
+            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                    "float16": torch.float16, "fp16": torch.float16}[dtype]
+        except KeyError as exc:
+            raise ConfigError(f"Unknown dtype '{dtype}': use float32, bfloat16 or float16") from exc
+    return dtype
+
+
+def dispatch(model: nn.Module, device_map="auto") -> nn.Module:
+    """Place ``model`` over the available devices with accelerate (decoder layers are never split)."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    if device_map == "auto":
+        device_map = infer_auto_device_map(model, no_split_module_classes=model._no_split_modules or [])
+    if set(device_map.values()) <= {"cpu"}:
+        return model.eval()  # all on the CPU, where it was loaded: nothing to dispatch, no hooks
+    return dispatch_model(model, device_map=device_map).eval()
