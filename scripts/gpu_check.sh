@@ -20,7 +20,7 @@ echo "[gpu] studio timing on the default model"
 "$PY" benchmarks/studio_timing.py --steps 2 --device cuda --out "$OUT/studio_timing_cuda.json"
 models=default
 for m in gemma3-270m qwen2.5-0.5b; do
-  if "$PY" -c "import sys; from pruner.shipped import is_fetched; sys.exit(0 if is_fetched('$m') else 1)"; then
+  if "$PY" -c "import sys; from pruner.io.shipped import is_fetched; sys.exit(0 if is_fetched('$m') else 1)"; then
     models="$models,$m"
   fi
 done

@@ -1,4 +1,4 @@
-"""Adapt-Accel (pruner.accel): schedule, stages, checkpoints, exact resume, cancel — on a tiny model."""
+"""Adapt-Accel (pruner.training.accel): schedule, stages, checkpoints, exact resume, cancel — on a tiny model."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Recovery training (pruner.train) on a tiny random model with a tiny BPE tokenizer."""
+"""Recovery training (pruner.training.train) on a tiny random model with a tiny BPE tokenizer."""
 
 from __future__ import annotations
 

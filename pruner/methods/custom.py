@@ -20,7 +20,8 @@ class Custom(IncrementalMethod):
     @classmethod
     def check_config(cls, config) -> None:
         if not config.custom:
-            raise ConfigError("method 'custom' needs the final sparsity of every layer (a custom schedule)")
+            raise ConfigError("method 'custom' needs the final sparsity of every layer (the studio's custom table, "
+                              "--custom on the command line, custom=[...] in the library)")
         for v in config.custom:
             try:
                 x = float(v)
