@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from pruner.evaluation.perplexity import format_perplexity
+from pruner.evaluation.perplexity import PerplexityConfig, format_perplexity
 from pruner.io.models import load_model
 from pruner.pruning.pruner import PruneConfig
 from pruner.training.accel import (
@@ -62,7 +62,7 @@ def config_for(name: str, args) -> AccelConfig:
                           calibration=args.calibration, n_windows=args.n_windows, window=args.window, seed=args.seed),
         train=TrainConfig(lr=args.lr, seq_len=args.seq_len, batch_size=args.batch_size, data=args.data,
                           seed=args.seed),
-        eval_window=512, eval_max_tokens=args.eval_max_tokens, final_eval_max_tokens=args.final_eval_max_tokens,
+        eval=PerplexityConfig(window=512, max_tokens=args.eval_max_tokens), final_eval_max_tokens=args.final_eval_max_tokens,
         eval_initial=True,
     )
 

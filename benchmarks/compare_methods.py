@@ -44,7 +44,7 @@ def log(msg: str) -> None:
 
 
 def perplexities(model, tok, max_tokens: int) -> dict:
-    return {str(w): pruner.perplexity(model, tok, "wikitext2", "test", window=w, max_tokens=max_tokens)
+    return {str(w): pruner.PerplexityConfig(window=w, max_tokens=max_tokens).measure(model, tok)
             for w in PPL_WINDOWS}
 
 

@@ -71,7 +71,7 @@ def timing_ratio(model, tok, cfg: pruner.PruneConfig, repeats: int) -> dict:
 
 
 def perplexities(model, tok, windows, max_tokens) -> list[dict]:
-    return [pruner.perplexity(model, tok, "wikitext2", "test", window=w, max_tokens=max_tokens, bos=False)
+    return [pruner.PerplexityConfig(window=w, max_tokens=max_tokens).measure(model, tok)
             for w in windows]
 
 

@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -40,7 +41,7 @@ from pruner.runtime.memory import tame_allocator, touch_weights
 SETTINGS = {"default": dict(n_windows=32, window=128, step=0.02),
             "gemma3-270m": dict(n_windows=16, window=128, step=0.04),
             "qwen2.5-0.5b": dict(n_windows=16, window=128, step=0.04)}
-PPL = dict(dataset="wikitext2", split="test", window=512, max_tokens=32_768)
+PPL = pruner.PerplexityConfig(window=512, max_tokens=32_768)
 #: Gemma is trained with <bos> at the start of every sequence and is far off without it; the others not.
 BOS = {"gemma3-270m": True}
 
@@ -101,8 +102,7 @@ def plain_backward_seconds(model, windows: torch.Tensor, batch: int) -> float:
 
 
 def ppl(model, tok, name: str) -> dict:
-    return pruner.perplexity(model, tok, PPL["dataset"], PPL["split"], window=PPL["window"],
-                             max_tokens=PPL["max_tokens"], bos=BOS.get(name, False))
+    return replace(PPL, bos=BOS.get(name, False)).measure(model, tok)
 
 
 def prune_to(model, tok, target: float, method: str, s: dict, name: str) -> dict:
@@ -132,7 +132,7 @@ def prune_to(model, tok, target: float, method: str, s: dict, name: str) -> dict
 def bench(name: str, args) -> dict:
     s = SETTINGS.get(name, SETTINGS["default"])
     out = {"model": name, "settings": {**s, "batch_size": 8, "criterion": "taylor", "attention": "score",
-                                       "calibration": "wiki", "perplexity": PPL}}
+                                       "calibration": "wiki", "perplexity": PPL.to_dict()}}
     out["first_load"] = first_load(name) if args.first_load else None
     t = time.perf_counter()
     model, tok = pruner.load_model(name, device=args.device, dtype=args.dtype, progress=None)

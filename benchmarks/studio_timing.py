@@ -55,7 +55,7 @@ def session_timing(model: str, steps: int, prompt: str, device: str = "auto") ->
     t_heatmap = time.perf_counter()
     out = {
         "settings": {k: v for k, v in vars(s.settings).items() if k != "calibration_text"},
-        "quick_perplexity": s.settings.ppl_settings(),
+        "quick_perplexity": s.settings.quick_ppl.describe(),
         "seconds_imports": t_imports - T_START,
         "seconds_load_model": t_load - t_imports,
         "seconds_measure_importance": imp.seconds,

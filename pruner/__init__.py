@@ -16,7 +16,7 @@ from pruner.errors import (
     PrunerError,
     UnsupportedArchitectureError,
 )
-from pruner.evaluation.perplexity import format_perplexity, perplexity
+from pruner.evaluation.perplexity import PerplexityConfig, format_perplexity, perplexity
 from pruner.importance.measure import Importance, measure_importance, normalise_importance
 from pruner.io.models import describe, load_model, pick_device, save_pruned
 from pruner.methods import REGISTRY, Method, method_class
@@ -36,7 +36,7 @@ __all__ = [
     "CORPORA", "calibration_windows", "load_text",
     "Importance", "measure_importance", "normalise_importance",
     "describe", "load_model", "pick_device", "save_pruned",
-    "format_perplexity", "perplexity",
+    "PerplexityConfig", "format_perplexity", "perplexity",
     "Pruner", "PruneRecord", "StepRecord", "prune_to_target",
     "LayerWidths", "count_parameters", "layer_widths", "origin_of",
 ]

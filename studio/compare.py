@@ -22,7 +22,7 @@ import time
 import traceback
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pruner import Cancelled, PrunerError, layer_widths
@@ -36,7 +36,7 @@ from .layers import LayerMap
 from .pool import release_memory
 from .quality import Quality, TrajectoryPoint
 from .settings import StudioSettings
-from .workspace import SessionError, Workspace, calibration_text
+from .workspace import SessionError, Workspace
 
 log = logging.getLogger("studio")
 
@@ -93,7 +93,7 @@ class Comparison:
         """The :class:`PruneConfig` of ``method`` with the session's schedule and calibration settings (a baseline
         puts in its own criterion)."""
         try:
-            return replace(s, method=method).prune_config(self.work.pruner.config)
+            return s.with_method(method).prune
         except PrunerError as exc:
             raise SessionError(str(exc)) from exc
 
@@ -133,7 +133,7 @@ class Comparison:
             done = [r.method for r in self.results if r.status == "done"]
             failed = [r.method for r in self.results if r.status == "failed"]
             msg = (f"Comparison {'cancelled' if self._stop() else 'done'}: {len(done)} method(s) pruned to "
-                   f"{s.target:.0%}" + (f" ({', '.join(done)})" if done else "")
+                   f"{s.prune.target:.0%}" + (f" ({', '.join(done)})" if done else "")
                    + (f"; failed: {', '.join(failed)} (see the table)" if failed else "") + ".")
             yield Progress(msg, kind="compare", done=True)
 
@@ -166,7 +166,7 @@ class Comparison:
         res.config = cfg.to_dict()
         model = copy.deepcopy(work.original).eval()
         self.model_refs.append(weakref.ref(model))
-        p = Pruner(model, work.tokenizer, cfg, keep_history=0, calibration_text=calibration_text(s))
+        p = Pruner(model, work.tokenizer, cfg, keep_history=0, calibration_text=s.upload)
         p.record.source = work.name
         res.trajectory = [TrajectoryPoint(0, p.origin.params["total"], self.reference.perplexity["perplexity"])]
         ppl = None
@@ -187,7 +187,7 @@ class Comparison:
         yield Progress(f"Comparison {which}: {method} at {res.fraction:.1%}; measuring speed"
                        + (" and zero-shot accuracy …" if self.zero_shot_settings else " …"), kind="compare")
         self._measure(model, res, s, prompt, ppl)
-        name = f"{method}-{round(100 * s.target)}"
+        name = f"{method}-{round(100 * s.prune.target)}"
         res.zip_path = str(export.zip_model(model, work.tokenizer, self.out_dir, name, p.record,
                                             {"comparison": self.report_of(res), "settings": s.public()}))
         res.status = "done"

@@ -6,7 +6,6 @@ session has measured its own throughput.
 
 from __future__ import annotations
 
-from pruner import PrunerError
 from pruner.config import BASELINES, PAPER_CALIBRATION
 from pruner.methods import method_class
 from pruner.training.accel import token_shares
@@ -55,19 +54,15 @@ class Costs:
 
     @staticmethod
     def calibration_tokens(s: StudioSettings) -> int:
-        return int(s.n_windows) * int(s.window)
+        return int(s.prune.n_windows) * int(s.prune.window)
 
     @staticmethod
     def criterion_of(s: StudioSettings) -> str:
         """What a step with these settings measures: the chosen criterion, a baseline's own one, or
         :data:`LAYERS_ONLY` (ShortGPT)."""
-        try:
-            method = method_class(s.method)
-        except PrunerError:
-            return s.criterion
-        if method.layers_only:
+        if method_class(s.prune.method).layers_only:
             return LAYERS_ONLY
-        return method.criterion or s.criterion
+        return s.prune.criterion
 
     def importance_seconds(self, s: StudioSettings) -> tuple[float, str]:
         """Estimated seconds of one importance measurement (the bulk of a sub-step), and where the rate comes from."""
@@ -83,16 +78,16 @@ class Costs:
     def prune_markdown(self, s: StudioSettings) -> str:
         sec, source = self.importance_seconds(s)
         paper = PAPER_CALIBRATION[0] * PAPER_CALIBRATION[1]
-        out = (f"**{self.calibration_tokens(s):,} calibration tokens per sub-step** ({s.n_windows} × {s.window}; "
+        out = (f"**{self.calibration_tokens(s):,} calibration tokens per sub-step** ({s.prune.n_windows} × {s.prune.window}; "
                f"the paper uses {paper:,}) · importance ≈ **{sec:.0f} s** per sub-step with {self.criterion_of(s)} "
                f"({source}), plus the quick evaluation")
-        return out + ("  \n" + text.baseline_note(s.method) if s.method in BASELINES else "")
+        return out + ("  \n" + text.baseline_note(s.prune.method) if s.prune.method in BASELINES else "")
 
     def train_markdown(self, s: StudioSettings) -> str:
         """What a Train round and an Adapt-Accel run will cost with these settings."""
         work = self.work
         try:
-            cfg = s.train_config(getattr(work.model.config, "max_position_embeddings", None))
+            cfg = s.capped_train(getattr(work.model.config, "max_position_embeddings", None))
             per = cfg.tokens_per_step()
             n_train = cfg.steps_for(int(s.train_tokens))
             shares = token_shares(int(s.stages))
@@ -103,12 +98,12 @@ class Costs:
         accel_train, _ = self.train_seconds(n_accel * per)
         out = (f"**Train**: {n_train} optimiser steps of {cfg.batch_size} × {cfg.seq_len} tokens ≈ **{sec:.0f} s** "
                f"({source}).  \n")
-        to_remove = work.params() - s.target * work.original_total
+        to_remove = work.params() - s.prune.target * work.original_total
         if to_remove <= 0:
             return out + "**Adapt-Accel**: the model is already at or below the target; lower the target."
         geo = work.pruner.geo
         prunable0 = sum(geo.layer_prunable_params(w) for w in work.pruner.origin.widths)
-        n_sub = int(to_remove / prunable0 / max(s.step, 1e-6)) + int(s.stages)
+        n_sub = int(to_remove / prunable0 / max(s.prune.step, 1e-6)) + int(s.stages)
         imp, _ = self.importance_seconds(s)
         return out + (f"**Adapt-Accel**: {int(s.stages)} stages, about {n_sub} pruning sub-steps (≈ {n_sub * imp:.0f} s) "
                       f"and {n_accel} optimiser steps (≈ {accel_train:.0f} s), plus a quick perplexity after every "

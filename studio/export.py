@@ -18,7 +18,7 @@ def report(session) -> dict:
     return {
         "model": work.name,
         "settings": work.settings.public(),
-        "quick_perplexity_settings": work.settings.ppl_settings(),
+        "quick_perplexity_settings": work.settings.quick_ppl.describe(),
         "record": work.pruner.record.to_dict(),
         "trajectory": [p.to_dict() for p in quality.trajectory],
         "uniform_baseline": [p.to_dict() for p in quality.baseline],

@@ -14,11 +14,11 @@ import gradio as gr
 
 import visualizations as viz
 from pruner import PrunerError, load_model
-from pruner.data import CALIBRATION_CHARS
+from pruner.data import CALIBRATION_CHARS, CalibrationText
 
 from .pool import SessionPool
 from .session import StudioSession
-from .settings import UPLOADED, StudioSettings
+from .settings import QUICK_PPL, UPLOADED, StudioSettings
 from .text import READY
 from .views import allocation_figure, compare_views, loss_figure, page_views
 from .workspace import SessionError
@@ -28,28 +28,36 @@ log = logging.getLogger("studio")
 
 def settings_from(target, amplitude, step, criterion, method, custom, corpus, upload, n_windows, window, seed,
                   ppl_tokens, new_tokens) -> StudioSettings:
-    """The schedule controls' values as :class:`StudioSettings` (percentages → fractions)."""
-    text = name = None
+    """The schedule controls' values as :class:`StudioSettings` (percentages → fractions), validated by the
+    library's configs."""
+    text = None
     if corpus == UPLOADED:
         if not upload:
             raise SessionError("Choose a text file to upload, or pick a shipped corpus for calibration")
         try:  # only as much as calibration reads (a huge upload is not held whole)
             with open(upload, encoding="utf-8") as f:
-                text = f.read(CALIBRATION_CHARS)
-            name = Path(upload).name
+                text = CalibrationText(f.read(CALIBRATION_CHARS), Path(upload).name)
         except (OSError, UnicodeDecodeError) as exc:
             raise SessionError(f"The uploaded file is not readable UTF-8 text ({exc})") from exc
+        if not text.text.strip():
+            raise SessionError(f"The uploaded file '{text.name}' holds no text")
     values = None
     if custom is not None and len(custom):
         try:
             values = [float(v) / 100 for v in custom.iloc[:, -1]]
         except (TypeError, ValueError) as exc:
             raise SessionError("The custom table must hold numbers (final sparsity in %)") from exc
-    return StudioSettings(target=target / 100, amplitude=amplitude, step=step / 100, criterion=criterion,
-                          method=method, custom=values, calibration=corpus, calibration_text=text,
-                          calibration_name=name,
-                          n_windows=int(n_windows), window=int(window), seed=int(seed or 0),
-                          ppl_tokens=int(ppl_tokens), max_new_tokens=int(new_tokens))
+    seed = int(seed or 0)
+    prune = dict(target=target / 100, amplitude=amplitude, step=step / 100, criterion=criterion, method=method,
+                 custom=values, n_windows=int(n_windows), window=int(window), seed=seed)
+    if corpus != UPLOADED:
+        prune["calibration"] = corpus
+    try:
+        return StudioSettings.build(upload=text, prune=prune, train={"seed": seed},
+                                    quick_ppl=replace(QUICK_PPL, max_tokens=int(ppl_tokens)),
+                                    max_new_tokens=int(new_tokens))
+    except PrunerError as exc:
+        raise SessionError(str(exc)) from exc
 
 
 def with_training(settings: StudioSettings, tokens, lr, distill, stages, accel_tokens) -> StudioSettings:
@@ -58,8 +66,11 @@ def with_training(settings: StudioSettings, tokens, lr, distill, stages, accel_t
         lr = float(lr)
     except (TypeError, ValueError) as exc:
         raise SessionError(f"The learning rate must be a number, got {lr!r}") from exc
-    return replace(settings, train_tokens=int(tokens), lr=lr, distill=float(distill), stages=int(stages),
-                   accel_tokens=int(accel_tokens))
+    try:
+        return StudioSettings.build(settings, train={"lr": lr, "distill_weight": float(distill)},
+                                    train_tokens=int(tokens), stages=int(stages), accel_tokens=int(accel_tokens))
+    except PrunerError as exc:
+        raise SessionError(str(exc)) from exc
 
 
 def fail(exc: Exception) -> str:

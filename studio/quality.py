@@ -7,17 +7,17 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-from pruner import Cancelled, PrunerError, format_perplexity, perplexity
+from pruner import Cancelled, PrunerError, format_perplexity
 from pruner.pruning.pruner import Pruner
 
 from .events import Progress
 from .settings import StudioSettings
-from .workspace import SessionError, Workspace, calibration_text
+from .workspace import SessionError, Workspace
 
 
 @dataclass
@@ -65,7 +65,7 @@ class Quality:
         self.baseline: list[TrajectoryPoint] = []
         self.baseline_model: nn.Module | None = None  # the uniform baseline's pruned copy (for zero-shot)
         self.last_eval: Evaluation | None = None
-        self.yardstick = self.work.settings.ppl_settings()  # the settings every trajectory point was measured with
+        self.yardstick = self.work.settings.quick_ppl.describe()  # the settings every trajectory point was measured with
 
     def on_new_yardstick(self, fn) -> None:
         """Call ``fn()`` when the quick-perplexity settings change (points measured before are not comparable)."""
@@ -79,28 +79,27 @@ class Quality:
             self.last_eval = None
 
     def _check_yardstick(self, s: StudioSettings) -> None:
-        if self.yardstick != s.ppl_settings():  # a new yardstick: start over
+        if self.yardstick != s.quick_ppl.describe():  # a new yardstick: start over
             self.trajectory, self.baseline = [], []
-            self.yardstick = s.ppl_settings()
+            self.yardstick = s.quick_ppl.describe()
             for fn in self._yardstick_listeners:
                 fn()
 
     def label(self) -> str:
-        return f"quick perplexity: {self.work.settings.ppl_settings()}"
+        return f"quick perplexity: {self.work.settings.quick_ppl.describe()}"
 
     # ------------------------------------------------------------------ quick evaluation
     def quick_eval(self, prompt: str, settings: StudioSettings | None = None) -> Evaluation:
         """Parameters, quick perplexity (settings in the result), tokens/s and greedy generations, side by side."""
         if settings is not None:
-            self.work.settings = settings
+            self.work.configure(settings)
         with self.work.task():
             return self.evaluate_now(prompt)
 
     def ppl(self, model: nn.Module, settings: StudioSettings | None = None) -> dict:
         """The quick perplexity of ``model`` with the session's settings (or ``settings``)."""
         s = settings or self.work.settings
-        return perplexity(model, self.work.tokenizer, s.ppl_dataset, s.ppl_split, window=s.ppl_window,
-                          max_tokens=s.ppl_tokens, should_stop=self.work.should_stop)
+        return s.quick_ppl.measure(model, self.work.tokenizer, should_stop=self.work.should_stop)
 
     @torch.no_grad()
     def generate(self, model: nn.Module, prompt: str, settings: StudioSettings | None = None) -> tuple[str, float]:
@@ -117,7 +116,7 @@ class Quality:
 
     def _original_reference(self, prompt: str) -> tuple[dict, str]:
         s = self.work.settings
-        key = (s.ppl_dataset, s.ppl_split, s.ppl_window, s.ppl_tokens, prompt, s.max_new_tokens)
+        key = (s.quick_ppl, prompt, s.max_new_tokens)
         if key not in self._original_eval:
             self._original_eval[key] = (self.ppl(self.work.original), self.generate(self.work.original, prompt)[0])
         return self._original_eval[key]
@@ -159,9 +158,9 @@ class Quality:
                 model = copy.deepcopy(work.original).eval()
                 # from the settings, not the pruner's config: a baseline chosen there has put its own criterion in
                 # that config, and the uniform baseline uses the criterion of the radio
-                cfg = replace(s, method="uniform", custom=None).prune_config(work.pruner.config)
-                pruner = Pruner(model, work.tokenizer, cfg, keep_history=0, calibration_text=calibration_text(s))
-                work.settings = s
+                cfg = s.with_method("uniform", custom=None).prune
+                pruner = Pruner(model, work.tokenizer, cfg, keep_history=0, calibration_text=s.upload)
+                work.configure(s)
                 ref = self.ppl(work.original)
                 self._check_yardstick(s)
                 points = [TrajectoryPoint(0, pruner.origin.params["total"], ref["perplexity"])]

@@ -8,7 +8,7 @@ step that "Prune one step" will take with the importance on screen.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from pruner import AllocationError, Cancelled, PrunerError
 from pruner.importance.measure import Importance
@@ -72,9 +72,8 @@ class ScheduleControl:
 
     # ------------------------------------------------------------------ importance
     def _current_key(self) -> tuple:
-        c, text = self.work.pruner.config, self.work.pruner.calibration_text
-        return (self.work.version, c.criterion, c.calibration, c.n_windows, c.window, c.seed, c.batch_size,
-                hash(text) if text else None)
+        c, text = self.work.pruner.config, self.work.pruner.calibration_source
+        return (self.work.version, c.criterion, c.calibration, c.n_windows, c.window, c.seed, c.batch_size, text)
 
     def has_current_importance(self) -> bool:
         return self.importance is not None and self._key == self._current_key()
@@ -152,10 +151,7 @@ class ScheduleControl:
         step, the last measurement's scores of the surviving units: an estimate). Changes nothing."""
         work = self.work
         s = settings or work.settings
-        try:
-            cfg = s.prune_config(work.pruner.config)
-        except PrunerError as exc:
-            raise SessionError(str(exc)) from exc
+        cfg = s.prune
         if not work.surgery.acquire(timeout=2.0):
             raise SessionError("The model is being cut; the preview updates when the step finishes")
         try:
@@ -163,7 +159,7 @@ class ScheduleControl:
             if imp is None and work.pruner.last_measurement is None:
                 raise SessionError("Measure importance first: the plan needs the layer and unit scores")
             if work.pruner.reached(cfg):
-                raise SessionError(f"The model is already at or below the target ({s.target:.0%} of the original);"
+                raise SessionError(f"The model is already at or below the target ({s.prune.target:.0%} of the original);"
                                    " lower the target to prune further")
             plan = work.pruner.preview(imp, cfg, measure=False)
         except AllocationError as exc:
@@ -179,7 +175,7 @@ class ScheduleControl:
 
     def final_sparsity_plan(self, settings: StudioSettings | None = None) -> list[float]:
         """Per-layer final sparsity of the adaptive plan (a starting point for a custom schedule)."""
-        s = replace(settings or self.work.settings, method="adaptive", custom=None)
+        s = (settings or self.work.settings).with_method("adaptive", custom=None)
         p = self.preview(s)
         return p.allocated[-1] if p.allocated else list(self.work.pruner.sparsity)
 
@@ -189,7 +185,7 @@ class ScheduleControl:
         if n_steps < 1:
             raise SessionError("The number of steps must be at least 1")
         work = self.work
-        target = work.settings.target if target is None else target
+        target = work.settings.prune.target if target is None else target
         prunable0 = sum(work.pruner.geo.layer_prunable_params(w) for w in work.pruner.origin.widths)
         to_remove = work.params() - target * work.original_total
         if to_remove <= 0:

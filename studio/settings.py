@@ -1,19 +1,24 @@
-"""What a visitor sets in the studio, and the one place where the studio's defaults differ from the library's.
+"""What a visitor sets in the studio: the library's own configs, plus the few settings that are the studio's.
 
-Every other default comes from :class:`pruner.PruneConfig` and :class:`pruner.training.train.TrainConfig`.
+The schedule and calibration are a :class:`pruner.PruneConfig`, training a :class:`pruner.training.train.TrainConfig`
+and the quick perplexity a :class:`pruner.PerplexityConfig`: the studio holds them, it does not mirror them, so what
+the page shows, what the preview plans and what a step runs are one object. ``STUDIO_DEFAULTS`` lists where the
+studio's defaults deliberately differ from the library's, and why.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 from pruner.config import CRITERIA, PruneConfig
+from pruner.data import CalibrationText
+from pruner.evaluation.perplexity import PerplexityConfig
 from pruner.methods import method_class
 from pruner.training.train import TrainConfig
 
 UPLOADED = "uploaded file"
 
-_P, _T = PruneConfig, TrainConfig
+_P, _T, _Q = PruneConfig, TrainConfig, PerplexityConfig
 
 #: Where the studio deliberately departs from the library (and the command line), and why.
 STUDIO_DEFAULTS = {
@@ -21,68 +26,78 @@ STUDIO_DEFAULTS = {
                                     "minute, while someone watches on a 2-core CPU"),
     "lr": (1e-4, _T.lr, "rounds of a few thousand tokens; the paper's 2e-5 is tuned for millions and barely moves "
                         "a model in a demo-sized round"),
-    "ppl_window": (256, 512, "the quick perplexity after every step reads a 2,048-token sample in ~256-token "
-                             "windows; the benchmarks use 512-token windows over the whole split"),
+    "ppl_window": (256, _Q.window, "the quick perplexity after every step reads a 2,048-token sample in ~256-token "
+                                   "windows; the benchmarks use 512-token windows over the whole split"),
+    "ppl_tokens": (2048, _Q.max_tokens, "a sample, so that the number after every step comes in seconds"),
 }
 
 
-@dataclass
-class StudioSettings:
-    """Everything the user sets in the studio: schedule, calibration, quick evaluation and training."""
+def _studio_prune() -> PruneConfig:
+    return PruneConfig(n_windows=STUDIO_DEFAULTS["n_windows"][0])
 
-    target: float = _P.target  # fraction of the original parameters
-    amplitude: float = _P.amplitude
-    step: float = _P.step
-    criterion: str = CRITERIA[0]  # the radio's choice; a method with a criterion of its own uses that one
-    method: str = _P.method
-    attention: str = _P.attention
-    custom: list[float] | None = None
-    calibration: str = _P.calibration  # a corpus name or UPLOADED
-    calibration_text: str | None = None  # the uploaded file's text
-    calibration_name: str | None = None  # the uploaded file's name (the records say it, with the text's sha256)
-    n_windows: int = STUDIO_DEFAULTS["n_windows"][0]
-    window: int = _P.window
-    seed: int = _P.seed
-    batch_size: int = _P.batch_size
-    ppl_dataset: str = "wikitext2"
-    ppl_split: str = "test"
-    ppl_window: int = STUDIO_DEFAULTS["ppl_window"][0]
-    ppl_tokens: int = 2048
+
+def _studio_train() -> TrainConfig:
+    return TrainConfig(lr=STUDIO_DEFAULTS["lr"][0])
+
+
+QUICK_PPL = PerplexityConfig(window=STUDIO_DEFAULTS["ppl_window"][0], max_tokens=STUDIO_DEFAULTS["ppl_tokens"][0])
+
+
+@dataclass(frozen=True)
+class StudioSettings:
+    """Everything the user sets in the studio: the library's configs and the studio's own few settings."""
+
+    prune: PruneConfig = field(default_factory=_studio_prune)
+    """Schedule and calibration, exactly as the pruner runs them (a baseline's own criterion included)."""
+    train: TrainConfig = field(default_factory=_studio_train)
+    """Recovery training (Train button and Adapt-Accel); its sequence length is capped at the model's context."""
+    quick_ppl: PerplexityConfig = QUICK_PPL
+    """The quick perplexity after every step, and the trajectory's yardstick."""
+    upload: CalibrationText | None = None
+    """An uploaded calibration text (it replaces ``prune.calibration``; the records name the file)."""
+    criterion_choice: str = CRITERIA[0]
+    """The criterion radio: what an allocation without a criterion of its own scores with."""
     max_new_tokens: int = 24
-    # recovery training (Train button and Adapt-Accel)
     train_tokens: int = 16_384  # tokens of one "Train" round
-    lr: float = STUDIO_DEFAULTS["lr"][0]  # peak learning rate (one WSD schedule per round / per Adapt-Accel run)
-    distill: float = _T.distill_weight  # weight of the distillation loss from the original model
-    train_seq_len: int = _T.seq_len
-    train_batch: int = _T.batch_size
-    train_data: str = _T.data  # shipped corpora; never the evaluation text (wikitext2 test)
     stages: int = 5  # Adapt-Accel stages
     accel_tokens: int = 32_768  # Adapt-Accel training tokens over all stages
 
-    def train_config(self, max_len: int | None = None) -> TrainConfig:
-        """The training part as a :class:`TrainConfig` (sequence length capped at the model's maximum)."""
-        seq = int(self.train_seq_len) if not max_len else min(int(self.train_seq_len), int(max_len))
-        return TrainConfig(lr=float(self.lr), distill_weight=float(self.distill), seq_len=seq,
-                           batch_size=int(self.train_batch), data=self.train_data, seed=int(self.seed))
+    @classmethod
+    def build(cls, base: StudioSettings | None = None, *, upload: CalibrationText | None | str = "keep",
+              prune: dict | None = None, train: dict | None = None, **own) -> StudioSettings:
+        """New settings from ``base`` with some library fields changed (validated by the configs themselves).
 
-    def prune_config(self, base: PruneConfig | None = None) -> PruneConfig:
-        """The schedule part as a :class:`PruneConfig` (other fields kept from ``base``)."""
-        base = base or PruneConfig()
-        return replace(
-            base, target=self.target, amplitude=self.amplitude, step=self.step,
-            criterion=None if method_class(self.method).criterion else self.criterion,
-            method=self.method, attention=self.attention,
-            custom=list(self.custom) if self.custom is not None else None,
-            calibration="wiki" if self.calibration == UPLOADED else self.calibration,
-            n_windows=int(self.n_windows), window=int(self.window), seed=int(self.seed),
-            batch_size=int(self.batch_size),
-        )
+        ``prune`` may carry ``criterion``: it becomes the radio's choice, and goes into the :class:`PruneConfig`
+        only for a method without a criterion of its own (a baseline's own criterion is used otherwise)."""
+        base = base or cls()
+        p = dict(prune or {})
+        choice = p.pop("criterion", own.pop("criterion_choice", base.criterion_choice))
+        method = p.get("method", base.prune.method)
+        p["criterion"] = None if method_class(method).criterion else choice
+        new_prune = replace(base.prune, **p)
+        new_train = replace(base.train, **train) if train else base.train
+        up = base.upload if upload == "keep" else upload
+        return replace(base, prune=new_prune, train=new_train, upload=up, criterion_choice=choice, **own)
 
-    def ppl_settings(self) -> str:
-        """Human-readable settings of the quick perplexity."""
-        where = self.ppl_dataset + (f" {self.ppl_split}" if self.ppl_dataset == "wikitext2" else "")
-        return f"{where}, {self.ppl_window}-token windows, first {self.ppl_tokens:,} tokens, no BOS"
+    def with_method(self, method: str, **prune) -> StudioSettings:
+        """The same settings with another method (and its own criterion where it has one)."""
+        return StudioSettings.build(self, prune={"method": method, **prune})
+
+    @property
+    def calibration_label(self) -> str:
+        """What calibrates: a shipped corpus or the uploaded file's name."""
+        return f"{UPLOADED} '{self.upload.name}'" if self.upload is not None else self.prune.calibration
+
+    def capped_train(self, max_len: int | None = None) -> TrainConfig:
+        """The training config with its sequence length capped at the model's maximum."""
+        if max_len and self.train.seq_len > int(max_len):
+            return replace(self.train, seq_len=int(max_len))
+        return self.train
 
     def public(self) -> dict:
-        """The settings for a report (without the uploaded text)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "calibration_text"}
+        """The settings for a report (the uploaded text as its name, sha256 and size, not its contents)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("prune", "train", "quick_ppl",
+                                                                                       "upload")}
+        out.update(prune=self.prune.to_dict(), train=self.train.to_dict(), quick_perplexity=self.quick_ppl.to_dict(),
+                   calibration_upload=self.upload.describe() if self.upload is not None else None)
+        return out

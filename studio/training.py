@@ -20,7 +20,7 @@ from .quality import Quality, TrajectoryPoint
 from .schedule import ScheduleControl
 from .settings import StudioSettings
 from .text import ACCEL_BASELINE
-from .workspace import SessionError, Workspace, calibration_text
+from .workspace import SessionError, Workspace
 
 MAX_TRAIN_TOKENS = 50_000_000
 
@@ -97,7 +97,7 @@ class Training:
     def _setup(self, s: StudioSettings):
         """TrainConfig, the (cached) training data and the teacher for distillation."""
         try:
-            cfg = s.train_config(getattr(self.work.model.config, "max_position_embeddings", None))
+            cfg = s.capped_train(getattr(self.work.model.config, "max_position_embeddings", None))
         except PrunerError as exc:
             raise SessionError(str(exc)) from exc
         if not 0 < cfg.lr <= 0.1:
@@ -126,11 +126,11 @@ class Training:
         s = settings or work.settings
         with work.task():
             tokens = check_tokens(s.train_tokens if tokens is None else tokens, "training budget")
-            work.settings = s
+            work.configure(s)
             cfg, data, teacher = self._setup(s)
             work.ensure_private()  # training changes the weights: this session's own copy from here on
             try:
-                yield Progress(f"Training: measuring the perplexity before ({s.ppl_settings()}) …")
+                yield Progress(f"Training: measuring the perplexity before ({s.quick_ppl.describe()}) …")
                 before = self.quality.ppl(work.model)["perplexity"]
                 done = yield from self._train_round(tokens, cfg, data, teacher)
                 if done is None:
@@ -147,7 +147,7 @@ class Training:
                 how = "cancelled after" if done.cancelled else "done:"
                 yield Progress(f"Training {how} {done.steps} step(s), {done.tokens:,} tokens, "
                                f"{done.tokens_per_s:.0f} tokens/s; perplexity {before:.2f} → {after:.2f} "
-                               f"({s.ppl_settings()}).", evaluation=ev, done=True)
+                               f"({s.quick_ppl.describe()}).", evaluation=ev, done=True)
             except Cancelled as exc:
                 raise SessionError("Cancelled during the evaluation; the model keeps its training") from exc
 
@@ -195,19 +195,18 @@ class Training:
             work.configure(settings)
         with work.task():
             tokens = check_tokens(s.accel_tokens, "Adapt-Accel token budget")
-            if s.method in BASELINES:  # refused before a private copy is made for nothing
-                raise SessionError(ACCEL_BASELINE.format(method=s.method))
+            if s.prune.method in BASELINES:  # refused before a private copy is made for nothing
+                raise SessionError(ACCEL_BASELINE.format(method=s.prune.method))
             tcfg, data, teacher = self._setup(s)
             work.ensure_private()
             try:
-                cfg = accel.AccelConfig(target=s.target, stages=int(s.stages), tokens=tokens, prune=work.pruner.config,
-                                        train=tcfg, eval_dataset=s.ppl_dataset, eval_split=s.ppl_split,
-                                        eval_window=s.ppl_window, eval_max_tokens=s.ppl_tokens)
+                cfg = accel.AccelConfig(target=s.prune.target, stages=int(s.stages), tokens=tokens,
+                                        prune=work.pruner.config, train=tcfg, eval=s.quick_ppl)
             except PrunerError as exc:
                 raise SessionError(str(exc)) from exc
             mark = self._mark()  # the end of the last completed stage (rolled back to on cancel or error)
             events = accel.iter_accel(work.model, work.tokenizer, cfg, teacher=teacher, data=data,
-                                      should_stop=work.should_stop, calibration_text=calibration_text(s))
+                                      should_stop=work.should_stop, calibration_text=s.upload)
             state = {"pruned_ppl": {}, "mark": mark, "finished": False}
             try:
                 for ev in events:

@@ -37,7 +37,7 @@ except ImportError:  # anywhere else: nothing to wrap
 CSS = resources.files("studio").joinpath("studio.css").read_text(encoding="utf-8")
 HEAVY = dict(concurrency_id="model", concurrency_limit=1)  # one model-heavy task at a time, server-wide
 LIGHT = dict(concurrency_id="preview", concurrency_limit=4)
-D = StudioSettings  # the studio's defaults
+D = StudioSettings()  # the studio's defaults
 
 
 def build_demo(model=None, tokenizer=None, source: str = "default", pool: SessionPool | None = None,
@@ -82,25 +82,25 @@ def _controls(page) -> None:
                                        "folder, a pruned folder, a .gguf file or a hub id")
         page.load_btn = gr.Button("Load model")
     with gr.Accordion("Calibration data", open=False):
-        page.corpus = gr.Dropdown([*CORPORA, UPLOADED], value=D.calibration, label="Corpus",
+        page.corpus = gr.Dropdown([*CORPORA, UPLOADED], value=D.prune.calibration, label="Corpus",
                                   info="; ".join(f"{k}: {v}" for k, v in CORPUS_DESCRIPTIONS.items()))
         page.upload = gr.File(label="Text file (for “uploaded file”)", file_types=[".txt", ".md"], type="filepath")
         with gr.Row():
-            page.n_windows = gr.Slider(2, 128, D.n_windows, step=1, label="windows", elem_id="n-windows")
-            page.window = gr.Slider(32, 512, D.window, step=32, label="window length (tokens)")
-        page.seed = gr.Number(D.seed, label="seed", precision=0)
+            page.n_windows = gr.Slider(2, 128, D.prune.n_windows, step=1, label="windows", elem_id="n-windows")
+            page.window = gr.Slider(32, 512, D.prune.window, step=32, label="window length (tokens)")
+        page.seed = gr.Number(D.prune.seed, label="seed", precision=0)
     page.cost = gr.Markdown(elem_id="cost")
     gr.Markdown("### Schedule")
-    page.target = gr.Slider(30, 99, round(100 * D.target), step=1, label="target size (% of the original parameters)",
+    page.target = gr.Slider(30, 99, round(100 * D.prune.target), step=1, label="target size (% of the original parameters)",
                             elem_id="target")
-    page.amplitude = gr.Slider(0, 0.1, D.amplitude, step=0.005, label="amplitude A", elem_id="amplitude",
+    page.amplitude = gr.Slider(0, 0.1, D.prune.amplitude, step=0.005, label="amplitude A", elem_id="amplitude",
                                info="how strongly importance shifts sparsity between layers (0 = uniform)")
     with gr.Row():
-        page.step = gr.Slider(0.5, 10, 100 * D.step, step=0.25, label="budget per step Δ (%)", elem_id="step")
+        page.step = gr.Slider(0.5, 10, 100 * D.prune.step, step=0.25, label="budget per step Δ (%)", elem_id="step")
         page.n_steps = gr.Slider(1, 60, 12, step=1, label="…or number of steps", info="sets Δ")
     with gr.Row():
-        page.criterion = gr.Radio(list(CRITERIA), value=D.criterion, label="unit criterion")
-        page.method = gr.Radio(list(METHODS), value=D.method, label="allocation / method",
+        page.criterion = gr.Radio(list(CRITERIA), value=D.criterion_choice, label="unit criterion")
+        page.method = gr.Radio(list(METHODS), value=D.prune.method, label="allocation / method",
                                info=text.METHOD_RADIO_INFO)
     with gr.Accordion("Custom schedule (final sparsity per layer)", open=False):
         page.custom = gr.Dataframe(headers=["layer", "final sparsity %"], datatype=["number", "number"],
@@ -119,8 +119,8 @@ def _controls(page) -> None:
     with gr.Accordion("Quick evaluation", open=False):
         page.prompt = gr.Textbox(text.PROMPT, label="prompt", elem_id="prompt")
         with gr.Row():
-            page.ppl_tokens = gr.Slider(256, 8192, D.ppl_tokens, step=256, label="perplexity tokens",
-                                        info=f"WikiText-2 test, {D.ppl_window}-token windows")
+            page.ppl_tokens = gr.Slider(256, 8192, D.quick_ppl.max_tokens, step=256, label="perplexity tokens",
+                                        info=f"WikiText-2 test, {D.quick_ppl.window}-token windows")
             page.new_tokens = gr.Slider(4, 64, D.max_new_tokens, step=4, label="generated tokens")
         page.every = gr.Slider(1, 10, 1, step=1, label="during a run, evaluate every n-th step")
         page.eval_btn = gr.Button("Evaluate now", size="sm")
@@ -132,9 +132,9 @@ def _training_controls(page) -> None:
         with gr.Row():
             page.train_tokens = gr.Slider(1024, 262_144, D.train_tokens, step=1024, label="tokens per Train round",
                                           elem_id="train-tokens")
-            page.lr = gr.Dropdown(["3e-5", "1e-4", "3e-4", "1e-3"], value=f"{D.lr:.0e}".replace("e-0", "e-"),
+            page.lr = gr.Dropdown(["3e-5", "1e-4", "3e-4", "1e-3"], value=f"{D.train.lr:.0e}".replace("e-0", "e-"),
                                   label="peak learning rate", allow_custom_value=True)
-        page.distill = gr.Slider(0, 1, D.distill, step=0.05, label="distillation weight",
+        page.distill = gr.Slider(0, 1, D.train.distill_weight, step=0.05, label="distillation weight",
                                  info="0 = language-model loss only; 1 = KL to the original model only")
         page.train_cost = gr.Markdown(elem_id="train-cost")
         page.train_btn = gr.Button("Train", elem_id="train-btn")

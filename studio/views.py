@@ -106,7 +106,7 @@ def compare_views(page, s: StudioSession, with_files: bool = True) -> dict:
     layers = c.layers or s.schedule.layer_map()
     table = c.table()
     out = {
-        page.cmp_traj: viz.methods_trajectory(c.trajectories(), f"quick perplexity: {cfg.ppl_settings()}"),
+        page.cmp_traj: viz.methods_trajectory(c.trajectories(), f"quick perplexity: {cfg.quick_ppl.describe()}"),
         page.cmp_widths: viz.method_widths(layers.original, c.widths()),
         page.cmp_diff: viz.method_width_difference(layers.original, c.widths()),
         page.cmp_table: shown_table(table),
@@ -123,8 +123,9 @@ def compare_caption(s: StudioSession) -> str:
     cfg = c.settings or s.settings
     zs = (COMPARE_ZERO_SHOT.format(tasks=", ".join(c.zero_shot_settings[0]), limit=c.zero_shot_settings[1])
           if c.zero_shot_settings else COMPARE_NO_ZERO_SHOT)
-    return COMPARE_CAPTION.format(target=cfg.target, params=s.work.original_total, corpus=cfg.calibration,
-                                  n_windows=cfg.n_windows, window=cfg.window, seed=cfg.seed, ppl=cfg.ppl_settings(),
+    pc = cfg.prune
+    return COMPARE_CAPTION.format(target=pc.target, params=s.work.original_total, corpus=cfg.calibration_label,
+                                  n_windows=pc.n_windows, window=pc.window, seed=pc.seed, ppl=cfg.quick_ppl.describe(),
                                   zero_shot=zs, new_tokens=cfg.max_new_tokens, device=s.work.device.type.upper())
 
 

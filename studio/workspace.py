@@ -17,10 +17,9 @@ import torch
 from torch import nn
 
 from pruner import PrunerError, adapter_for, count_parameters, describe, layer_widths
-from pruner.data import CORPORA, CalibrationText
 from pruner.pruning.pruner import Pruner, StepRecord
 
-from .settings import UPLOADED, StudioSettings
+from .settings import StudioSettings
 
 
 class SessionError(PrunerError):
@@ -67,17 +66,11 @@ class Workspace:
         self.pruner = self._new_pruner()
 
     def _new_pruner(self, record=None) -> Pruner:
-        p = Pruner(self.model, self.tokenizer, self._prune_config(self.settings), keep_history=self.keep_history,
-                   calibration_text=calibration_text(self.settings))
+        p = Pruner(self.model, self.tokenizer, self.settings.prune, keep_history=self.keep_history,
+                   calibration_text=self.settings.upload)
         if record is not None:
             p.record = record
         return p
-
-    def _prune_config(self, settings: StudioSettings):
-        try:
-            return settings.prune_config(getattr(self, "pruner", None) and self.pruner.config)
-        except PrunerError as exc:
-            raise SessionError(str(exc)) from exc
 
     # ------------------------------------------------------------------ facts
     @property
@@ -145,13 +138,10 @@ class Workspace:
 
     # ------------------------------------------------------------------ settings
     def configure(self, settings: StudioSettings) -> None:
-        """Apply new settings to the next steps (validated; the model is not touched)."""
-        if not 0 < settings.target < 1:
-            raise SessionError(f"The target must be a fraction of the original size in (0, 1), got {settings.target}")
-        text = calibration_text(settings)
-        cfg = self._prune_config(settings)
+        """Apply new settings to the next steps (checked against the model by the library first; the model is not
+        touched). The one way settings change: afterwards ``settings.prune`` is the pruner's config."""
         try:
-            self.pruner.configure(cfg, text)
+            self.pruner.configure(settings.prune, settings.upload)
         except PrunerError as exc:
             raise SessionError(str(exc)) from exc
         self.settings = settings
@@ -249,15 +239,3 @@ class Workspace:
                 self.model = self.original if self._copy_on_write else copy.deepcopy(self.original).eval()
                 self.pruner = self._new_pruner()
             self.changed("reset")
-
-
-def calibration_text(settings: StudioSettings) -> CalibrationText | None:
-    """The uploaded calibration text with its file name (the records say both), or None for a shipped corpus; a
-    clear error for anything else."""
-    if settings.calibration == UPLOADED:
-        if not settings.calibration_text or not settings.calibration_text.strip():
-            raise SessionError("Choose a text file to upload, or pick a shipped corpus for calibration")
-        return CalibrationText(settings.calibration_text, settings.calibration_name or UPLOADED)
-    if settings.calibration not in CORPORA:
-        raise SessionError(f"Unknown calibration corpus '{settings.calibration}'")
-    return None

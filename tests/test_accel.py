@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from pruner.evaluation.perplexity import PerplexityConfig
 from pruner.model.structure import count_parameters, geometry, layer_widths
 from pruner.pruning.pruner import PruneConfig
 from pruner.testing import tiny_tokenizer
@@ -29,7 +30,7 @@ def tiny_cfg(**kw) -> AccelConfig:
         "target": 0.75, "stages": 3, "tokens": 6 * 64,
         "prune": PruneConfig(n_windows=4, window=32, step=0.1, calibration="stories"),
         "train": TrainConfig(lr=3e-3, seq_len=32, batch_size=2, data="stories"),
-        "eval_window": 64, "eval_max_tokens": 512,
+        "eval": PerplexityConfig(window=64, max_tokens=512),
     }
     base.update(kw)
     return AccelConfig(**base)

@@ -11,6 +11,7 @@ import torch
 
 import pruner
 from pruner.cli.main import main
+from pruner.evaluation.perplexity import PerplexityConfig
 from pruner.model.adapters import Adapter
 from pruner.model.structure import count_parameters, layer_widths
 from pruner.testing import tiny_model
@@ -267,7 +268,7 @@ def test_damaged_checkpoints_name_the_file(tmp_path, tiny_tokenizer, capsys):
     from pruner.training.accel import AccelConfig, run_accel
     from pruner.training.train import TrainConfig, make_accelerator
 
-    cfg = AccelConfig(target=0.8, stages=2, tokens=4 * 64, eval_window=64, eval_max_tokens=256, eval_initial=False,
+    cfg = AccelConfig(target=0.8, stages=2, tokens=4 * 64, eval=PerplexityConfig(window=64, max_tokens=256), eval_initial=False,
                       prune=PruneConfig(n_windows=4, window=32, step=0.1, calibration="stories"),
                       train=TrainConfig(lr=3e-3, seq_len=32, batch_size=2, data="stories"))
     run_accel(tiny_model("llama", perturb=False, tie_word_embeddings=True), tiny_tokenizer, cfg,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import zipfile
@@ -10,11 +11,14 @@ import pytest
 import torch
 
 from pruner import load_model
-from pruner.data import load_text
+from pruner.config import PruneConfig
+from pruner.data import CalibrationText, load_text
+from pruner.evaluation.perplexity import PerplexityConfig
 from pruner.model.structure import count_parameters, layer_widths
 from pruner.testing import tiny_model as _tiny_model
 from pruner.testing import tiny_tokenizer
-from studio import SessionError, StudioSession, StudioSettings
+from studio import UPLOADED, SessionError, StudioSession, StudioSettings
+from studio.handlers import settings_from
 from studio.quality import Quality
 
 
@@ -23,10 +27,23 @@ def tiny_model(seed: int = 0):
     return _tiny_model("llama", seed, perturb=False, num_hidden_layers=3, tie_word_embeddings=True)
 
 
+_PRUNE_FIELDS = {f.name for f in dataclasses.fields(PruneConfig)}
+
+
 def tiny_settings(**kw) -> StudioSettings:
-    base = dict(target=0.85, step=0.05, amplitude=0.05, n_windows=4, window=32, batch_size=4, ppl_window=64,
-                ppl_tokens=512, max_new_tokens=6)
-    return StudioSettings(**{**base, **kw})
+    """Studio settings for the tiny model, from flat names as the page has them: PruneConfig fields, ``ppl_window``
+    / ``ppl_tokens`` (the quick perplexity), ``calibration_text`` / ``calibration_name`` (an upload), ``train``
+    (TrainConfig fields)."""
+    kw = {**dict(target=0.85, step=0.05, amplitude=0.05, n_windows=4, window=32, batch_size=4, ppl_window=64,
+                 ppl_tokens=512, max_new_tokens=6), **kw}
+    text, name = kw.pop("calibration_text", None), kw.pop("calibration_name", None)
+    if kw.get("calibration") == UPLOADED:
+        kw.pop("calibration")
+    prune = {k: kw.pop(k) for k in list(kw) if k in _PRUNE_FIELDS}
+    train = {**kw.pop("train", {}), **({"lr": kw.pop("lr")} if "lr" in kw else {})}
+    ppl = PerplexityConfig(window=kw.pop("ppl_window"), max_tokens=kw.pop("ppl_tokens"))
+    upload = CalibrationText(text, name or UPLOADED) if text is not None else None
+    return StudioSettings.build(prune=prune, train=train, upload=upload, quick_ppl=ppl, **kw)
 
 
 def tiny_session(**kw) -> StudioSession:
@@ -153,8 +170,8 @@ def test_custom_and_uploaded_calibration_settings_are_validated():
     s = tiny_session()
     with pytest.raises(SessionError, match="one final sparsity per layer"):
         s.configure(tiny_settings(method="custom", custom=[0.1]))
-    with pytest.raises(SessionError, match="upload"):
-        s.configure(tiny_settings(calibration="uploaded file"))
+    with pytest.raises(SessionError, match="upload"):  # "uploaded file" chosen, no file given
+        settings_from(85, 0.05, 5, "taylor", "adaptive", None, UPLOADED, None, 4, 32, 0, 512, 6)
     text = load_text("stories")[:20000]
     s.configure(tiny_settings(method="custom", custom=[0.0, 0.3, 0.3], calibration="uploaded file",
                               calibration_text=text, calibration_name="my-notes.txt"))

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 import pruner.training.accel
 import pruner.training.train
 from pruner.model.structure import count_parameters, layer_widths
-from studio import SessionError
+from studio import SessionError, StudioSettings
 from tests.test_session import same_state, state, tiny_session
 
-TRAIN = dict(train_seq_len=32, train_batch=2, train_data="stories", lr=3e-3)
+TRAIN = dict(train=dict(seq_len=32, batch_size=2, data="stories", lr=3e-3))
 STEP_TOKENS = 32 * 2
 
 
@@ -43,7 +41,7 @@ def test_training_input_is_checked_before_anything_changes():
         with pytest.raises(SessionError, match=msg):
             list(s.training.train(tokens=tokens))
     with pytest.raises(SessionError, match="learning rate"):
-        list(s.training.train(tokens=STEP_TOKENS, settings=replace(s.settings, lr=5.0)))
+        list(s.training.train(tokens=STEP_TOKENS, settings=StudioSettings.build(s.settings, train={"lr": 5.0})))
     assert same_state(before, state(s.model)) and not s.busy and s.training.log.losses == []
 
 
@@ -114,7 +112,7 @@ def test_cancel_accel_keeps_the_last_completed_stage():
     assert s.steps_taken == seen["steps"] and [p.stage for p in s.training.recovery] == [1]
     assert s.training.log.labels == ["stage 1"] and not s.busy
     assert [w.to_dict() for w in layer_widths(s.model)] == s.pruner.record.steps[-1].widths
-    s.schedule.step(replace(s.settings, target=0.75))  # the session carries on
+    s.schedule.step(StudioSettings.build(s.settings, prune={"target": 0.75}))  # the session carries on
 
 
 def test_an_error_in_a_stage_puts_the_model_back_at_the_last_completed_stage(monkeypatch):
@@ -141,7 +139,7 @@ def test_accel_refuses_a_target_above_the_current_size():
     list(s.schedule.run_to_target())
     before = state(s.model)
     with pytest.raises(SessionError, match="below the model's size"):
-        list(s.training.run_accel(replace(s.settings, target=0.9)))
+        list(s.training.run_accel(StudioSettings.build(s.settings, prune={"target": 0.9})))
     assert same_state(before, state(s.model)) and not s.busy
 
 

@@ -73,7 +73,7 @@ def test_closed_and_idle_sessions_free_their_models():
 
 def test_a_notebook_session_owns_its_model():
     model = tiny_model()
-    s = StudioSession(model, tiny_tokenizer(), settings=StudioSettings(n_windows=4, window=32, target=0.85, step=0.05))
+    s = StudioSession(model, tiny_tokenizer(), settings=StudioSettings.build(prune=dict(n_windows=4, window=32, target=0.85, step=0.05)))
     assert s.work.private and s.original is not model
     s.schedule.step()
     s.reset()

@@ -21,8 +21,9 @@ from pruner.cli.common import (
     positive_int,
     write_report_or_rescue,
 )
-from pruner.config import CRITERIA, PruneConfig
+from pruner.config import CRITERIA, INCREMENTAL_METHODS, PruneConfig
 from pruner.errors import OutputError
+from pruner.evaluation.perplexity import PerplexityConfig
 from pruner.io.outputs import check_output_file, check_output_folder
 from pruner.training.accel import (
     TOKEN_SCHEDULES,
@@ -36,6 +37,7 @@ from pruner.training.accel import (
     StageTrained,
     TrainStep,
 )
+from pruner.training.accel_config import MODES
 from pruner.training.train import MIXED_PRECISION, TrainConfig
 
 P, T, A = PruneConfig, TrainConfig, AccelConfig  # the defaults live on the configs' fields
@@ -48,12 +50,12 @@ def register(sub) -> None:
     a.add_argument("--target", type=float, default=A.target, help="fraction of the original parameters to keep, or a count")
     a.add_argument("--stages", type=int, default=A.stages, help="N prune → train stages")
     a.add_argument("--tokens", type=int, default=A.tokens, help="total training tokens over all stages")
-    a.add_argument("--mode", choices=["incremental", "oneshot"], default=A.mode,
+    a.add_argument("--mode", choices=MODES, default=A.mode,
                    help="oneshot: prune to the target first, then train on all tokens (baseline)")
     a.add_argument("--token-schedule", choices=TOKEN_SCHEDULES, default=A.token_schedule,
                    help="stage k's token share: 2k/(N(N+1)) (linear) or 1/N")
     g = a.add_argument_group("pruning (each stage)")
-    g.add_argument("--method", choices=["adaptive", "uniform"], default=P.method)
+    g.add_argument("--method", choices=INCREMENTAL_METHODS, default=P.method)
     g.add_argument("--criterion", choices=CRITERIA, default=P.criterion)
     g.add_argument("--amplitude", type=float, default=P.amplitude)
     g.add_argument("--step", type=float, default=P.step, help="Δ: mean sparsity added per pruning sub-step")
@@ -76,7 +78,7 @@ def register(sub) -> None:
     a.add_argument("--keep-checkpoints", type=positive_int, default=A.keep_checkpoints)
     a.add_argument("--report", default=None, help="JSON file for the per-stage record")
     add_ppl_args(a)
-    a.set_defaults(ppl_max_tokens=A.eval_max_tokens)
+    a.set_defaults(ppl_max_tokens=A().eval.max_tokens)
     a.add_argument("--final-ppl-max-tokens", type=positive_int, default=None,
                    help="tokens for the last evaluation (default: --ppl-max-tokens)")
     a.set_defaults(func=run)
@@ -94,8 +96,8 @@ def config_from_args(args):
         train=TrainConfig(lr=args.lr, seq_len=args.seq_len, batch_size=args.batch_size, grad_accum=args.grad_accum,
                           data=args.data, seed=args.seed, distill_weight=args.distill, temperature=args.temperature,
                           mixed_precision=args.mixed_precision),
-        eval_dataset=args.ppl_dataset, eval_split=args.ppl_split, eval_window=window,
-        eval_max_tokens=args.ppl_max_tokens, final_eval_max_tokens=args.final_ppl_max_tokens,
+        eval=PerplexityConfig(args.ppl_dataset, args.ppl_split, window, max_tokens=args.ppl_max_tokens),
+        final_eval_max_tokens=args.final_ppl_max_tokens,
         keep_checkpoints=args.keep_checkpoints,
     )
 
@@ -143,7 +145,7 @@ def run(args) -> int:
     if resume is None:
         model, tok = load_model(args.model, device="cpu", dtype=args.dtype, progress=say)
     check_windows(model, **{"--window": cfg.prune.window, "--seq-len": cfg.train.seq_len,
-                            "--ppl-windows": cfg.eval_window})
+                            "--ppl-windows": cfg.eval.window})
     teacher = None
     if cfg.train.distill_weight > 0:
         teacher, _ = load_model(args.model, device="cpu", dtype=args.dtype, progress=say)

@@ -60,16 +60,24 @@ def add_ppl_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-ppl", action="store_true", help="skip perplexity")
 
 
+def ppl_configs(args) -> list:
+    """The :class:`~pruner.evaluation.perplexity.PerplexityConfig` of every window the ``--ppl-*`` arguments ask
+    for (none with ``--no-ppl``)."""
+    from pruner.evaluation.perplexity import PerplexityConfig
+
+    if args.no_ppl:
+        return []
+    return [PerplexityConfig(args.ppl_dataset, args.ppl_split, w, max_tokens=args.ppl_max_tokens, bos=args.ppl_bos)
+            for w in args.ppl_windows]
+
+
 def perplexities(model, tok, args) -> list[dict]:
     """The perplexities the ``--ppl-*`` arguments ask for (one per window length), logged as they come."""
-    from pruner.evaluation.perplexity import format_perplexity, perplexity
+    from pruner.evaluation.perplexity import format_perplexity
 
     out = []
-    if args.no_ppl:
-        return out
-    for w in args.ppl_windows:
-        r = perplexity(model, tok, args.ppl_dataset, args.ppl_split, window=w, max_tokens=args.ppl_max_tokens,
-                       bos=args.ppl_bos)
+    for cfg in ppl_configs(args):
+        r = cfg.measure(model, tok)
         log(f"perplexity {format_perplexity(r)} in {r['seconds']:.1f} s")
         out.append(r)
     return out

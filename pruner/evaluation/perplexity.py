@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -17,6 +18,51 @@ from torch import nn
 from pruner.data import DataError, tokenize_corpus
 from pruner.errors import ConfigError
 from pruner.importance.measure import Cancelled
+
+
+@dataclass(frozen=True)
+class PerplexityConfig:
+    """How a perplexity is measured — the one home of these settings for the CLI, Adapt-Accel, the studio and the
+    benchmarks. The defaults are the benchmarks': WikiText-2 test, 512-token windows, the whole split, no BOS."""
+
+    dataset: str = "wikitext2"
+    """A corpus of :data:`pruner.data.CORPORA` or a text file."""
+    split: str = "test"
+    """``valid`` or ``test`` (``wikitext2`` only)."""
+    window: int = 512
+    """Tokens per window."""
+    max_tokens: int | None = None
+    """Score only the first N tokens (None: all)."""
+    stride: int | None = None
+    """Advance of the windows (None: the window, no overlap)."""
+    bos: bool = False
+    """Put a BOS token in front of every window."""
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 2:
+            raise ConfigError(f"The perplexity window must be a whole number ≥ 2 tokens, got {self.window!r}")
+        if self.max_tokens is not None and (isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int)
+                                            or self.max_tokens < 2):
+            raise ConfigError(f"The perplexity token limit must be a whole number ≥ 2, got {self.max_tokens!r}")
+        if self.dataset == "wikitext2" and self.split not in ("valid", "test"):
+            raise ConfigError(f"WikiText-2 has the splits valid and test, not '{self.split}'")
+
+    def measure(self, model: nn.Module, tokenizer, should_stop: Callable[[], bool] | None = None) -> dict:
+        """:func:`perplexity` with these settings (they are in the result)."""
+        return perplexity(model, tokenizer, self.dataset, self.split, window=self.window, stride=self.stride,
+                          max_tokens=self.max_tokens, bos=self.bos, batch_size=self.batch_size,
+                          should_stop=should_stop)
+
+    def describe(self) -> str:
+        """``"wikitext2 test, 256-token windows, first 2,048 tokens, no BOS"``."""
+        where = self.dataset + (f" {self.split}" if self.dataset == "wikitext2" else "")
+        amount = f"first {self.max_tokens:,} tokens" if self.max_tokens else "the whole text"
+        stride = f", stride {self.stride}" if self.stride and self.stride != self.window else ""
+        return f"{where}, {self.window}-token windows{stride}, {amount}, {'BOS' if self.bos else 'no BOS'}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @torch.no_grad()

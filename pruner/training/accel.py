@@ -33,7 +33,6 @@ from pathlib import Path
 from torch import nn
 
 from pruner.data import CalibrationText
-from pruner.evaluation.perplexity import perplexity
 from pruner.model.adapters import adapter_for
 from pruner.model.structure import (
     ORIGIN_ATTR,
@@ -145,8 +144,8 @@ def _evaluate(model, tok, cfg: AccelConfig, acc, final: bool = False) -> dict | 
     """WikiText-2 (by default) test perplexity on the main process; other ranks get the same dict."""
     result = None
     if acc.is_main_process:
-        mt = cfg.final_eval_max_tokens if final and cfg.final_eval_max_tokens is not None else cfg.eval_max_tokens
-        result = perplexity(model, tok, cfg.eval_dataset, cfg.eval_split, window=cfg.eval_window, max_tokens=mt)
+        ev = replace(cfg.eval, max_tokens=cfg.final_eval_max_tokens) if final and cfg.final_eval_max_tokens else cfg.eval
+        result = ev.measure(model, tok)
     return _broadcast(acc, result)
 
 

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 from pruner.config import INCREMENTAL_METHODS, PruneConfig
 from pruner.errors import AllocationError, ConfigError
+from pruner.evaluation.perplexity import PerplexityConfig
 from pruner.training.train import TrainConfig, TrainState
 
 STATE_FILE = "state.json"
@@ -26,10 +27,8 @@ class AccelConfig:
     mode: str = "incremental"  # incremental | oneshot
     prune: PruneConfig = field(default_factory=PruneConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval_dataset: str = "wikitext2"
-    eval_split: str = "test"
-    eval_window: int = 512
-    eval_max_tokens: int | None = 16_384  # intermediate evaluations (None: the whole split)
+    eval: PerplexityConfig = field(default_factory=lambda: PerplexityConfig(max_tokens=16_384))
+    """The perplexity measured before, between and after the stages (intermediate ones read ``max_tokens``)."""
     final_eval_max_tokens: int | None = None  # the last evaluation (None: same as eval_max_tokens)
     eval_initial: bool = True
     keep_checkpoints: int = 1  # completed-stage checkpoints kept on disk (older ones are deleted)
@@ -63,6 +62,8 @@ class AccelConfig:
         t = dict(d["train"])
         t["betas"] = tuple(t["betas"])
         d["train"] = TrainConfig(**t)
+        old = {k: d.pop(f"eval_{k}") for k in ("dataset", "split", "window", "max_tokens") if f"eval_{k}" in d}
+        d["eval"] = PerplexityConfig(**{**old, **d.get("eval", {})})  # checkpoints written before had eval_* keys
         return cls(**d)
 
 
