@@ -138,7 +138,8 @@ def run(args) -> int:
     log(f"loaded {args.model} in {time.perf_counter() - t:.1f} s: {describe(model)['params']['total']:,} parameters")
     check_windows(model, **{"--window": cfg.window},
                   **({} if args.no_ppl else {"--ppl-windows": max(args.ppl_windows)}))
-    pruner = Pruner(model, tok, cfg)  # checks the custom schedule and --multiple against the model
+    # no undo history: a command never undoes, and the history would hold what every sub-step removed
+    pruner = Pruner(model, tok, cfg, keep_history=0)  # checks the custom schedule and --multiple against the model
     pruner.record.source = str(args.model)
     target = pruner.target_params()  # an unreachable target is refused before the first measurement
     log(f"target {target:,} parameters ({target / pruner.origin.params['total']:.1%} of the original); "

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 
-def _new_linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
+def new_linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
+    """A Linear holding ``weight`` and ``bias`` (made contiguous), with ``like``'s ``requires_grad`` flags."""
     out_f, in_f = weight.shape
     lin = nn.Linear(in_f, out_f, bias=bias is not None, device="meta")
     lin.weight = nn.Parameter(weight.contiguous(), requires_grad=like.weight.requires_grad)
@@ -23,7 +24,7 @@ def select_rows(lin: nn.Linear, idx: torch.Tensor) -> nn.Linear:
     idx = idx.to(lin.weight.device)
     w = lin.weight.data.index_select(0, idx)
     b = lin.bias.data.index_select(0, idx) if lin.bias is not None else None
-    return _new_linear(w, b, lin)
+    return new_linear(w, b, lin)
 
 
 def select_cols(lin: nn.Linear, idx: torch.Tensor) -> nn.Linear:
@@ -31,7 +32,7 @@ def select_cols(lin: nn.Linear, idx: torch.Tensor) -> nn.Linear:
     idx = idx.to(lin.weight.device)
     w = lin.weight.data.index_select(1, idx)
     b = lin.bias.data.clone() if lin.bias is not None else None
-    return _new_linear(w, b, lin)
+    return new_linear(w, b, lin)
 
 
 def select_entries(param: nn.Parameter, idx: torch.Tensor) -> nn.Parameter:
@@ -50,4 +51,4 @@ def compensated_cols(lin: nn.Linear, idx: torch.Tensor, mean: torch.Tensor) -> n
     dropped[idx.cpu()] = False
     shift = w.detach().cpu().double()[:, dropped] @ mean.detach().cpu().double()[dropped]  # float64: exact enough
     bias = (lin.bias.data if lin.bias is not None else torch.zeros_like(w[:, 0])) + shift.to(w.device, w.dtype)
-    return _new_linear(w.index_select(1, idx.to(w.device)), bias, lin)
+    return new_linear(w.index_select(1, idx.to(w.device)), bias, lin)

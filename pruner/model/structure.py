@@ -14,30 +14,22 @@ Removing whole KV groups keeps ``num_key_value_groups`` (query heads per KV head
 forward pass of transformers works unmodified: it reshapes with ``-1`` heads. The config fields are kept in sync
 here (never in callers): uniform widths are written to the config; uneven widths are described per layer by
 :func:`layer_widths`, which reads the tensors themselves, and are persisted by :mod:`pruner.io.models`.
+
+Applying a cut returns its undo, which holds only what the cut removed (:mod:`pruner.model.undo`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from pruner.model.adapters import GROUP_ROLES, Adapter, adapter_for, role_sizes
+from pruner.model.origin import ORIGIN_ATTR, LayerWidths, Origin
 from pruner.model.slicing import compensated_cols, select_cols, select_entries, select_rows
-
-
-@dataclass(frozen=True)
-class LayerWidths:
-    """The width of one decoder layer."""
-
-    num_heads: int
-    num_kv_heads: int
-    intermediate_size: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from pruner.model.undo import PartCut, WidthPatch, WidthUndo, complement, removed_of, restored
 
 
 @dataclass(frozen=True)
@@ -142,62 +134,6 @@ def count_parameters(model: nn.Module, adapter: Adapter | None = None) -> dict[s
     return {"total": total, "decoder_layers": decoder, "other": total - decoder}
 
 
-@dataclass
-class Origin:
-    """What the model looked like before any pruning, and which original units each layer still has.
-
-    Every list has one entry per *current* layer: its original widths, and the original indices of its kept units;
-    ``kept_layers`` gives each current layer's original index (layers removed by depth pruning are missing) and
-    ``n_layers`` the original depth.
-    """
-
-    widths: list[LayerWidths]
-    params: dict
-    kept_groups: list[list[int]]
-    kept_channels: list[list[int]]
-    kept_layers: list[int] | None = None  # None: no layer removed
-    n_layers: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.kept_layers is None:
-            self.kept_layers = list(range(len(self.widths)))
-        if self.n_layers is None:
-            self.n_layers = len(self.widths)
-
-    @property
-    def removed_layers(self) -> list[int]:
-        """Original indices of the layers that depth pruning removed."""
-        return sorted(set(range(self.n_layers)) - set(self.kept_layers))
-
-    def copy(self) -> Origin:
-        return Origin(list(self.widths), dict(self.params), [list(g) for g in self.kept_groups],
-                      [list(c) for c in self.kept_channels], list(self.kept_layers), self.n_layers)
-
-    def without_layers(self, remove: Sequence[int]) -> Origin:
-        """The origin after removing the current layers ``remove``."""
-        keep = [i for i in range(len(self.widths)) if i not in set(remove)]
-        return Origin([self.widths[i] for i in keep], dict(self.params), [list(self.kept_groups[i]) for i in keep],
-                      [list(self.kept_channels[i]) for i in keep], [self.kept_layers[i] for i in keep], self.n_layers)
-
-    def to_dict(self) -> dict:
-        return {
-            "widths": [w.to_dict() for w in self.widths],
-            "params": self.params,
-            "kept_groups": self.kept_groups,
-            "kept_channels": self.kept_channels,
-            "kept_layers": self.kept_layers,
-            "n_layers": self.n_layers,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Origin:
-        return cls([LayerWidths(**w) for w in d["widths"]], d["params"], d["kept_groups"], d["kept_channels"],
-                   d.get("kept_layers"), d.get("n_layers"))
-
-
-ORIGIN_ATTR = "_adapt_pruner_origin"
-
-
 def origin_of(model: nn.Module) -> Origin:
     """The model's :class:`Origin`; an unpruned model becomes its own origin."""
     o = getattr(model, ORIGIN_ATTR, None)
@@ -266,28 +202,32 @@ def _layer_patch(adapter: Adapter, layer: nn.Module, geo: Geometry, cur: LayerWi
         if not changed & set(p.roles):
             continue
         lin = adapter.part(layer, p.path)
-        if p.cols and means.get(p.cols) is not None:
-            new[p.path] = compensated_cols(lin, keep[p.cols], means[p.cols])
+        if p.cols:
+            idx, size = keep[p.cols], lin.in_features
+            part = (compensated_cols(lin, idx, means[p.cols]) if means.get(p.cols) is not None
+                    else select_cols(lin, idx))
         else:
-            new[p.path] = (select_cols(lin, keep[p.cols]) if p.cols
-                           else select_rows(lin, adapter.row_index(p, keep, sizes)))
+            idx, size = adapter.row_index(p, keep, sizes), lin.out_features
+            part = select_rows(lin, idx)
+        new[p.path] = PartCut(part, 1 if p.cols else 0, complement(idx, size))
     for v in adapter.unit_vectors:
         if v.role in changed:
-            new[v.path] = select_entries(adapter.part(layer, v.path), keep[v.role])
+            vec = adapter.part(layer, v.path)
+            new[v.path] = PartCut(select_entries(vec, keep[v.role]), 0, complement(keep[v.role], vec.numel()))
     return new
 
 
-def build_cut(model: nn.Module, cuts: dict[int, LayerCut], adapter: Adapter | None = None) -> dict:
+def build_cut(model: nn.Module, cuts: dict[int, LayerCut], adapter: Adapter | None = None) -> WidthPatch:
     """Compute the replacement parts for a set of layer cuts without touching the model.
 
-    Returns an opaque *patch* for :func:`apply_patch` (``{layer: {part path: new Linear or parameter}}``).
-    Building everything first and swapping afterwards makes a step atomic: an error (bad indices, out of
-    memory) while building leaves the model untouched.
+    Returns a *patch* for :func:`apply_patch` (``{layer: {part path: PartCut}}``: the new Linear or parameter and
+    the old indices it drops, :mod:`pruner.model.undo`). Building everything first and swapping afterwards makes
+    a step atomic: an error (bad indices, out of memory) while building leaves the model untouched.
     """
     adapter = adapter or adapter_for(model)
     geo = geometry(model, adapter)
     layers = adapter.layers(model)
-    patch = {}
+    patch = WidthPatch()
     for li, cut in cuts.items():
         layer = layers[li]
         cur = layer_widths_of(layer, adapter, geo)
@@ -299,11 +239,16 @@ def build_cut(model: nn.Module, cuts: dict[int, LayerCut], adapter: Adapter | No
 
 
 def apply_patch(model: nn.Module, patch: dict, adapter: Adapter | None = None) -> dict:
-    """Swap in the parts of a patch; returns the inverse patch (the old parts), usable to undo.
+    """Swap in the parts of a patch; returns its inverse, usable to undo.
 
-    Transactional: if any swap (or the config sync after them) fails, every part already swapped is put back
-    before the error propagates, so the model is never left part-cut. A change of depth
-    (:class:`pruner.model.depth.DepthPatch`) applies itself, just as transactionally.
+    * a :class:`~pruner.model.undo.WidthPatch` (:func:`build_cut`) returns a :class:`~pruner.model.undo.WidthUndo`:
+      only the removed slices with their indices, so the inverse costs what the cut removed;
+    * a ``WidthUndo`` puts the old parts back, rebuilt exactly, and returns the ``WidthPatch`` that redoes the cut;
+    * a plain ``{layer: {path: part}}`` returns the old parts (``{}`` only syncs the config with the shapes);
+    * a change of depth (:class:`pruner.model.depth.DepthPatch`) applies itself.
+
+    Transactional: if any swap (or the config sync, or saving what was removed) fails, every part already
+    swapped is put back before the error propagates, so the model is never left part-cut.
     """
     if callable(getattr(patch, "apply_to", None)):  # a change of depth (pruner.depth.DepthPatch)
         origin_of(model)
@@ -311,9 +256,15 @@ def apply_patch(model: nn.Module, patch: dict, adapter: Adapter | None = None) -
     adapter = adapter or adapter_for(model)
     origin_of(model)  # record the unpruned widths before the first cut
     layers = adapter.layers(model)
+    if isinstance(patch, WidthUndo):  # rebuild every old part first: an error here changes nothing
+        parts = {li: {path: restored(adapter.part(layers[li], path), r) for path, r in inv.items()}
+                 for li, inv in patch.items()}
+    else:
+        parts = {li: {path: c.new if isinstance(c, PartCut) else c for path, c in new.items()}
+                 for li, new in patch.items()}
     inverse: dict = {}
     try:
-        for li, new in patch.items():
+        for li, new in parts.items():
             layer, inv = layers[li], {}
             inverse[li] = inv
             for path, part in new.items():
@@ -321,9 +272,15 @@ def apply_patch(model: nn.Module, patch: dict, adapter: Adapter | None = None) -
                 adapter.set_part(layer, path, part)
                 inv[path] = old
         sync_config(model, adapter)
+        if isinstance(patch, WidthPatch):
+            return WidthUndo({li: {path: removed_of(old, patch[li][path]) for path, old in inv.items()}
+                              for li, inv in inverse.items()})
     except BaseException:
         _swap_back(model, inverse, adapter)
         raise
+    if isinstance(patch, WidthUndo):  # the parts it replaced are the cut ones: the redo holds them
+        return WidthPatch({li: {path: PartCut(old, patch[li][path].axis, patch[li][path].dropped)
+                                for path, old in inv.items()} for li, inv in inverse.items()})
     return inverse
 
 

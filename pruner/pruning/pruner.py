@@ -18,10 +18,9 @@ was.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -42,70 +41,12 @@ from pruner.model.structure import (
     layer_widths,
     origin_of,
 )
+from pruner.model.undo import WidthUndo
 from pruner.pruning.planner import PlannedStep, Planner, Schedule, UnitScores, target_params
+from pruner.pruning.records import PruneRecord, StepRecord
 from pruner.runtime.memory import peak_memory
 
 __all__ = ["PruneConfig", "PruneRecord", "Pruner", "StepRecord", "prune_to_target"]
-
-
-@dataclass
-class StepRecord:
-    """What one sub-step measured, decided and did."""
-
-    index: int
-    fraction: float  # share of the full per-step budget used (< 1 for the final, target-meeting step)
-    layer_cos: list[float]
-    layer_importance: list[float]
-    layer_importance_norm: list[float]
-    calibration_loss: float | None
-    allocated_sparsity: list[float]
-    actual_sparsity: list[float]
-    constraints: list[str]
-    floored_layers: list[int]
-    widths: list[dict]
-    params_total: int
-    params_decoder: int
-    fraction_of_original: float
-    seconds_importance: float
-    seconds_surgery: float
-    calibration_tokens: int
-    importance_memory: dict | None = None  # the importance pass's peak memory and its ratio to the weights
-    method: str = "adaptive"
-    decision: dict = field(default_factory=dict)  # what the method measured and decided (docs/methods.md)
-    removed_layers: list[int] = field(default_factory=list)  # depth pruning: indices before the step
-    removed_original_layers: list[int] = field(default_factory=list)  # the same layers in the original model
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class PruneRecord:
-    """The record of a pruning run (JSON-serialisable)."""
-
-    config: dict
-    model_type: str
-    original_params: dict
-    original_widths: list[dict]
-    start_params: dict
-    steps: list[StepRecord] = field(default_factory=list)
-    final_params: dict | None = None
-    final_widths: list[dict] | None = None
-    seconds_total: float = 0.0
-    peak_memory_bytes: int | None = None
-    peak_memory_kind: str = ""
-    device: str = ""
-    stopped: str = ""  # "" (target met), "cancelled", or the error message
-    source: str = ""  # where the model was loaded from ("default", a folder, a hub id), when known
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["steps"] = [s.to_dict() if isinstance(s, StepRecord) else s for s in self.steps]
-        return d
-
-    def save(self, path) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
 
 
 class Pruner:
@@ -121,7 +62,9 @@ class Pruner:
         self.geo = geometry(model, self.adapter)
         self.origin = origin_of(model)
         self.keep_history = keep_history
-        self._history: list[tuple[dict, list[float], Origin, StepRecord, tuple | None]] = []
+        # per sub-step: its undo (what it removed, pruner.model.undo; or a change of depth's inverse), the sparsity,
+        # origin and held measurement before it, and its record
+        self._history: list[tuple[object, list[float], Origin, StepRecord, tuple | None]] = []
         self._refresh()
         self.sparsity = self.planner.actual_sparsity(self.widths())
         # the last measurement and the scores of the units that survived its sub-step: reused by the next
@@ -356,6 +299,19 @@ class Pruner:
             decision=planned.decision,
             removed_layers=list(planned.remove_layers),
         )
+
+    def history_bytes(self) -> int:
+        """Bytes the undo history holds: the rows, columns and entries its sub-steps removed (with their indices
+        and the biases FLAP changed), and the decoder layers a change of depth removed."""
+        present = {id(layer) for layer in self.adapter.layers(self.model)}
+        total = 0
+        for inverse, *_ in self._history:
+            if isinstance(inverse, WidthUndo):
+                total += inverse.nbytes
+            else:  # a change of depth: its inverse lists every old layer, of which only the removed ones are extra
+                total += sum(p.numel() * p.element_size() for layer in inverse.layers if id(layer) not in present
+                             for p in layer.parameters())
+        return total
 
     def undo(self) -> StepRecord | None:
         """Restore the model to before the last sub-step (up to ``keep_history`` steps back)."""

@@ -1,6 +1,7 @@
 """Recovery training of a (pruned) model: full fine-tuning with AdamW through ``accelerate``.
 
-One code path runs on one CPU, one GPU, or several GPUs / nodes (DDP via ``accelerate launch``):
+One code path runs on one CPU, one GPU, or several GPUs / nodes (DDP via ``accelerate launch``, or FSDP with
+``--config_file pruner/resources/accelerate/fsdp.yaml``: :mod:`pruner.training.sharded`):
 
 * **optimiser**: AdamW, a fresh state per call (Adapt-Accel resets it at every stage), gradient clipping;
 * **learning rate**: one warmup–stable–decay schedule (:class:`WSDSchedule`: 5 % linear warm-up, constant,
@@ -36,6 +37,7 @@ from torch import nn
 from pruner.errors import ConfigError
 from pruner.runtime.memory import peak_memory
 from pruner.training.data import PackedData
+from pruner.training.sharded import full, gather_into, is_sharded, working_copy
 
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 
@@ -257,10 +259,12 @@ def iter_train(
     if low:
         warnings.warn(f"Training weights stored in {low.pop()}: small AdamW updates are lost to rounding. Load the "
                       "model in float32; mixed precision (bf16 autocast on CUDA) keeps the speed.", stacklevel=2)
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=schedule.lr(state.global_step),
+    sharded = is_sharded(acc)  # FSDP: a sharded copy trains, gathered back whole at the end (training.sharded)
+    work = working_copy(model) if sharded else model
+    work.train()
+    opt = torch.optim.AdamW([p for p in work.parameters() if p.requires_grad], lr=schedule.lr(state.global_step),
                             betas=cfg.betas, weight_decay=cfg.weight_decay)
-    wrapped, opt = acc.prepare(model, opt)
+    wrapped, opt = acc.prepare(work, opt)
     t0 = time.perf_counter()
     done, losses, cancelled = 0, [], False
     try:
@@ -292,9 +296,12 @@ def iter_train(
                             done * per_step / elapsed, elapsed / done * (steps - done), stage)
     finally:
         optimizer_state = _optimizer_tensors(opt)
-        _unwrap(acc, wrapped)
+        if sharded:
+            gather_into(work, model, acc.device)
+        else:
+            _unwrap(acc, wrapped)
         acc.free_memory()
-        del wrapped, opt
+        del wrapped, opt, work
         model.eval()
     seconds = time.perf_counter() - t0
     mem, kind = peak_memory(acc.device)
@@ -333,7 +340,7 @@ def _optimizer_tensors(opt) -> dict[str, torch.Tensor]:
     sd = opt.state_dict()
     for idx, st in sd["state"].items():
         for k, v in st.items():
-            t = v if torch.is_tensor(v) else torch.tensor(v)
+            t = full(v) if torch.is_tensor(v) else torch.tensor(v)  # FSDP: the whole state, gathered
             out[f"{idx}.{k}"] = t.detach().to("cpu").contiguous()
     return out
 
