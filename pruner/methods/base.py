@@ -101,21 +101,29 @@ class PlannedStep:
     method: str = "adaptive"
     remove_layers: list[int] = field(default_factory=list)  # depth pruning: current indices of the layers to remove
     compensate: bool = False  # the cut adds FLAP's bias compensation to o_proj / down_proj
+    slice_width: int | None = None  # SliceGPT: the residual width the stream is rotated and sliced to
     decision: dict = field(default_factory=dict)  # what the method decided, JSON-friendly (window, threshold, ...)
 
     @property
     def sparsity(self) -> list[float]:
         return self.allocation.sparsity
 
+    @property
+    def changes_structure(self) -> bool:
+        """The step changes more than the layers' widths (their number, or the residual stream): the next plan
+        needs the planner of the new model."""
+        return bool(self.remove_layers) or self.slice_width is not None
+
     def notes(self) -> list[str]:
         out = self.allocation.notes() + ([f"layers {self.floored}: at the floor"] if self.floored else [])
+        out += [f"residual stream sliced to {self.slice_width}"] if self.slice_width is not None else []
         return out + ([f"layers {self.remove_layers} removed"] if self.remove_layers else [])
 
     def to_dict(self) -> dict:
         return {"index": self.index, "fraction": self.fraction, "allocated_sparsity": self.sparsity,
                 "widths": [w.to_dict() for w in self.widths], "params": self.params, "estimate": self.estimate,
                 "notes": self.notes(), "method": self.method, "remove_layers": list(self.remove_layers),
-                "decision": self.decision}
+                "slice_width": self.slice_width, "decision": self.decision}
 
 
 #: Every method by name, in the order of the choice lists (filled by :func:`register`).
