@@ -172,6 +172,10 @@ class Method:
     """The calibration its released code uses: (windows or None for all, tokens per window, corpus)."""
     order: ClassVar[int] = 100
     """Place in the choice lists (Adapt-Pruner and its variants first, then the baselines)."""
+    repeatable: ClassVar[bool] = True
+    """Can prune again a model it has pruned (SliceGPT slices the residual stream once)."""
+    measured_by_the_cut: ClassVar[tuple[str, ...]] = ()
+    """Keys the cut itself adds to the step's ``decision`` (SliceGPT: the variance its PCAs kept), beyond the plan's."""
 
     def __init__(self, config, geo: Geometry, original: Sequence[LayerWidths], fixed_params: int):
         self.config = config
@@ -224,6 +228,11 @@ class Method:
         plan, _ = plan_widths(self.geo, self.original, widths, [c.max_sparsity] * len(widths), c.min_channels,
                               c.multiple)
         return self.params_of(plan), f"s_max={c.max_sparsity} and {self.floor_text}"
+
+    def resolution(self, widths: Sequence[LayerWidths]) -> int:
+        """The most parameters one notch of this method's size moves (a plan cannot land on a target finer than
+        this): a KV group here; a layer for ShortGPT, one slice of the residual stream for SliceGPT."""
+        return self.geo.params_per_group
 
     def fractions(self, widths: Sequence[LayerWidths]) -> list[float] | None:
         """The budget fractions the method can take, when they are discrete (whole layers); None: any in [0, 1]."""

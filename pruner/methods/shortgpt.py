@@ -41,6 +41,9 @@ class ShortGPT(Method):
     def smallest_reachable(self, widths):
         return self.fixed_params + min(self.geo.layer_params(w) for w in widths), "ShortGPT keeps one layer"
 
+    def resolution(self, widths):
+        return max(self.geo.layer_params(w) for w in widths)
+
     def fractions(self, widths):
         last = len(widths) - 1
         return [n / last for n in range(1, last + 1)] if last else []

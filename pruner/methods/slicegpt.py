@@ -42,6 +42,8 @@ class SliceGPT(Method):
     title = "SliceGPT"
     summary = "SliceGPT (Ashkboos et al., ICLR 2024): residual stream rotated by PCA and sliced to a narrower width"
     layers_only = True  # nothing to score: the importance pass measures the layers only
+    repeatable = False
+    measured_by_the_cut = ("embedding_variance_kept", "variance_kept", "attention_variance_kept")
     published_calibration = (128, 2048, "wikitext2")  # run_slicegpt.py: --cal-nsamples 128 --cal-max-seqlen 2048
 
     @classmethod
@@ -71,6 +73,10 @@ class SliceGPT(Method):
 
     def params_at(self, widths, width: int) -> int:
         return sliced_params(self.geo, list(widths), self.fixed_params, width)
+
+    def resolution(self, widths):
+        big = self.geo.hidden_size
+        return self.params_at(widths, big) - self.params_at(widths, big - SLICE_MULTIPLE)  # the widest slice
 
     def smallest_reachable(self, widths):
         if self.sliced:
