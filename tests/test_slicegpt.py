@@ -242,3 +242,17 @@ def test_cli_prunes_with_slicegpt(tiny_llama_folder, tmp_path):
     rec = json.loads((out / "pruning_record.json").read_text())
     assert residual_width(model) == rec["steps"][0]["decision"]["residual_width"]
     assert count_parameters(model)["total"] == rec["final_params"]["total"]
+
+
+def test_layer_cosines_of_a_rotated_model_compare_in_one_basis(tiny_tokenizer):
+    """After a rotation the layer's input and output live in different bases: the importance pass carries the input
+    along the residual path (shortcut matrices) first, so a rotation alone measures the same cosines."""
+    model = tiny_model("llama")
+    p = pruner.Pruner(model, tiny_tokenizer, config())
+    dense = p.measure(0).layer_cos
+    apply_patch(model, build_slicing(model, 64, p.calibration(1), batch_size=4))
+    assert pruner.Pruner(model, tiny_tokenizer, config(method="adaptive")).measure(0).layer_cos == pytest.approx(
+        dense, abs=1e-5)
+    sliced_model = sliced("llama", 40)
+    cos = pruner.Pruner(sliced_model, tiny_tokenizer, config(method="adaptive")).measure(0).layer_cos
+    assert len(cos) == 4 and all(-1 <= c <= 1 for c in cos)  # the last layer writes all 64: still measurable

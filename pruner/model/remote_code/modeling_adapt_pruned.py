@@ -135,6 +135,10 @@ class ShortcutDecoderLayer:
         hidden_states = self.mlp(self.post_attention_layernorm(hidden_states))
         return torch.matmul(residual, self.mlp_shortcut_Q) + hidden_states
 
+    def residual_path(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The layer's input carried along the residual path into its output's basis (what the layer adds to)."""
+        return torch.matmul(torch.matmul(hidden_states, self.attn_shortcut_Q), self.mlp_shortcut_Q)
+
 
 _SHORTCUT_CLASSES: dict = {}
 
