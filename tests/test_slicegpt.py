@@ -256,3 +256,18 @@ def test_layer_cosines_of_a_rotated_model_compare_in_one_basis(tiny_tokenizer):
     sliced_model = sliced("llama", 40)
     cos = pruner.Pruner(sliced_model, tiny_tokenizer, config(method="adaptive")).measure(0).layer_cos
     assert len(cos) == 4 and all(-1 <= c <= 1 for c in cos)  # the last layer writes all 64: still measurable
+
+
+def test_units_can_be_pruned_after_slicing_but_not_layers(tiny_tokenizer, tmp_path):
+    model = tiny_model("qwen2", tie_word_embeddings=True)
+    pruner.Pruner(model, tiny_tokenizer, config(target=0.8)).run()
+    sliced_total = count_parameters(model)["total"]
+    with pytest.raises(ConfigError, match="ShortGPT cannot remove layers"):
+        pruner.Pruner(model, tiny_tokenizer, config(method="shortgpt", target=0.6))
+    pruner.Pruner(model, tiny_tokenizer, config(method="adaptive", target=0.6)).run()
+    assert count_parameters(model)["total"] < sliced_total and residual_width(model) == 32
+    assert any(w.num_kv_heads < 4 or w.intermediate_size < 96 for w in layer_widths(model))
+    save_pruned(model, tiny_tokenizer, tmp_path / "m")
+    loaded, _ = pruner.load_model(str(tmp_path / "m"), device="cpu")
+    ids = random_windows(2, 20, seed=3)
+    assert torch.equal(logits(loaded, ids), logits(model, ids))

@@ -290,7 +290,7 @@ def _rotate_output(lin: nn.Linear, q: torch.Tensor, width: int) -> None:
 
 
 def _shortcut(layer: nn.Module, name: str, value: torch.Tensor, like: torch.Tensor) -> None:
-    setattr(layer, name, nn.Parameter(value.to(like.device, like.dtype).contiguous(), requires_grad=False))
+    setattr(layer, name, nn.Parameter(value.to(like.device, like.dtype).contiguous(), requires_grad=like.requires_grad))
 
 
 @torch.no_grad()
