@@ -242,6 +242,9 @@ def test_cli_prunes_with_slicegpt(tiny_llama_folder, tmp_path):
     rec = json.loads((out / "pruning_record.json").read_text())
     assert residual_width(model) == rec["steps"][0]["decision"]["residual_width"]
     assert count_parameters(model)["total"] == rec["final_params"]["total"]
+    info = run_cli("info", "--model", str(out))
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["residual_width"] == residual_width(model) < 64
 
 
 def test_layer_cosines_of_a_rotated_model_compare_in_one_basis(tiny_tokenizer):

@@ -353,7 +353,8 @@ def load_pruned(folder, device=None, dtype=None):
 
 
 def describe(model: nn.Module) -> dict:
-    """A JSON-friendly architecture summary: layers, heads, KV heads, intermediate sizes, parameters."""
+    """A JSON-friendly architecture summary: layers, heads, KV heads, intermediate sizes, the residual width (below
+    the hidden size after SliceGPT), parameters."""
     adapter = adapter_for(model)
     widths = layer_widths(model, adapter)
     cfg = model.config
@@ -361,6 +362,7 @@ def describe(model: nn.Module) -> dict:
         "model_type": adapter.model_type,
         "layers": len(widths),
         "hidden_size": cfg.hidden_size,
+        "residual_width": residual_width(model) or cfg.hidden_size,  # narrower after SliceGPT
         "head_dim": geometry(model, adapter).head_dim,
         "vocab_size": cfg.vocab_size,
         "num_heads": [w.num_heads for w in widths],
