@@ -135,6 +135,21 @@ def test_the_pca_leaves_out_padding():
     assert torch.allclose(got, want)
 
 
+def test_the_rotation_leaves_out_padded_calibration_tokens():
+    """Right padding under a 0 mask changes nothing that a causal model computes for the real tokens, so the
+    rotation built from padded windows is the one built from the windows alone — only if padding is masked."""
+    model = tiny_model("llama")
+    windows = random_windows(4, 16, seed=1)
+    padded = torch.cat([windows, random_windows(4, 8, seed=2)], dim=1)
+    mask = torch.cat([torch.ones(4, 16, dtype=torch.long), torch.zeros(4, 8, dtype=torch.long)], dim=1)
+    want = build_slicing(model, 40, windows, batch_size=2)
+    got = build_slicing(model, 40, padded, batch_size=2, attention_mask=mask)
+    unmasked = build_slicing(model, 40, padded, batch_size=2)
+    assert torch.allclose(got.embed.weight, want.embed.weight, atol=1e-4)
+    assert torch.allclose(got.head.weight, want.head.weight, atol=1e-4)
+    assert not torch.allclose(unmasked.embed.weight, want.embed.weight, atol=1e-4)
+
+
 def test_widths_follow_the_paper_rounding():
     assert sliced_width(576, 0.25) == 432 and sliced_width(576, 0.3) == 400  # int(0.7·576) = 403 → 400
     assert sliced_width(896, 0.0) == 896 and sliced_width(64, 1.0) == 8
