@@ -1,4 +1,5 @@
-"""Benchmark (issue 13): Adapt-Pruner against uniform, LLM-Pruner, FLAP, ShortGPT and Wanda-sp, no training.
+"""Benchmark (issues 13, 22): Adapt-Pruner against uniform, LLM-Pruner, FLAP, ShortGPT, Wanda-sp and SliceGPT, no
+training.
 
 Three steps, each writing JSON (the zero-shot and speed steps reuse ``benchmarks/eval_suite.py``)::
 
@@ -32,8 +33,9 @@ import torch
 
 import pruner
 from pruner.evaluation import PAPER_TASKS, average
+from pruner.model.rotation import residual_width
 
-METHODS = ("adaptive", "uniform", "llm-pruner", "flap", "shortgpt", "wanda-sp")
+METHODS = ("adaptive", "uniform", "llm-pruner", "flap", "shortgpt", "wanda-sp", "slicegpt")
 TARGETS = (0.9, 0.8, 0.7)
 PPL_WINDOWS = (128, 512)
 PPL_TOKENS = 32_768
@@ -60,6 +62,7 @@ def _finish(model, tok, p, method: str, target: float, seconds: float, args) -> 
            "layers": len(rec.final_widths), "sub_steps": len(rec.steps), "prune_seconds": seconds,
            "peak_memory_bytes": rec.peak_memory_bytes, "peak_memory_kind": rec.peak_memory_kind,
            "widths": rec.final_widths, "decisions": [s.decision for s in rec.steps],
+           "residual_width": residual_width(model),  # SliceGPT's sliced stream (else None)
            "perplexity": perplexities(model, tok, args.ppl_tokens)}
     log(f"{method} {target:.0%}: {out['fraction']:.2%} ({out['params']:,}) in {seconds:.0f} s, ppl "
         + ", ".join(f"{w}: {r['perplexity']:.2f}" for w, r in out["perplexity"].items()))
@@ -170,7 +173,8 @@ def figure(prune: dict, zeroshot: dict | None, path: Path) -> None:
     fig = make_subplots(rows=1, cols=2, subplot_titles=("WikiText-2 test perplexity (512-token windows, log)",
                                                         "zero-shot average, the paper's 7 tasks (sizes evaluated)"))
     dense = next(r for r in prune["runs"] if r["method"] == "dense")
-    colours = dict(zip(METHODS, ("#d62728", "#7f7f7f", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"), strict=True))
+    colours = dict(zip(METHODS, ("#d62728", "#7f7f7f", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e",
+                                    "#8c564b"), strict=True))
     for method in METHODS:
         runs = sorted((r for r in prune["runs"] if r["method"] == method), key=lambda r: -r["params"])
         if not runs:

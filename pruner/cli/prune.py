@@ -5,7 +5,7 @@
     python -m pruner prune --model default --target 0.8 --method flap --out runs/flap-80
     python -m pruner info --model runs/smollm-80
 
-``--method`` also takes the other baselines (llm-pruner, shortgpt, wanda-sp; ``docs/methods.md``).
+``--method`` also takes the other baselines (llm-pruner, shortgpt, wanda-sp, slicegpt; ``docs/methods.md``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def register(sub) -> None:
                    help="fraction of the original parameters to keep (0-1), or a count")
     p.add_argument("--method", choices=METHODS, default=D.method,
                    help="adaptive / uniform / custom (Δ-sized sub-steps), or a one-shot baseline: llm-pruner, flap, "
-                        "shortgpt, wanda-sp (docs/methods.md)")
+                        "shortgpt, wanda-sp, slicegpt (docs/methods.md)")
     p.add_argument("--criterion", choices=CRITERIA, default=None,
                    help="unit score (default: the method's own where it has one — llm-pruner: taylor, flap: "
                         "fluctuation, wanda-sp: wanda-sp — else taylor)")
@@ -117,6 +117,11 @@ def describe_decision(rec) -> str:
         thr = "none" if d["threshold"] is None else f"{d['threshold']:.3f}"
         return (f"global threshold {thr}: removed {sum(d['groups_removed'])} KV groups and "
                 f"{sum(d['channels_removed'])} channels, bias compensation {'on' if d['bias_compensation'] else 'off'}")
+    if "residual_width" in d:
+        kept = d.get("variance_kept") or [1.0]
+        return (f"residual stream rotated and sliced to {d['residual_width']} of {d['hidden_size']} "
+                f"(slicing {d['slicing']:.1%}, {d['params_share']:.1%} of the parameters; variance kept per layer "
+                f"{min(kept):.3f}–{max(kept):.3f})")
     if "window" in d:
         return f"ratio {d['ratio']:.3f} in layers [{d['window'][0]}, {d['window'][1]}), the others untouched"
     return ""

@@ -17,7 +17,8 @@ the reason (:func:`gguf_arch`): llama.cpp's loaders for all five create every la
 A model with fewer layers (ShortGPT) is a plain model with a smaller ``block_count``. FLAP's o_proj / down_proj
 biases are written as ``blk.N.attn_output.bias`` / ``blk.N.ffn_down.bias`` for ``llama`` and ``deci``, whose
 llama.cpp loaders create them as optional tensors (``TENSOR_NOT_REQUIRED``); llama.cpp's ``qwen2`` and ``qwen3``
-loaders have neither, so such a model is refused with the reason.
+loaders have neither, so such a model is refused with the reason. A SliceGPT model is refused too
+(:func:`refuse_rotated`): llama.cpp has no shortcut rotations.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pruner.data import package_dir
 from pruner.export.common import ExportError, describe_source, model_facts, staging
 from pruner.io.formats import DEFAULT_GGUF
 from pruner.model.adapters import adapter_for
+from pruner.model.rotation import residual_width
 from pruner.model.skeleton import empty_model, finish
 from pruner.model.structure import geometry, is_uniform, sync_config
 
@@ -214,6 +216,16 @@ def gguf_arch(adapter, widths, head_dim: int | None = None, hidden: int | None =
     return "deci" if arch == "llama" and not is_uniform(widths) else arch  # deci: llama.cpp's Llama, per-layer
 
 
+def refuse_rotated(model: nn.Module) -> None:
+    """A SliceGPT model cannot be a GGUF: an :class:`ExportError` with the reason (one line)."""
+    width = residual_width(model)
+    if width is not None:
+        raise ExportError(
+            f"GGUF export refused for this SliceGPT model: its residual stream is rotated and sliced to {width} of "
+            f"{model.config.hidden_size}, and llama.cpp has no shortcut rotations (each layer's residual goes "
+            "through two matrices) nor norms that normalise by the original width (export --format hf keeps them)")
+
+
 def write_gguf(model: nn.Module, tokenizer, path: str | os.PathLike, dtype: str = "f16", name: str = "") -> dict:
     """Write ``model`` (llama, mistral or qwen2 with any per-layer widths; qwen3 with uniform widths) and its
     tokenizer as one GGUF file; other architectures are refused by :func:`gguf_arch`."""
@@ -223,6 +235,7 @@ def write_gguf(model: nn.Module, tokenizer, path: str | os.PathLike, dtype: str 
         raise ExportError(f"GGUF dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
     adapter = adapter_for(model)
     widths = sync_config(model, adapter)
+    refuse_rotated(model)
     arch = gguf_arch(adapter, widths, geometry(model, adapter).head_dim, model.config.hidden_size)
     cfg = model.config
     refused = [n for n in UNSUPPORTED_BIASES.get(arch, ()) if any(k.endswith(n) for k in model.state_dict())]

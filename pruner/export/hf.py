@@ -5,7 +5,8 @@ model with fewer layers). Per-layer widths export as ``adapt_pruned_<type>``: th
 ``num_attention_heads_per_layer``, ``num_key_value_heads_per_layer`` and ``intermediate_size_per_layer``, with two
 small files of modelling code (``remote_code/``) that subclass the stock classes. Biases the stock config cannot
 express (FLAP's compensation on o_proj / down_proj) go the same way, with ``o_proj_bias_per_layer`` and
-``down_proj_bias_per_layer``. Weights are safetensors only.
+``down_proj_bias_per_layer``, and so does a SliceGPT model (``sliced_hidden_size``: the residual width; the layers
+add their residual through shortcut matrices and normalise by the original width). Weights are safetensors only.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from pruner.io.exported import (  # the reader checks what the writer wrote
     _DROP,
     FAMILIES,
     PER_LAYER,
+    SLICED,
     _plain_config_is_valid,
     check_folder,
     expected_shapes,
 )
 from pruner.model.adapters import adapter_for
+from pruner.model.rotation import residual_width
 from pruner.model.skeleton import output_bias_lists
 from pruner.model.structure import is_uniform, sync_config
 
@@ -59,7 +62,8 @@ def portable_config(model: nn.Module) -> tuple[dict, bool]:
     family = FAMILIES[model_type]
     fields = {k: v for k, v in model.config.to_diff_dict().items() if not k.startswith("_") and k not in _DROP}
     fields["dtype"] = str(next(model.parameters()).dtype).replace("torch.", "")
-    if is_uniform(widths) and _plain_config_is_valid(model_type, fields):
+    sliced = residual_width(model)  # SliceGPT: shortcut matrices no stock class has
+    if sliced is None and is_uniform(widths) and _plain_config_is_valid(model_type, fields):
         stock = STOCK_CLASSES.get(model_type, f"{family}ForCausalLM")
         plain = {"architectures": [stock], "model_type": model_type, **fields}
         if not _missing_biases(model, plain):
@@ -69,6 +73,8 @@ def portable_config(model: nn.Module) -> tuple[dict, bool]:
     cls = getattr(remote, f"AdaptPruned{family}Config")
     if _missing_biases(model, {"model_type": cls.model_type, **fields}):
         fields.update(output_bias_lists(model))
+    if sliced is not None:
+        fields[SLICED] = sliced
     cls(**fields)  # validates the lists before anything is written
     config = {"architectures": [f"AdaptPruned{family}ForCausalLM"], "model_type": cls.model_type,
               "auto_map": _remote_classes(family), **fields}

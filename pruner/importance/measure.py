@@ -276,7 +276,9 @@ def criterion_for(name: str) -> Criterion:
 
 
 class _LayerCosines:
-    """Forward hooks summing cos(x_in, x_out) over the tokens of every decoder layer."""
+    """Forward hooks summing cos(x_in, x_out) over the tokens of every decoder layer. A layer whose input and output
+    live in different bases (SliceGPT's rotated layers, with a ``residual_path``) compares its output with the input
+    carried along the residual path into the output's basis."""
 
     def __init__(self, layers):
         self.sum = torch.zeros(len(layers), dtype=torch.float64)
@@ -285,6 +287,9 @@ class _LayerCosines:
     def _hook(self, li):
         def hook(module, args, kwargs, output):
             x_in, x_out = _hidden_in(args, kwargs).detach(), _hidden_out(output).detach()
+            carry = getattr(module, "residual_path", None)
+            if carry is not None:
+                x_in = carry(x_in)
             c = nn.functional.cosine_similarity(x_in.float(), x_out.float(), dim=-1)
             self.sum[li] += c.double().sum().cpu()
 

@@ -24,6 +24,8 @@ PER_LAYER = {"num_heads": "num_attention_heads_per_layer", "num_kv_heads": "num_
              "intermediate_size": "intermediate_size_per_layer"}
 
 
+SLICED = "sliced_hidden_size"  # SliceGPT's residual width (the remote config's field)
+
 _DROP = ("transformers_version", "auto_map", "quantization_config", "architectures", "model_type")
 
 
@@ -55,8 +57,9 @@ def _weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
 
 
 def _stock_config(config: dict):
-    """The stock transformers config of an exported ``config.json``, its per-layer widths (None: uniform) and its
-    per-layer o_proj / down_proj bias lists ({}: the stock config's biases)."""
+    """The stock transformers config of an exported ``config.json``, its per-layer widths (None: uniform) and what
+    the stock config cannot say: the per-layer o_proj / down_proj bias lists and SliceGPT's ``sliced_hidden_size``
+    ({}: nothing)."""
     from transformers import AutoConfig
 
     model_type = str(config.get("model_type", "")).removeprefix("adapt_pruned_")
@@ -64,9 +67,9 @@ def _stock_config(config: dict):
         raise ExportError(f"model_type {config.get('model_type')!r} is not one this project exports "
                           f"({', '.join(FAMILIES)})")
     lists = {k: config[k] for k in PER_LAYER.values() if k in config}
-    biases = {k: config[k] for k in OUTPUT_BIAS_LISTS.values() if config.get(k) is not None}
-    fields = {k: v for k, v in config.items()
-              if k not in _DROP and k not in lists and k not in OUTPUT_BIAS_LISTS.values() and not k.startswith("_")}
+    extras = {k: config[k] for k in (*OUTPUT_BIAS_LISTS.values(), SLICED) if config.get(k) is not None}
+    fields = {k: v for k, v in config.items() if k not in _DROP and k not in lists and k not in OUTPUT_BIAS_LISTS.values()
+              and k != SLICED and not k.startswith("_")}
     if lists and not _plain_config_is_valid(model_type, fields):
         # the stock config refuses the widest layer's head count; any valid pair will do, the lists decide
         n_rep = fields["num_attention_heads"] // fields["num_key_value_heads"]
@@ -77,21 +80,21 @@ def _stock_config(config: dict):
     except Exception as exc:  # huggingface_hub's strict-dataclass errors are not ValueErrors
         raise ExportError(f"its config cannot be expressed as a stock {model_type} config: {exc}") from exc
     if not lists:
-        return stock, None, biases
+        return stock, None, extras
     widths = [LayerWidths(*w) for w in zip(*(lists[PER_LAYER[a]] for a in ("num_heads", "num_kv_heads",
                                                                            "intermediate_size")), strict=True)]
-    return stock, widths, biases
+    return stock, widths, extras
 
 
 def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     """Every weight an exported folder must hold, with its shape, from its ``config.json``: the shapes of an empty
     model of the stock architecture with the per-layer widths applied (parameters on ``meta``, nothing read)."""
-    stock, widths, biases = _stock_config(config)
+    stock, widths, extras = _stock_config(config)
     if widths is not None and len(widths) != stock.num_hidden_layers:
         raise ExportError(f"{len(widths)} per-layer widths for {stock.num_hidden_layers} layers")
-    if any(len(v) != stock.num_hidden_layers for v in biases.values()):
+    if any(len(v) != stock.num_hidden_layers for k, v in extras.items() if k != SLICED):
         raise ExportError(f"per-layer bias lists for other than {stock.num_hidden_layers} layers")
-    model = apply_output_biases(skeleton(stock, widths), biases)
+    model = apply_output_biases(skeleton(stock, widths, residual_width=extras.get(SLICED)), extras)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if getattr(stock, "tie_word_embeddings", False):
         shapes.pop("lm_head.weight", None)
@@ -137,10 +140,10 @@ def load_exported(folder: str | os.PathLike, dtype: torch.dtype = torch.float32)
     folder = Path(folder)
     config = check_folder(folder)
     try:
-        stock, widths, biases = _stock_config(config)
+        stock, widths, extras = _stock_config(config)
     except ExportError as exc:
         raise ExportError(f"'{folder}': {exc}") from exc
-    model = apply_output_biases(skeleton(stock, widths, dtype), biases)
+    model = apply_output_biases(skeleton(stock, widths, dtype, residual_width=extras.get(SLICED)), extras)
     state = {}
     for f in sorted(folder.glob("*.safetensors")):
         state.update(load_file(str(f)))

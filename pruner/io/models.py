@@ -6,7 +6,8 @@ Saved-folder format (no pickle anywhere)::
     config.json              the transformers config; global widths = the widest layer (uniform → exact)
     pruned_widths.json       {"format": "adapt-pruner/1", "layers": [{num_heads, num_kv_heads, intermediate_size}],
                               "biases": [[paths of the projections with a bias] per layer], "origin": {...}}:
-                              enough to rebuild every layer's shapes (FLAP's o_proj / down_proj biases included)
+                              enough to rebuild every layer's shapes (FLAP's o_proj / down_proj biases included;
+                              "residual_width": SliceGPT's sliced residual stream, with its shortcut matrices)
     pruning_record.json      the run's record, when given
     tokenizer files
 
@@ -42,6 +43,7 @@ from pruner.io.outputs import check_output_folder, replace_folder
 from pruner.io.shipped import SHIPPED, is_fetched, not_fetched_error
 from pruner.io.shipped import model_dir as shipped_dir
 from pruner.model.adapters import adapter_for, adapter_for_config
+from pruner.model.rotation import residual_width
 from pruner.model.skeleton import finish, layer_biases, skeleton
 from pruner.model.structure import (
     ORIGIN_ATTR,
@@ -254,6 +256,8 @@ def save_pruned(model: nn.Module, tokenizer, out_dir, record=None, overwrite: bo
             "params": count_parameters(model, adapter),
             "origin": origin_of(model).to_dict(),
         }
+        if residual_width(model) is not None:  # SliceGPT: shortcut matrices and a narrower residual stream
+            meta["residual_width"] = residual_width(model)
         (tmp / WIDTHS_FILE).write_text(json.dumps(meta, indent=1))
         if record is not None:
             rec = record.to_dict() if hasattr(record, "to_dict") else record
@@ -315,7 +319,7 @@ def load_pruned(folder, device=None, dtype=None):
     biases = meta.get("biases")  # folders saved before FLAP: the config's biases
     if biases is not None and len(biases) != len(widths):
         raise ModelLoadError(f"'{folder}': {WIDTHS_FILE} lists biases for {len(biases)} of {len(widths)} layers")
-    model = skeleton(config, widths, dt, biases)  # parameters on meta, each layer with its recorded widths
+    model = skeleton(config, widths, dt, biases, meta.get("residual_width"))  # parameters on meta, recorded widths
     try:
         with safe_open(str(weights), framework="pt", device="cpu") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}
@@ -349,7 +353,8 @@ def load_pruned(folder, device=None, dtype=None):
 
 
 def describe(model: nn.Module) -> dict:
-    """A JSON-friendly architecture summary: layers, heads, KV heads, intermediate sizes, parameters."""
+    """A JSON-friendly architecture summary: layers, heads, KV heads, intermediate sizes, the residual width (below
+    the hidden size after SliceGPT), parameters."""
     adapter = adapter_for(model)
     widths = layer_widths(model, adapter)
     cfg = model.config
@@ -357,6 +362,7 @@ def describe(model: nn.Module) -> dict:
         "model_type": adapter.model_type,
         "layers": len(widths),
         "hidden_size": cfg.hidden_size,
+        "residual_width": residual_width(model) or cfg.hidden_size,  # narrower after SliceGPT
         "head_dim": geometry(model, adapter).head_dim,
         "vocab_size": cfg.vocab_size,
         "num_heads": [w.num_heads for w in widths],

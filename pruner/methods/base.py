@@ -101,21 +101,29 @@ class PlannedStep:
     method: str = "adaptive"
     remove_layers: list[int] = field(default_factory=list)  # depth pruning: current indices of the layers to remove
     compensate: bool = False  # the cut adds FLAP's bias compensation to o_proj / down_proj
+    slice_width: int | None = None  # SliceGPT: the residual width the stream is rotated and sliced to
     decision: dict = field(default_factory=dict)  # what the method decided, JSON-friendly (window, threshold, ...)
 
     @property
     def sparsity(self) -> list[float]:
         return self.allocation.sparsity
 
+    @property
+    def changes_structure(self) -> bool:
+        """The step changes more than the layers' widths (their number, or the residual stream): the next plan
+        needs the planner of the new model."""
+        return bool(self.remove_layers) or self.slice_width is not None
+
     def notes(self) -> list[str]:
         out = self.allocation.notes() + ([f"layers {self.floored}: at the floor"] if self.floored else [])
+        out += [f"residual stream sliced to {self.slice_width}"] if self.slice_width is not None else []
         return out + ([f"layers {self.remove_layers} removed"] if self.remove_layers else [])
 
     def to_dict(self) -> dict:
         return {"index": self.index, "fraction": self.fraction, "allocated_sparsity": self.sparsity,
                 "widths": [w.to_dict() for w in self.widths], "params": self.params, "estimate": self.estimate,
                 "notes": self.notes(), "method": self.method, "remove_layers": list(self.remove_layers),
-                "decision": self.decision}
+                "slice_width": self.slice_width, "decision": self.decision}
 
 
 #: Every method by name, in the order of the choice lists (filled by :func:`register`).
@@ -164,6 +172,10 @@ class Method:
     """The calibration its released code uses: (windows or None for all, tokens per window, corpus)."""
     order: ClassVar[int] = 100
     """Place in the choice lists (Adapt-Pruner and its variants first, then the baselines)."""
+    repeatable: ClassVar[bool] = True
+    """Can prune again a model it has pruned (SliceGPT slices the residual stream once)."""
+    measured_by_the_cut: ClassVar[tuple[str, ...]] = ()
+    """Keys the cut itself adds to the step's ``decision`` (SliceGPT: the variance its PCAs kept), beyond the plan's."""
 
     def __init__(self, config, geo: Geometry, original: Sequence[LayerWidths], fixed_params: int):
         self.config = config
@@ -216,6 +228,11 @@ class Method:
         plan, _ = plan_widths(self.geo, self.original, widths, [c.max_sparsity] * len(widths), c.min_channels,
                               c.multiple)
         return self.params_of(plan), f"s_max={c.max_sparsity} and {self.floor_text}"
+
+    def resolution(self, widths: Sequence[LayerWidths]) -> int:
+        """The most parameters one notch of this method's size moves (a plan cannot land on a target finer than
+        this): a KV group here; a layer for ShortGPT, one slice of the residual stream for SliceGPT."""
+        return self.geo.params_per_group
 
     def fractions(self, widths: Sequence[LayerWidths]) -> list[float] | None:
         """The budget fractions the method can take, when they are discrete (whole layers); None: any in [0, 1]."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pruner.errors import AllocationError
+from pruner.errors import AllocationError, ConfigError
 from pruner.methods.allocation import Allocation
 from pruner.methods.base import Method, PlannedStep, register
 
@@ -40,6 +40,15 @@ class ShortGPT(Method):
 
     def smallest_reachable(self, widths):
         return self.fixed_params + min(self.geo.layer_params(w) for w in widths), "ShortGPT keeps one layer"
+
+    def check_model(self) -> None:
+        super().check_model()
+        if self.geo.rotated:
+            raise ConfigError("ShortGPT cannot remove layers of a model SliceGPT rotated: each layer's output basis "
+                              "is the next layer's input basis, so no layer can go")
+
+    def resolution(self, widths):
+        return max(self.geo.layer_params(w) for w in widths)
 
     def fractions(self, widths):
         last = len(widths) - 1

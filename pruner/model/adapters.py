@@ -88,6 +88,8 @@ class Adapter:
     projections: tuple[Proj, ...] = SPLIT
     unit_vectors: tuple[UnitVector, ...] = ()
     layer_config: tuple[str, ...] = ()  # config fields the attention reads at run time
+    rotatable: bool = False  # SliceGPT can rotate and slice its residual stream (pre-norm RMSNorm, sequential blocks)
+    final_norm_path: str = "model.norm"  # the norm before the LM head, from the model
 
     # ------------------------------------------------------------------ finding things
     def layers(self, model: nn.Module) -> nn.ModuleList:
@@ -181,9 +183,9 @@ class Adapter:
 
 
 ADAPTERS: dict[str, Adapter] = {
-    "llama": Adapter("llama", "Llama, Llama-3, SmolLM"),
-    "mistral": Adapter("mistral", "Mistral"),
-    "qwen2": Adapter("qwen2", "Qwen2, Qwen2.5"),
+    "llama": Adapter("llama", "Llama, Llama-3, SmolLM", rotatable=True),
+    "mistral": Adapter("mistral", "Mistral", rotatable=True),
+    "qwen2": Adapter("qwen2", "Qwen2, Qwen2.5", rotatable=True),
     "qwen3": Adapter("qwen3", "Qwen3"),  # per-head q_norm/k_norm (head_dim entries, shared): not units
     "gemma2": Adapter("gemma2", "Gemma-2"),
     "gemma3_text": Adapter("gemma3_text", "Gemma-3 text"),

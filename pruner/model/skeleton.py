@@ -15,6 +15,7 @@ from torch import nn
 
 from pruner.errors import ModelLoadError
 from pruner.model.adapters import adapter_for_config, role_sizes
+from pruner.model.remote_code.modeling_adapt_pruned import apply_residual_slicing
 from pruner.model.structure import LayerWidths
 
 
@@ -75,12 +76,15 @@ def output_bias_lists(model: nn.Module) -> dict[str, list[bool]]:
 
 
 def skeleton(config, widths: Sequence[LayerWidths] | None = None, dtype: torch.dtype = torch.float32,
-             biases: Sequence[Sequence[str]] | None = None) -> nn.Module:
+             biases: Sequence[Sequence[str]] | None = None, residual_width: int | None = None) -> nn.Module:
     """An empty model of ``config`` whose layers have ``widths`` (the config's own widths when None) and, where
-    given, the recorded biases (see :func:`resize_layers`)."""
+    given, the recorded biases (see :func:`resize_layers`) and SliceGPT's residual width (shortcut matrices,
+    weightless norms: :func:`apply_residual_slicing`)."""
     model = empty_model(config, dtype)
     if widths is not None:
         resize_layers(model, widths, config.head_dim, biases)
+    if residual_width is not None:
+        apply_residual_slicing(model, residual_width)
     return model
 
 

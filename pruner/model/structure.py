@@ -49,6 +49,11 @@ class Geometry:
     layer_other: int = 0  # parameters of a layer outside its prunable modules (its norms)
     o_bias: bool = False  # o_proj has a bias (Llama's attention_bias, or FLAP's compensation)
     down_bias: bool = False  # down_proj has a bias (mlp_bias, or FLAP's compensation)
+    residual_width: int = 0  # width of the residual stream (the embedding's): hidden_size unless sliced (SliceGPT)
+    vocab_size: int = 0
+    tied_embeddings: bool = False  # the LM head is the embedding matrix
+    rotatable: bool = False  # the adapter allows SliceGPT's rotation of the residual stream
+    rotated: bool = False  # the layers carry SliceGPT's shortcut matrices (the stream is rotated, maybe sliced)
 
     @property
     def params_per_group(self) -> int:
@@ -114,9 +119,14 @@ def geometry(model: nn.Module, adapter: Adapter | None = None) -> Geometry:
     def has_bias(role: str) -> bool:
         return adapter.part(layer, adapter.proj_for(role).path).bias is not None
 
+    from pruner.model.remote_code.modeling_adapt_pruned import ShortcutDecoderLayer  # the class exports ship
+
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     return Geometry(hidden_size=cfg.hidden_size, head_dim=head_dim, n_rep=r, group_params=group,
                     channel_params=channel, fixed_layer_params=fixed, layer_other=other, o_bias=has_bias("o"),
-                    down_bias=has_bias("down"))
+                    down_bias=has_bias("down"), residual_width=emb.embedding_dim, vocab_size=emb.num_embeddings,
+                    tied_embeddings=head is not None and head.weight is emb.weight, rotatable=adapter.rotatable,
+                    rotated=isinstance(layer, ShortcutDecoderLayer))
 
 
 def layer_widths(model: nn.Module, adapter: Adapter | None = None) -> list[LayerWidths]:

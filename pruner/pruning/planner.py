@@ -153,7 +153,7 @@ class Planner:
                 out.reached = True
                 break
             step = self.next_step(sp, w, scores, target, first_index + k)
-            if step.widths == w and not step.remove_layers:
+            if step.widths == w and not step.changes_structure:
                 out.notes.append("the plan stalls: every layer is at its floor, its s_max or its allocation "
                                  "before the target")
                 break
@@ -164,8 +164,8 @@ class Planner:
                     out.notes.append(note)
             sp, w = step.sparsity, step.widths
             geo = self.result_geo if step.compensate else geo
-            if step.remove_layers:  # a new depth: the next plan needs the planner of the smaller model
-                out.reached = self.params_of(w, geo) <= target + self.tolerance
+            if step.changes_structure:  # a new depth or residual width: the next plan needs a new planner
+                out.reached = step.params <= target + self.tolerance
                 break
             if step.keep_groups is not None:
                 scores = scores.restricted(step.keep_groups, step.keep_channels, self.geo)

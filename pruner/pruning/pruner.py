@@ -31,6 +31,7 @@ from pruner.errors import AllocationError, Cancelled
 from pruner.importance.measure import Importance, measure_importance
 from pruner.model.adapters import adapter_for
 from pruner.model.depth import build_layer_removal
+from pruner.model.rotation import build_slicing
 from pruner.model.structure import (
     LayerCut,
     Origin,
@@ -212,7 +213,7 @@ class Pruner:
             planned = self.planner.next_step(self.sparsity, widths_now, scores, self.target_params(), index)
         else:
             planned = self.planner.plan(self.sparsity, widths_now, scores, fraction, index)
-        if planned.widths == widths_now and not planned.remove_layers:
+        if planned.widths == widths_now and not planned.changes_structure:
             raise AllocationError(
                 "This step would remove nothing: every layer is at its floor, its s_max or already at its "
                 "allocation. " + " ".join(planned.allocation.notes()))
@@ -254,6 +255,11 @@ class Pruner:
         if planned.remove_layers:
             patch = build_layer_removal(self.model, planned.remove_layers, self.adapter)
             return patch, self.origin.without_layers(planned.remove_layers), scores.without_layers(planned.remove_layers)
+        if planned.slice_width is not None:  # SliceGPT: the residual stream rotated on this step's calibration
+            patch = build_slicing(self.model, planned.slice_width, self.calibration(planned.index),
+                                  self.config.batch_size)
+            planned.decision.update(patch.decision)
+            return patch, self.origin.copy(), scores
         changed = [li for li, (w, now) in enumerate(zip(planned.widths, widths_now, strict=True)) if w != now]
         if planned.compensate:  # FLAP: every layer gets its o_proj / down_proj bias, compensated where cut
             stats = scores.stats

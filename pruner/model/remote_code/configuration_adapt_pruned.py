@@ -3,8 +3,9 @@
 Each class is the stock transformers config plus three per-layer lists; the global ``num_attention_heads``,
 ``num_key_value_heads`` and ``intermediate_size`` hold the widest layer. Two optional per-layer lists of booleans,
 ``o_proj_bias_per_layer`` and ``down_proj_bias_per_layer``, say which layers' output projections carry a bias
-(FLAP's bias compensation adds them; the stock configs cannot express an o_proj or down_proj bias alone). This
-file and ``modeling_adapt_pruned.py`` need only torch and transformers.
+(FLAP's bias compensation adds them; the stock configs cannot express an o_proj or down_proj bias alone).
+``sliced_hidden_size`` is the width of the residual stream of a model sliced by SliceGPT (``hidden_size`` stays the
+original width, by which its norms normalise). This file and ``modeling_adapt_pruned.py`` need only torch and transformers.
 """
 
 from huggingface_hub.dataclasses import strict
@@ -39,6 +40,9 @@ def check_per_layer_widths(config) -> None:
             raise ValueError(f"layer {i}: {h} query heads is not a multiple of {kv} key/value heads")
     if getattr(config, "head_dim", None) is None:
         raise ValueError("head_dim must be given explicitly (it cannot be derived from per-layer head counts)")
+    sliced = getattr(config, "sliced_hidden_size", None)
+    if sliced is not None and not 1 <= int(sliced) <= config.hidden_size:
+        raise ValueError(f"sliced_hidden_size {sliced} is not in [1, hidden_size={config.hidden_size}]")
     for name in BIAS_FIELDS:
         values = getattr(config, name, None)
         if values is not None and len(values) != config.num_hidden_layers:
@@ -85,6 +89,7 @@ def _per_layer(base, model_type: str, explicit_head_dim: bool = False):
     fields = {"head_dim": int | None} if explicit_head_dim else {}
     fields.update({name: list[int] | None for name in PER_LAYER_FIELDS})
     fields.update({name: list[bool] | None for name in BIAS_FIELDS})
+    fields["sliced_hidden_size"] = int | None
     name = f"AdaptPruned{base.__name__}"
     namespace = {"__module__": __name__, "__qualname__": name, "__annotations__": fields, "model_type": model_type,
                  **dict.fromkeys(fields)}

@@ -8,6 +8,12 @@ reshapes with ``-1`` heads and the KV cache grows per layer, so no forward pass 
 that reads its width from the config at run time (Phi-3) gets a per-layer view of it. Where the config lists
 ``o_proj_bias_per_layer`` / ``down_proj_bias_per_layer`` (FLAP's bias compensation), the output projections get a
 bias accordingly. Needs only torch and transformers.
+
+A model sliced by SliceGPT (``sliced_hidden_size`` in the config) carries its residual stream at that width: the
+embedding and every Linear reading or writing the residual are narrower (the last layer writes the full width the
+unsliced head reads), every layer adds its residual through two shortcut matrices (``attn_shortcut_Q``,
+``mlp_shortcut_Q``), and the layers' norms carry no weight (folded into the Linears after them) and normalise by
+the original hidden width (:class:`OriginalWidthRMSNorm`, :func:`apply_residual_slicing`).
 """
 
 import torch
@@ -93,6 +99,100 @@ def apply_layer_widths(decoder: nn.Module, config, layout=SPLIT) -> None:
             attn.config = LayerConfig(config, **{k: own[k] for k in layout["layer_config"]})
 
 
+class OriginalWidthRMSNorm(nn.Module):
+    """RMSNorm without a weight that divides the sum of squares by the *original* hidden width (SliceGPT: a
+    sliced stream keeps nearly all of the energy of the full one, so the normaliser stays the original one)."""
+
+    def __init__(self, width: int, eps: float):
+        super().__init__()
+        self.width = int(width)
+        self.variance_epsilon = float(eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        dtype = hidden_states.dtype
+        x = hidden_states.to(torch.float32)
+        x = x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) / self.width + self.variance_epsilon)
+        return x.to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}, eps={self.variance_epsilon}"
+
+
+class ShortcutDecoderLayer:
+    """Mixin for a pre-norm decoder layer (Llama, Mistral, Qwen2): the residual goes through the shortcut matrices
+    (``x @ attn_shortcut_Q + attn(norm(x))``, then the same with ``mlp_shortcut_Q``)."""
+
+    def forward(self, hidden_states, attention_mask=None, position_ids=None, cache=None, use_cache=False,
+                position_embeddings=None, **kwargs):
+        if cache is None:
+            cache = kwargs.pop("past_key_values", None)
+        residual = hidden_states
+        hidden_states, _ = self.self_attn(hidden_states=self.input_layernorm(hidden_states),
+                                          attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                                          use_cache=use_cache, position_embeddings=position_embeddings, **kwargs)
+        hidden_states = torch.matmul(residual, self.attn_shortcut_Q) + hidden_states
+        residual = hidden_states
+        hidden_states = self.mlp(self.post_attention_layernorm(hidden_states))
+        return torch.matmul(residual, self.mlp_shortcut_Q) + hidden_states
+
+    def residual_path(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The layer's input carried along the residual path into its output's basis (what the layer adds to)."""
+        return torch.matmul(torch.matmul(hidden_states, self.attn_shortcut_Q), self.mlp_shortcut_Q)
+
+
+_SHORTCUT_CLASSES: dict = {}
+
+
+def shortcut_class(cls: type) -> type:
+    """The stock decoder-layer class ``cls`` with the shortcut forward (one class per stock class)."""
+    if issubclass(cls, ShortcutDecoderLayer):
+        return cls
+    if cls not in _SHORTCUT_CLASSES:
+        _SHORTCUT_CLASSES[cls] = type(f"Sliced{cls.__name__}", (ShortcutDecoderLayer, cls),
+                                      {"__module__": __name__})
+    return _SHORTCUT_CLASSES[cls]
+
+
+def _resized(like: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
+    if (like.in_features, like.out_features) == (in_features, out_features):
+        return like
+    return _linear(like, in_features, out_features)
+
+
+def apply_residual_slicing(model: nn.Module, width: int, layout=SPLIT) -> None:
+    """Give a model (a *ForCausalLM or its decoder) the shapes of a SliceGPT model whose residual stream is ``width``
+    wide: the embedding, the Linears that read (``layout["rows"]``) or write (``layout["cols"]``) the residual, the
+    shortcut matrices and the weightless norms; the last layer writes the full width (the head is not sliced).
+    The weights are left as they come (they are loaded afterwards)."""
+    decoder = model.model if hasattr(model, "lm_head") else model
+    full = decoder.config.hidden_size
+    emb = decoder.embed_tokens
+    if emb.embedding_dim != width:
+        decoder.embed_tokens = nn.Embedding(emb.num_embeddings, width, emb.padding_idx, device=emb.weight.device,
+                                            dtype=emb.weight.dtype)
+    n = len(decoder.layers)
+    for i, layer in enumerate(decoder.layers):
+        out = full if i == n - 1 else width
+        for path in layout["rows"]:
+            lin = _get(layer, path)
+            _set(layer, path, _resized(lin, width, lin.out_features))
+        for path, role in layout["cols"].items():
+            lin = _get(layer, path)
+            _set(layer, path, _resized(lin, lin.in_features, width if role == "o" else out))
+        for name in ("input_layernorm", "post_attention_layernorm"):
+            norm = getattr(layer, name)
+            eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))
+            setattr(layer, name, OriginalWidthRMSNorm(full, eps))
+        like = layer.self_attn.o_proj.weight
+        for name, shape in (("attn_shortcut_Q", (width, width)), ("mlp_shortcut_Q", (width, out))):
+            old = getattr(layer, name, None)
+            if old is None or tuple(old.shape) != shape:
+                setattr(layer, name, nn.Parameter(torch.eye(*shape, device=like.device, dtype=like.dtype)))
+        layer.__class__ = shortcut_class(type(layer))
+    if not isinstance(decoder.norm, OriginalWidthRMSNorm):  # folded into the head
+        decoder.norm = OriginalWidthRMSNorm(full, getattr(decoder.norm, "variance_epsilon", 1e-6))
+
+
 class _PerLayerWidths:
     """Mixin: after the stock constructor, rebuild every layer's projections with that layer's widths."""
 
@@ -102,6 +202,8 @@ class _PerLayerWidths:
         super().__init__(config)
         # a *ForCausalLM holds the decoder as .model; a *Model is the decoder itself
         apply_layer_widths(self.model if hasattr(self, "lm_head") else self, config, LAYOUTS[self.family])
+        if getattr(config, "sliced_hidden_size", None):
+            apply_residual_slicing(self, config.sliced_hidden_size, LAYOUTS[self.family])
         self.post_init()
 
 
