@@ -6,7 +6,16 @@ of the choice lists and :func:`method_class` finds one. Adding a method is addin
 below.
 """
 
-from pruner.methods import adaptive, custom, flap, llm_pruner, shortgpt, uniform, wanda_sp  # noqa: F401  (register)
+from pruner.methods import (  # noqa: F401  (register)
+    adaptive,
+    custom,
+    flap,
+    llm_pruner,
+    sensitivity,
+    shortgpt,
+    uniform,
+    wanda_sp,
+)
 from pruner.methods.base import (
     REGISTRY,
     IncrementalMethod,

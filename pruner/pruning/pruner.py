@@ -201,9 +201,10 @@ class Pruner:
         method (ShortGPT) measures the layers only."""
         idx = len(self.record.steps) if step_index is None else step_index
         windows = self.calibration(idx)
-        return measure_importance(self.model, windows, self.planner.method.measured_criterion, self.config.batch_size,
-                                  should_stop,
-                                  checkpoint=self.config.checkpoint)
+        method = self.planner.method
+        return measure_importance(self.model, windows, method.measured_criterion, self.config.batch_size,
+                                  should_stop, checkpoint=self.config.checkpoint,
+                                  sensitivity_levels=method.sensitivity_levels)
 
     @property
     def _held(self) -> tuple[Importance, UnitScores] | None:
