@@ -27,7 +27,9 @@ from pruner.config import PruneConfig
 from pruner.errors import AllocationError
 from pruner.evaluation.perplexity import format_perplexity, perplexity
 from pruner.importance.measure import Importance, measure_importance
+from pruner.importance.sensitivity import LEVELS, Sensitivity, measure_sensitivity
 from pruner.methods import UnitScores
+from pruner.methods.sensitivity import SensitivityAllocation
 from pruner.model.masking import LayerMask, compose, masked
 from pruner.pruning.planner import Schedule
 from pruner.pruning.pruner import Pruner
@@ -123,16 +125,25 @@ class Explorer:
         """The importance a plan of ``config`` is made from, measured once per criterion (and sensitivity levels):
         what the session's next :meth:`~pruner.Pruner.measure` would measure for that method."""
         method = self.pruner._planner(self.config_for(config)).method
-        key = (method.measured_criterion, method.sensitivity_levels)
+        return self._measure(method.measured_criterion, method.sensitivity_levels, should_stop)
+
+    def has_measurement(self, criterion: str | None, levels: tuple | None = None) -> bool:
+        """Whether a plan needing this measurement can be made without measuring again."""
+        return (criterion, levels) in self._measured or any(
+            criterion is None or (crit == criterion and levels is None) for crit, _ in self._measured)
+
+    def _measure(self, criterion: str | None, levels: tuple | None,
+                 should_stop: Callable[[], bool] | None = None) -> Importance:
+        key = (criterion, levels)
         if key not in self._measured:
             for (crit, _levels), imp in self._measured.items():
                 # the layer cosines come with every measurement; a measurement with a table has the scores too
-                if key[0] is None or (crit == key[0] and key[1] is None):
+                if criterion is None or (crit == criterion and levels is None):
                     return imp
             p = self.pruner
             windows = p.calibration(len(p.record.steps))
-            self._measured[key] = measure_importance(p.model, windows, key[0], p.config.batch_size, should_stop,
-                                                     checkpoint=p.config.checkpoint, sensitivity_levels=key[1])
+            self._measured[key] = measure_importance(p.model, windows, criterion, p.config.batch_size, should_stop,
+                                                     checkpoint=p.config.checkpoint, sensitivity_levels=levels)
         return self._measured[key]
 
     def remember(self, importance: Importance, sensitivity_levels: tuple | None = None) -> None:
@@ -183,6 +194,40 @@ class Explorer:
                       widths=[w.to_dict() for w in last.widths],
                       removed_layers=sorted(li for li, m in masks.items() if m.skip),
                       seconds=time.perf_counter() - t0)
+
+
+    # ------------------------------------------------------------------ the oracle beside the heuristic
+    def sensitivity(self, levels: tuple[float, ...] = LEVELS, should_stop: Callable[[], bool] | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> SensitivityReport:
+        """The per-layer sensitivity table on the calibration sample (units ranked by the session's criterion),
+        beside the paper's layer importance and their rank correlation per level. At the sensitivity method's
+        levels it is the very table that method allocates with (measured once for both)."""
+        criterion = self.pruner.config.criterion
+        levels = tuple(float(v) for v in levels)
+        if levels == SensitivityAllocation.sensitivity_levels:  # the method's own table
+            imp = self._measure(criterion, levels, should_stop)
+            table = imp.sensitivity
+        else:
+            imp = self._measure(criterion, None, should_stop)
+            p = self.pruner
+            table = measure_sensitivity(p.model, p.calibration(len(p.record.steps)), imp.group_scores,
+                                        imp.channel_scores, levels, p.config.batch_size, should_stop, progress)
+            table.units = {"criterion": criterion}
+        return SensitivityReport(table, list(imp.layer_importance), table.correlation(imp.layer_importance))
+
+
+@dataclass
+class SensitivityReport:
+    """The sensitivity table with the paper's layer importance ``I_l = −cos`` and Spearman's ρ between them per
+    level (positive: the layers the heuristic calls important are the ones whose pruning costs most)."""
+
+    table: Sensitivity
+    layer_importance: list[float]
+    correlation: dict[str, float | None]
+
+    def to_dict(self) -> dict:
+        return {"table": self.table.to_dict(), "layer_importance": self.layer_importance,
+                "spearman": self.correlation}
 
 
 #: The settings a sweep varies and a what-if reports.
