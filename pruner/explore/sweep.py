@@ -107,8 +107,10 @@ class Sweep:
             s = p.settings
             ppl = f"{p.perplexity:9.2f}" if p.perplexity is not None else f"{'—':>9}"
             size = f"{p.params:>12,} {p.fraction:>6.1%}" if p.params is not None else f"{'—':>12} {'—':>6}"
-            lines.append(f"{s['method']:<12} {s['target']:>6g} {s['amplitude']:>5g} {s['step']:>5g} "
-                         f"{s['attention']:<12} {size} {ppl}  {p.error or p.plan}")
+            tunes = method_class(s["method"]).tunes  # a setting the method ignores is shown as "—"
+            a, d = (f"{s[k]:>5g}" if k in tunes else f"{'—':>5}" for k in ("amplitude", "step"))
+            pol = s["attention"] if "attention" in tunes else "—"
+            lines.append(f"{s['method']:<12} {s['target']:>6g} {a} {d} {pol:<12} {size} {ppl}  {p.error or p.plan}")
         return "\n".join(lines)
 
 
