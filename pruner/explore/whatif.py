@@ -177,7 +177,9 @@ class Explorer:
     def what_if(self, plan: Schedule | None = None, config: PruneConfig | None = None,
                 should_stop: Callable[[], bool] | None = None) -> WhatIf:
         """The predicted perplexity of ``plan`` (default: the plan of ``config``, or of the session's settings):
-        the evaluation sample through the model masked as if the plan's final widths were cut."""
+        the evaluation sample through the model masked as if the plan's final widths were cut. A ``plan`` given
+        must have been made with ``config`` (default: the session's settings) on this explorer's measurement
+        (:meth:`plan`, or :meth:`pruner.Pruner.preview` with :meth:`measurement`)."""
         cfg = self.config_for(config)
         scores = UnitScores.of(self.measurement(cfg, should_stop))
         plan = plan if plan is not None else self.pruner.preview(self.measurement(cfg), config=config)
