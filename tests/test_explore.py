@@ -29,7 +29,7 @@ from pruner.methods.sensitivity import allocate_by_sensitivity, interpolate, low
 from pruner.model.depth import build_layer_removal
 from pruner.model.masking import LayerMask, compose, masked
 from pruner.model.structure import LayerCut, apply_patch, build_cut, layer_widths
-from pruner.testing import tiny_model
+from pruner.testing import NEW_ARCHITECTURES, tiny_model
 
 SAMPLE = EvalSample(max_tokens=384, window=64)
 CUSTOM = [0.3, 0.6, 0.4, 0.55]
@@ -64,9 +64,11 @@ def eval_ppl(model, tok) -> float:
 # ---------------------------------------------------------------- what-if == the model really cut
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("arch_name", ["llama", "olmo2"])  # olmo2: q/k norms over the whole projection
+@pytest.mark.parametrize("method,arch_name", [(m, a) for m in METHODS for a in ("llama", "olmo2")]
+                         + [("flap", a) for a in ("qwen2", "mistral", *NEW_ARCHITECTURES) if a != "olmo2"])
 def test_a_what_if_equals_the_model_really_cut(arch_name, method, tiny_tokenizer):
+    """Every method on Llama and on OLMo-2 (q/k norms over the whole projection); FLAP (masks and compensation
+    fills) on every other architecture (Phi-3's fused projections, Gemma's soft-capping and sliding windows)."""
     model = tiny_model(arch_name)
     twin = copy.deepcopy(model)
     cfg = config(method)
@@ -263,6 +265,11 @@ def test_a_history_round_trips_through_json_and_csv(tiny_tokenizer, tmp_path):
     for name in ("runs.json", "runs.csv"):
         back = History.load(h.save(tmp_path / name))
         assert [x.to_dict() for x in back.experiments] == [x.to_dict() for x in h.experiments], name
+    assert e.prune_config() == p.config and e.prune_config(target=0.5).target == 0.5  # settings back
+    e2 = Experiment.from_what_if(predicted, model="tiny")
+    assert e2.kind == "what-if" and e2.predicted_ppl == predicted.ppl and e2.measured is None
+    uploaded = Experiment("prune", {**p.config.to_dict(), "calibration": {"file": "x.txt", "sha256": "0"}}, 1, 0.5)
+    assert uploaded.prune_config().calibration == pruner.PruneConfig.calibration
     rows = h.rows()
     assert rows[0]["method"] == "uniform" and rows[1]["measured_ppl"] is None
     more = History.load(tmp_path / "runs.csv")

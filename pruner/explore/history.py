@@ -17,6 +17,7 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from pruner.config import PruneConfig
 from pruner.errors import DataError
 
 #: The kinds of runs the studio records.
@@ -59,6 +60,23 @@ class Experiment:
                    fraction=total / r["original_params"]["total"], model=r.get("source", ""), predicted=predicted,
                    measured=measured, seconds=float(r.get("seconds_total", 0.0)),
                    widths=list(r.get("final_widths") or []), notes=notes)
+
+    @classmethod
+    def from_what_if(cls, what_if, model: str = "", notes: str = "") -> Experiment:
+        """A what-if kept as an experiment of kind ``what-if`` (a prediction, nothing measured)."""
+        return cls(kind="what-if", settings=dict(what_if.settings), params=what_if.params,
+                   fraction=what_if.fraction, model=model, predicted=dict(what_if.perplexity),
+                   seconds=what_if.seconds, widths=list(what_if.widths), notes=notes)
+
+    def prune_config(self, **overrides) -> PruneConfig:
+        """The run's settings as a :class:`PruneConfig` ("load these settings back"): fields a config does not
+        have are left out, and a calibration described by its facts (an uploaded text) becomes the default
+        corpus — the text itself is not in the history."""
+        known = {f.name for f in fields(PruneConfig)}
+        kw = {k: v for k, v in self.settings.items() if k in known}
+        if not isinstance(kw.get("calibration", ""), str):
+            kw.pop("calibration")
+        return PruneConfig(**{**kw, **overrides})
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -148,7 +148,7 @@ def estimate_seconds(explorer: Explorer, grid: Sequence[PruneConfig]) -> float:
     per_plan = 3 * (time.perf_counter() - t0)  # the score policy ranks units: a few times the plain plan
     total, needed = 0.0, set()
     for cfg in grid:
-        method = p._planner(cfg).method
+        method = p.planner_for(cfg).method
         needed.add((method.measured_criterion, method.sensitivity_levels))
         total += 1.1 * forward + _plans_per_point(cfg) * per_plan
     for criterion, levels in needed:

@@ -86,8 +86,7 @@ def plan_masks(pruner: Pruner, schedule: Schedule, scores: UnitScores,
                config: PruneConfig | None = None) -> dict[int, LayerMask]:
     """The masks (by layer index of the model now) that make the model behave as if ``schedule`` had been cut:
     each step simulated by its method on the scores of the units that survive the steps before, composed."""
-    planner = pruner.planner if config is None else pruner._planner(config)
-    method, geo = planner.method, pruner.geo
+    method, geo = pruner.planner_for(config).method, pruner.geo
     widths = pruner.widths()
     alive = list(range(len(widths)))  # the layers not skipped, in the numbering of the model now
     out: dict[int, LayerMask] = {}
@@ -124,7 +123,7 @@ class Explorer:
                     should_stop: Callable[[], bool] | None = None) -> Importance:
         """The importance a plan of ``config`` is made from, measured once per criterion (and sensitivity levels):
         what the session's next :meth:`~pruner.Pruner.measure` would measure for that method."""
-        method = self.pruner._planner(self.config_for(config)).method
+        method = self.pruner.planner_for(config).method
         return self._measure(method.measured_criterion, method.sensitivity_levels, should_stop)
 
     def has_measurement(self, criterion: str | None, levels: tuple | None = None) -> bool:

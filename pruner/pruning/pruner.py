@@ -133,6 +133,10 @@ class Pruner:
     def _planner(self, config: PruneConfig) -> Planner:
         return Planner(self.geo, self.origin.widths, self.fixed_params, config, self.origin.params["total"])
 
+    def planner_for(self, config: PruneConfig | None = None) -> Planner:
+        """The planner of ``config`` (default: the session's) over this model, e.g. to ask its method something."""
+        return self.planner if config is None else self._planner(config)
+
     def _refresh(self) -> None:
         """Re-read the shape facts after a change of the model (new biases, fewer layers) and re-plan with them."""
         self.geo = geometry(self.model, self.adapter)
