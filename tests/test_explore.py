@@ -165,7 +165,8 @@ def test_sensitivity_equals_the_loss_of_the_layer_really_cut(tiny_tokenizer):
         gone = copy.deepcopy(model)
         apply_patch(gone, build_layer_removal(gone, [li]))
         assert math.isclose(table.increase[li][3], mean_loss(gone, windows, 4) - table.base_loss, abs_tol=1e-5)
-    report = Explorer(p, SAMPLE).sensitivity()
+    report = Explorer(p, SAMPLE).sensitivity()  # the unit scores, then the table: the importance pass's own
+    assert report.table.increase == table.increase and report.table.removed == table.removed
     assert report.correlation == {k: spearman(imp.layer_importance, [r[i] for r in table.increase])
                                   for i, k in enumerate(["0.25", "0.5", "0.75", "1"])}
 

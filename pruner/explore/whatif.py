@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from pruner.config import PruneConfig
-from pruner.errors import AllocationError
+from pruner.errors import AllocationError, ConfigError
 from pruner.evaluation.perplexity import format_perplexity, perplexity
 from pruner.importance.measure import Importance, measure_importance
 from pruner.importance.sensitivity import LEVELS, Sensitivity, measure_sensitivity
 from pruner.methods import UnitScores
-from pruner.methods.sensitivity import SensitivityAllocation
 from pruner.model.masking import LayerMask, compose, masked
 from pruner.pruning.planner import Schedule
 from pruner.pruning.pruner import Pruner
@@ -132,18 +131,30 @@ class Explorer:
             criterion is None or (crit == criterion and levels is None) for crit, _ in self._measured)
 
     def _measure(self, criterion: str | None, levels: tuple | None,
-                 should_stop: Callable[[], bool] | None = None) -> Importance:
+                 should_stop: Callable[[], bool] | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> Importance:
         key = (criterion, levels)
-        if key not in self._measured:
-            for (crit, _levels), imp in self._measured.items():
-                # the layer cosines come with every measurement; a measurement with a table has the scores too
-                if criterion is None or (crit == criterion and levels is None):
-                    return imp
-            p = self.pruner
-            windows = p.calibration(len(p.record.steps))
-            self._measured[key] = measure_importance(p.model, windows, criterion, p.config.batch_size, should_stop,
-                                                     checkpoint=p.config.checkpoint, sensitivity_levels=levels)
-        return self._measured[key]
+        if key in self._measured:
+            return self._measured[key]
+        for (crit, _levels), imp in self._measured.items():
+            # the layer cosines come with every measurement; a measurement with a table has the scores too
+            if criterion is None or (crit == criterion and levels is None):
+                return imp
+        p = self.pruner
+        windows = p.calibration(len(p.record.steps))
+        if levels is None:
+            imp = measure_importance(p.model, windows, criterion, p.config.batch_size, should_stop,
+                                     checkpoint=p.config.checkpoint)
+        else:  # the unit scores once, then the table on the same windows: what an importance pass with levels does
+            base = self._measure(criterion, None, should_stop)
+            if base.group_scores is None:
+                raise ConfigError("The sensitivity table ranks units by their scores: it needs a unit criterion")
+            table = measure_sensitivity(p.model, windows, base.group_scores, base.channel_scores, levels,
+                                        p.config.batch_size, should_stop, progress)
+            table.units = {"criterion": criterion}
+            imp = replace(base, sensitivity=table, seconds=base.seconds + table.seconds)
+        self._measured[key] = imp
+        return imp
 
     def remember(self, importance: Importance, sensitivity_levels: tuple | None = None) -> None:
         """Use an importance measured elsewhere (e.g. the studio's last measurement) for its criterion."""
@@ -203,17 +214,9 @@ class Explorer:
         """The per-layer sensitivity table on the calibration sample (units ranked by the session's criterion),
         beside the paper's layer importance and their rank correlation per level. At the sensitivity method's
         levels it is the very table that method allocates with (measured once for both)."""
-        criterion = self.pruner.config.criterion
         levels = tuple(float(v) for v in levels)
-        if levels == SensitivityAllocation.sensitivity_levels:  # the method's own table
-            imp = self._measure(criterion, levels, should_stop)
-            table = imp.sensitivity
-        else:
-            imp = self._measure(criterion, None, should_stop)
-            p = self.pruner
-            table = measure_sensitivity(p.model, p.calibration(len(p.record.steps)), imp.group_scores,
-                                        imp.channel_scores, levels, p.config.batch_size, should_stop, progress)
-            table.units = {"criterion": criterion}
+        imp = self._measure(self.pruner.config.criterion, levels, should_stop, progress)
+        table = imp.sensitivity
         return SensitivityReport(table, list(imp.layer_importance), table.correlation(imp.layer_importance))
 
 
