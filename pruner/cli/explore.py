@@ -116,7 +116,11 @@ def run(args) -> int:
         print(f"note: {note}")
     report = {"sweep": sweep.to_dict(), "settings": base.to_dict(), "model": str(args.model)}
     if args.sensitivity:
-        sens = explorer.sensitivity(progress=lambda i, n: None)
+        def scan(i, n):
+            if i % 10 == 0 or i == n:
+                log(f"  sensitivity: {i}/{n} masked passes")
+
+        sens = explorer.sensitivity(progress=scan)
         print(sensitivity_text(sens))
         report["sensitivity"] = sens.to_dict()
     log(f"{len(sweep.points)} points in {sweep.seconds:.1f} s (estimated {sweep.estimated_seconds:.0f} s)")

@@ -106,6 +106,6 @@ class SensitivityAllocation(Method):
         requested = [s + (1.0 - s) * x for s, x in zip(sparsity, share, strict=True)]
         alloc = clip_allocation(requested, sparsity, c.max_sparsity)
         new, floored = self.widths_for(alloc, widths, scores, c.attention)
-        decision = {"predicted_loss_increase": predicted, "layer_share": share,
-                    "base_loss": table.base_loss, "levels": list(table.levels)}
+        decision = {"predicted_loss_increase": predicted, "layer_share": share, "base_loss": table.base_loss,
+                    "levels": list(table.levels), "loss_increase": table.increase, "removed_share": table.removed}
         return self._step(index, fraction, alloc, new, floored, scores, units, decision)
