@@ -126,7 +126,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("pruner.config",),
     ("pruner.pruning",),
     ("pruner.io", "pruner.evaluation"),
-    ("pruner.export",),
+    ("pruner.export", "pruner.explore"),
     ("pruner.training",),
     ("pruner.cli", "pruner.testing", "pruner.__main__", "pruner"),
     ("visualizations",),

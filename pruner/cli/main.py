@@ -1,4 +1,4 @@
-"""Command line: ``python -m pruner {prune,info,eval,export,accel,fetch,plan-memory} ...`` (installed: ``adapt-pruner ...``).
+"""Command line: ``python -m pruner {prune,info,eval,export,accel,fetch,plan-memory,explore} ...`` (installed: ``adapt-pruner ...``).
 
 Each sub-command lives in its own module under :mod:`pruner.cli.main`; this module only assembles the parser
 and turns the library's errors (:class:`pruner.PrunerError`) into one line on stderr and exit code 2.
@@ -10,11 +10,11 @@ import argparse
 
 import torch
 
-from pruner.cli import accel, evaluate, export, fetch, plan, prune  # noqa: the sub-command modules
+from pruner.cli import accel, evaluate, explore, export, fetch, plan, prune  # noqa: F401  (the sub-commands)
 from pruner.cli.common import log
 from pruner.errors import PrunerError
 
-COMMANDS = (prune, evaluate, export, accel, fetch, plan)
+COMMANDS = (prune, evaluate, export, accel, fetch, plan, explore)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,6 +34,7 @@ from torch import nn
 
 from pruner.errors import Cancelled, ConfigError, ResourceError
 from pruner.importance.lean import causal_lm_loss, checkpointed
+from pruner.importance.sensitivity import Sensitivity, measure_sensitivity
 from pruner.model.adapters import GROUP_ROLES, Adapter, adapter_for, role_sizes
 from pruner.model.structure import Geometry, LayerWidths, geometry, layer_widths_of
 from pruner.runtime.memory import MemoryWatch, tame_allocator, touch_weights
@@ -54,6 +55,7 @@ class Importance:
     seconds: float = 0.0
     memory: dict | None = None  # peak memory of the pass and what it is made of (see measure_importance)
     stats: list[dict] | None = field(default=None, repr=False)  # per layer, criterion-specific (fluctuation)
+    sensitivity: Sensitivity | None = field(default=None, repr=False)  # per-layer loss increase, when asked
 
 
 def normalise_importance(values: list[float]) -> list[float]:
@@ -326,9 +328,11 @@ def measure_importance(
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
     checkpoint: bool = True,
+    sensitivity_levels: tuple[float, ...] | None = None,
 ) -> Importance:
     """Measure layer importance and unit importance on calibration windows ``[n, T]`` (``criterion=None``: the
-    layer importance only, one forward pass, no unit scores).
+    layer importance only, one forward pass, no unit scores). With ``sensitivity_levels`` the same windows also
+    give the per-layer sensitivity table (:mod:`pruner.importance.sensitivity`: units masked lowest score first).
 
     Leaves weights, ``requires_grad`` flags and ``.grad`` exactly as they were (grads are freed afterwards).
     """
@@ -357,12 +361,19 @@ def measure_importance(
     finally:
         for h in handles:
             h.remove()
+    memory = _memory_report(model, watch, prunable if needs_grad else [], windows, batch_size)
+    table = None
+    if sensitivity_levels is not None:
+        if units[0] is None:
+            raise ConfigError("The sensitivity table ranks units by their scores: it needs a unit criterion")
+        table = measure_sensitivity(model, windows, units[0], units[1], sensitivity_levels, batch_size, should_stop)
+        table.units = {"criterion": criterion}
     cos = (cosines.sum / max(n_tok, 1)).tolist()
     imp = [-c for c in cos]
     return Importance(layer_cos=cos, layer_importance=imp, layer_importance_norm=normalise_importance(imp),
                       group_scores=units[0], channel_scores=units[1], criterion=criterion, tokens=n_tok,
-                      loss=loss, seconds=time.perf_counter() - t0, stats=units[2],
-                      memory=_memory_report(model, watch, prunable if needs_grad else [], windows, batch_size))
+                      loss=loss, seconds=time.perf_counter() - t0, stats=units[2], memory=memory,
+                      sensitivity=table)
 
 
 @torch.no_grad()

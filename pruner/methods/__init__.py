@@ -11,6 +11,7 @@ from pruner.methods import (  # noqa: F401  (register)
     custom,
     flap,
     llm_pruner,
+    sensitivity,
     shortgpt,
     slicegpt,
     uniform,

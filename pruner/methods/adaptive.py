@@ -14,6 +14,7 @@ class Adaptive(IncrementalMethod):
     name = "adaptive"
     title = "Adapt-Pruner"
     summary = "Adapt-Pruner layer-wise adaptive allocation (arXiv 2502.03460)"
+    tunes = ("amplitude", "step", "attention")
 
     def allocate(self, sparsity, scores, fraction):
         c = self.config

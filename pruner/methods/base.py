@@ -18,7 +18,9 @@ from typing import ClassVar
 import torch
 
 from pruner.errors import AllocationError, ConfigError
+from pruner.importance.sensitivity import Sensitivity
 from pruner.methods.allocation import Allocation, plan_widths, plan_widths_by_score
+from pruner.model.masking import LayerMask
 from pruner.model.structure import Geometry, LayerWidths, group_rows
 
 
@@ -45,6 +47,7 @@ class UnitScores:
     channel_scores: list[torch.Tensor] | None  # per layer: one score per current MLP channel
     layer_cos: list[float] | None = None
     stats: list[dict] | None = None  # per layer: criterion statistics per current input (fluctuation)
+    sensitivity: Sensitivity | None = None  # per layer: the loss increase of pruning it alone (sensitivity)
 
     @classmethod
     def of(cls, importance) -> UnitScores:
@@ -54,7 +57,8 @@ class UnitScores:
         g, c = importance.group_scores, importance.channel_scores
         return cls(list(importance.layer_importance_norm), list(g) if g is not None else None,
                    list(c) if c is not None else None, list(importance.layer_cos),
-                   list(importance.stats) if importance.stats is not None else None)
+                   list(importance.stats) if importance.stats is not None else None,
+                   getattr(importance, "sensitivity", None))
 
     @property
     def has_units(self) -> bool:
@@ -72,7 +76,7 @@ class UnitScores:
         return UnitScores(self.layer_importance_norm,
                           [g[list(k)] for g, k in zip(self.group_scores, keep_groups, strict=True)],
                           [c[list(k)] for c, k in zip(self.channel_scores, keep_channels, strict=True)],
-                          self.layer_cos, stats)
+                          self.layer_cos, stats, self.sensitivity)
 
     def without_layers(self, remove: Sequence[int]) -> UnitScores:
         """The same measurement for the layers that remain after depth pruning."""
@@ -82,7 +86,8 @@ class UnitScores:
             return None if values is None else [v for li, v in enumerate(values) if li not in gone]
 
         return UnitScores(keep(self.layer_importance_norm), keep(self.group_scores), keep(self.channel_scores),
-                          keep(self.layer_cos), keep(self.stats))
+                          keep(self.layer_cos), keep(self.stats),
+                          self.sensitivity.without_layers(remove) if self.sensitivity is not None else None)
 
 
 @dataclass
@@ -176,6 +181,11 @@ class Method:
     """Can prune again a model it has pruned (SliceGPT slices the residual stream once)."""
     measured_by_the_cut: ClassVar[tuple[str, ...]] = ()
     """Keys the cut itself adds to the step's ``decision`` (SliceGPT: the variance its PCAs kept), beyond the plan's."""
+    tunes: ClassVar[tuple[str, ...]] = ()
+    """The settings besides the target that change its plan, among those a sweep varies (``amplitude``,
+    ``step``, ``attention``): a sweep plans each method once per combination of these only."""
+    sensitivity_levels: ClassVar[tuple[float, ...] | None] = None
+    """Levels of the per-layer sensitivity table its importance pass measures (None: none needed)."""
 
     def __init__(self, config, geo: Geometry, original: Sequence[LayerWidths], fixed_params: int):
         self.config = config
@@ -238,6 +248,17 @@ class Method:
         """The budget fractions the method can take, when they are discrete (whole layers); None: any in [0, 1]."""
         return None
 
+    # ------------------------------------------------------------------ simulating a plan
+    def simulate(self, step: PlannedStep, widths: Sequence[LayerWidths], scores: UnitScores) -> dict[int, LayerMask]:
+        """The step as masks over the model before it (``widths``; ``scores``: the measurement it was planned on):
+        what :func:`pruner.model.masking.masked` needs to evaluate the model as if the step had been cut. The units
+        a step removes are masked (zeroed); a method that cuts differently says so here."""
+        if step.keep_groups is None or step.keep_channels is None:
+            raise AllocationError("Measure importance first: the plan does not say which units go")
+        return {li: LayerMask(list(g), list(c))
+                for li, (g, c, w) in enumerate(zip(step.keep_groups, step.keep_channels, widths, strict=True))
+                if len(g) != w.num_kv_heads or len(c) != w.intermediate_size}
+
     # ------------------------------------------------------------------ planning
     def plan(self, sparsity: Sequence[float], widths: Sequence[LayerWidths], scores: UnitScores,
              fraction: float = 1.0, index: int = 0, units: bool = True) -> PlannedStep:
@@ -276,6 +297,7 @@ class IncrementalMethod(Method):
     incremental = True
     baseline = False
     uses_attention_policy = True
+    tunes = ("step", "attention")
 
     def allocate(self, sparsity: Sequence[float], scores: UnitScores, fraction: float) -> Allocation:
         raise NotImplementedError

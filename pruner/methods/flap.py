@@ -148,6 +148,15 @@ class FLAP(Method):
         low = [LayerWidths(self.geo.n_rep, 1, min(ch, w.intermediate_size)) for w in widths]
         return self.params_of(low, self.result_geo), f"FLAP keeps {self.floor_text}"
 
+    def simulate(self, step, widths, scores):
+        """The removed units masked, and with the bias compensation every removed o_proj / down_proj input
+        replaced by its calibration mean (what the compensating bias adds back)."""
+        masks = super().simulate(step, widths, scores)
+        if step.compensate:
+            for li, m in masks.items():
+                m.o_fill, m.down_fill = scores.stats[li]["o_mean"], scores.stats[li]["down_mean"]
+        return masks
+
     def plan(self, sparsity, widths, scores, fraction=1.0, index=0, units=True):
         c = self.config
         if scores.stats is None:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pruner.errors import AllocationError, ConfigError
 from pruner.methods.allocation import Allocation
 from pruner.methods.base import Method, PlannedStep, register
+from pruner.model.masking import LayerMask
 
 
 def block_influence(layer_cos: Sequence[float]) -> list[float]:
@@ -53,6 +54,10 @@ class ShortGPT(Method):
     def fractions(self, widths):
         last = len(widths) - 1
         return [n / last for n in range(1, last + 1)] if last else []
+
+    def simulate(self, step, widths, scores):
+        """The removed layers skipped: each hands its input on unchanged."""
+        return {li: LayerMask(skip=True) for li in step.remove_layers}
 
     def plan(self, sparsity, widths, scores, fraction=1.0, index=0, units=True):
         """Remove the ``round(f·(L − 1))`` layers of lowest Block Influence."""

@@ -98,3 +98,9 @@ class SliceGPT(Method):
         sp = list(sparsity)
         return PlannedStep(index, fraction, Allocation(sp, list(sp)), list(widths), [], params, method=self.name,
                            slice_width=d, decision=decision)
+
+    def simulate(self, step, widths, scores):
+        """Not by masks: SliceGPT rotates the residual stream by the PCA its cut computes, which no mask of the
+        unrotated model reproduces; measure it by pruning a copy (``adapt-pruner prune``, the Compare tab)."""
+        raise ConfigError("A what-if of SliceGPT needs its rotation, which only the cut computes: prune a copy "
+                          "with --method slicegpt (or in the Compare tab) to measure it")

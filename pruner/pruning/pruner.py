@@ -77,6 +77,10 @@ class Pruner:
     def _planner(self, config: PruneConfig) -> Planner:
         return Planner(self.geo, self.origin.widths, self.fixed_params, config, self.origin.params["total"])
 
+    def planner_for(self, config: PruneConfig | None = None) -> Planner:
+        """The planner of ``config`` (default: the session's) over this model, e.g. to ask its method something."""
+        return self.planner if config is None else self._planner(config)
+
     def _refresh(self) -> None:
         """Re-read the shape facts after a change of the model (new biases, fewer layers) and re-plan with them."""
         self.geo = geometry(self.model, self.adapter)
@@ -145,9 +149,10 @@ class Pruner:
         method (ShortGPT) measures the layers only."""
         idx = len(self.record.steps) if step_index is None else step_index
         windows = self.calibration(idx)
-        return measure_importance(self.model, windows, self.planner.method.measured_criterion, self.config.batch_size,
-                                  should_stop,
-                                  checkpoint=self.config.checkpoint)
+        method = self.planner.method
+        return measure_importance(self.model, windows, method.measured_criterion, self.config.batch_size,
+                                  should_stop, checkpoint=self.config.checkpoint,
+                                  sensitivity_levels=method.sensitivity_levels)
 
     @property
     def _held(self) -> tuple[Importance, UnitScores] | None:

@@ -1,0 +1,180 @@
+"""Benchmark (issue 23): what the schedule explorer costs, and how good its estimate is.
+
+Two steps, each writing JSON (run them one at a time on a quiet machine)::
+
+    # 1. costs on the default model: one what-if vs a plain forward over the same evaluation tokens, a 30-point
+    #    sweep from one importance measurement per criterion, the sensitivity scan (30 layers × 4 levels)
+    .venv/bin/python benchmarks/explore.py cost --model default --out benchmarks/results/explore_cost.json
+    # 2. the estimate against real runs: adaptive at A ∈ {0, 0.02, 0.05, 0.1} at 80 %, every other method at 80 %,
+    #    adaptive at 90 and 70 % (12 real runs, about 7 minutes each on a 2-core CPU; --resume continues)
+    .venv/bin/python benchmarks/explore.py correlation --model default --out benchmarks/results/explore_corr.json
+
+Predicted: the what-if on the explorer's sample (WikiText-2 validation, first 4,096 tokens, 128-token windows).
+Measured: the real run (importance re-measured before every sub-step, as the method does), WikiText-2 test at 128-
+and 512-token windows (first 32,768 tokens, no BOS, as ``compare_methods.py``), and the explorer's own validation
+sample. Spearman's ρ between predicted and each measured perplexity is in the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+import pruner
+from pruner.explore import EvalSample, Explorer, run_sweep, sweep_grid
+from pruner.importance.sensitivity import spearman
+
+PPL_TOKENS = 32_768
+BASELINES_80 = ("uniform", "llm-pruner", "flap", "shortgpt", "wanda-sp", "sensitivity")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_average": list(os.getloadavg()), "torch": torch.__version__}
+
+
+def write(path: str, data: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=1))
+
+
+def thirty_points(base: pruner.PruneConfig) -> list[pruner.PruneConfig]:
+    """6 methods × 3 targets, adaptive at A ∈ {0, 0.05, 0.1} × 3 targets, adaptive proportional × 3 targets."""
+    targets = [0.9, 0.8, 0.7]
+    grid = sweep_grid(base, ["adaptive", "uniform", "llm-pruner", "flap", "shortgpt", "wanda-sp"], targets)
+    grid += sweep_grid(base, ["adaptive"], targets, amplitudes=[0.0, 0.05, 0.1])
+    grid += sweep_grid(base, ["adaptive"], targets, policies=["proportional"])
+    return grid
+
+
+def cost(args) -> int:
+    model, tok = pruner.load_model(args.model, device=args.device)
+    base = pruner.PruneConfig(target=0.8)
+    sample = EvalSample(max_tokens=args.eval_tokens, window=args.eval_window)
+    out = {"model": args.model, "sample": sample.to_dict(), "machine_before": machine()}
+    ex = Explorer(pruner.Pruner(model, tok, base), sample)
+    t0 = time.perf_counter()
+    ex.measurement(base)
+    out["importance_seconds"] = time.perf_counter() - t0
+    plan = ex.plan(base)
+    forwards, whatifs = [], []
+    for i in range(args.repeats):  # alternate, so both see the same load
+        forwards.append(ex._perplexity(None)["seconds"])
+        whatifs.append(ex.what_if(plan, base).seconds)
+        log(f"repeat {i + 1}: forward {forwards[-1]:.2f} s, what-if {whatifs[-1]:.2f} s")
+    out["forward_seconds"], out["what_if_seconds"] = forwards, whatifs
+    out["what_if_over_forward"] = min(whatifs) / min(forwards)
+    log(f"what-if / plain forward: {out['what_if_over_forward']:.3f} (best of {args.repeats})")
+
+    fresh = Explorer(pruner.Pruner(model, tok, base), sample)  # the sweep's own measurements included
+    grid = thirty_points(base)
+    t0 = time.perf_counter()
+    sweep = run_sweep(fresh, grid, progress=lambda p, i, n: log(f"  sweep {i}/{n}: {p.settings['method']} "
+                                                                  f"{p.settings['target']} ppl {p.perplexity}"))
+    out["sweep"] = {"points": len(grid), "seconds": time.perf_counter() - t0,
+                    "estimated_seconds": sweep.estimated_seconds, "result": sweep.to_dict()}
+    log(f"sweep of {len(grid)} points: {out['sweep']['seconds']:.0f} s (estimated {sweep.estimated_seconds:.0f} s)")
+
+    t0 = time.perf_counter()
+    report = fresh.sensitivity()
+    out["sensitivity"] = {"seconds_with_measurement": time.perf_counter() - t0,
+                          "seconds_scan": report.table.seconds, "layers": len(report.table.increase),
+                          "levels": report.table.levels, "report": report.to_dict()}
+    log(f"sensitivity scan: {report.table.seconds:.0f} s ({len(report.table.increase)} layers × "
+        f"{len(report.table.levels)} levels); Spearman ρ per level {report.correlation}")
+    out["machine_after"] = machine()
+    write(args.out, out)
+    return 0
+
+
+def runs(base: pruner.PruneConfig) -> list[pruner.PruneConfig]:
+    """The issue's ≥ 10 real runs."""
+    out = [replace(base, amplitude=a) for a in (0.0, 0.02, 0.05, 0.1)]
+    out += [pruner.PruneConfig(**{**base.to_dict(), "method": m, "criterion": None}) for m in BASELINES_80]
+    out += [replace(base, target=t) for t in (0.9, 0.7)]
+    return out
+
+
+def key_of(cfg: pruner.PruneConfig) -> str:
+    return f"{cfg.method}-{cfg.target:g}-A{cfg.amplitude:g}"
+
+
+def correlation(args) -> int:
+    base = pruner.PruneConfig(target=0.8, method="adaptive", amplitude=0.02)
+    sample = EvalSample(max_tokens=args.eval_tokens, window=args.eval_window)
+    done = json.loads(Path(args.out).read_text()) if args.resume and Path(args.out).exists() else {}
+    results = done.get("runs", {})
+    model, tok = pruner.load_model(args.model, device=args.device)
+    configs = runs(base)
+    if "predicted" not in done:
+        ex = Explorer(pruner.Pruner(model, tok, base), sample)
+        done["predicted"] = {key_of(c): ex.what_if(config=c).to_dict() for c in configs}
+        done["baseline"] = ex.baseline()
+        done["machine"] = machine()
+        write(args.out, done)
+    del model
+    for cfg in configs:
+        k = key_of(cfg)
+        if k in results:
+            continue
+        model, tok = pruner.load_model(args.model, device=args.device)
+        p = pruner.Pruner(model, tok, cfg)
+        t0 = time.perf_counter()
+        p.run()
+        sec = time.perf_counter() - t0
+        measured = {str(w): pruner.perplexity(model, tok, "wikitext2", "test", window=w, max_tokens=PPL_TOKENS)
+                    for w in (128, 512)}
+        measured["sample"] = pruner.perplexity(model, tok, sample.dataset, sample.split, window=sample.window,
+                                               max_tokens=sample.max_tokens)
+        results[k] = {"config": cfg.to_dict(), "params": p.params_total(), "prune_seconds": sec,
+                      "measured": measured, "load_average": list(os.getloadavg())}
+        log(f"{k}: predicted {done['predicted'][k]['perplexity']['perplexity']:.2f}, measured test-512 "
+            f"{measured['512']['perplexity']:.2f} ({sec:.0f} s)")
+        done["runs"] = results
+        write(args.out, done)
+        del model
+    keys = [key_of(c) for c in configs if key_of(c) in results]
+    pred = [done["predicted"][k]["perplexity"]["perplexity"] for k in keys]
+    done["spearman"] = {w: spearman(pred, [results[k]["measured"][w]["perplexity"] for k in keys])
+                        for w in ("128", "512", "sample")}
+    log(f"Spearman ρ predicted vs measured over {len(keys)} runs: {done['spearman']}")
+    write(args.out, done)
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name, fn in (("cost", cost), ("correlation", correlation)):
+        p = sub.add_parser(name)
+        p.add_argument("--model", default="default")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--threads", type=int, default=None)
+        p.add_argument("--eval-tokens", type=int, default=4096)
+        p.add_argument("--eval-window", type=int, default=128)
+        p.add_argument("--out", required=True)
+        if name == "cost":
+            p.add_argument("--repeats", type=int, default=3)
+        else:
+            p.add_argument("--resume", action="store_true")
+        p.set_defaults(func=fn)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

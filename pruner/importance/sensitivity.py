@@ -1,0 +1,187 @@
+"""Per-layer sensitivity: the loss increase when only one layer is pruned — the oracle beside the heuristic.
+
+For every decoder layer and every level ``p`` (default 25 / 50 / 75 % of the layer's prunable parameters, and 1:
+the whole block), the layer's units of lowest score per parameter are masked (:mod:`pruner.model.masking`; KV
+groups and MLP channels ranked together, as the ``score`` attention policy does) until ``p`` of its prunable
+parameters are gone — level 1 skips the whole block — and the mean causal-LM loss on the calibration windows is
+compared with the unpruned loss. Nothing is cut: the model afterwards is the model before.
+
+It costs ``layers × levels + 1`` forward passes over the windows (no backward). The table is what the
+``sensitivity`` method allocates with (:mod:`pruner.methods.sensitivity`), measured in its importance pass, and what
+the explorer shows beside the paper's layer importance (their rank correlation: :func:`spearman`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from pruner.errors import Cancelled, ConfigError
+from pruner.model.adapters import adapter_for
+from pruner.model.masking import LayerMask, masked
+from pruner.model.structure import Geometry, geometry, layer_widths_of
+
+#: The default levels: 25 / 50 / 75 % of a layer's prunable parameters, and the whole block.
+LEVELS = (0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass
+class Sensitivity:
+    """The loss increase of pruning one layer at a time. ``increase[l][k]``: layer ``l`` at ``levels[k]``;
+    ``removed[l][k]``: the share of the layer's prunable parameters actually masked (whole units; 1.0 for the
+    whole block)."""
+
+    levels: list[float]
+    base_loss: float
+    increase: list[list[float]]
+    removed: list[list[float]]
+    tokens: int = 0
+    seconds: float = 0.0
+    units: dict = field(default_factory=dict)  # how the units were ranked (criterion), for the record
+
+    def curve(self, layer: int) -> tuple[list[float], list[float]]:
+        """The layer's points ``(removed share, loss increase)`` from ``(0, 0)``, sorted by share."""
+        pts = sorted({0.0: 0.0, **dict(zip(self.removed[layer], self.increase[layer], strict=True))}.items())
+        return [x for x, _ in pts], [y for _, y in pts]
+
+    def without_layers(self, remove: Sequence[int]) -> Sensitivity:
+        gone = set(remove)
+        keep = [li for li in range(len(self.increase)) if li not in gone]
+        return Sensitivity(list(self.levels), self.base_loss, [self.increase[li] for li in keep],
+                           [self.removed[li] for li in keep], self.tokens, self.seconds, dict(self.units))
+
+    def correlation(self, layer_importance: Sequence[float]) -> dict[str, float | None]:
+        """Spearman's rank correlation of every level's column with the paper's layer importance ``I_l``."""
+        return {f"{lv:g}": spearman(layer_importance, [row[k] for row in self.increase])
+                for k, lv in enumerate(self.levels)}
+
+    def to_dict(self) -> dict:
+        return {"levels": self.levels, "base_loss": self.base_loss, "increase": self.increase,
+                "removed": self.removed, "tokens": self.tokens, "seconds": self.seconds, "units": self.units}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Sensitivity:
+        return cls(list(d["levels"]), float(d["base_loss"]), [list(r) for r in d["increase"]],
+                   [list(r) for r in d["removed"]], int(d.get("tokens", 0)), float(d.get("seconds", 0.0)),
+                   dict(d.get("units", {})))
+
+
+def ranks(values: Sequence[float]) -> list[float]:
+    """Ranks from 1, ties sharing their average rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman's rank correlation (Pearson on average ranks); None when it is undefined (fewer than 2 values or
+    a constant side)."""
+    if len(a) != len(b):
+        raise ValueError(f"spearman needs two sequences of one length ({len(a)} vs {len(b)})")
+    if len(a) < 2:
+        return None
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    va, vb = sum((x - ma) ** 2 for x in ra), sum((y - mb) ** 2 for y in rb)
+    return None if va == 0 or vb == 0 else cov / math.sqrt(va * vb)
+
+
+def lowest_units(geo: Geometry, group_scores: torch.Tensor, channel_scores: torch.Tensor,
+                 share: float) -> tuple[list[int], list[int], float]:
+    """The units a layer keeps when ``share`` of its prunable parameters go, lowest score per parameter first
+    (groups and channels ranked together; ties: groups first, then the lower index); one group and one channel
+    always stay. Returns ``(keep_groups, keep_channels, share actually removed)``."""
+    G, C = geo.params_per_group, geo.params_per_channel
+    n_g, n_c = group_scores.numel(), channel_scores.numel()
+    total = n_g * G + n_c * C
+    units = sorted([(float(s) / G, 0, i) for i, s in enumerate(group_scores)]
+                   + [(float(s) / C, 1, i) for i, s in enumerate(channel_scores)])
+    gone_g, gone_c, removed, budget = set(), set(), 0, share * total
+    for _, kind, i in units:
+        cost = G if kind == 0 else C
+        if removed + cost / 2 > budget:
+            continue  # a cheaper unit further down may still fit
+        if kind == 0 and len(gone_g) < n_g - 1:
+            gone_g.add(i)
+            removed += cost
+        elif kind == 1 and len(gone_c) < n_c - 1:
+            gone_c.add(i)
+            removed += cost
+    return ([i for i in range(n_g) if i not in gone_g], [i for i in range(n_c) if i not in gone_c],
+            removed / total)
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, windows: torch.Tensor, batch_size: int = 8,
+              should_stop: Callable[[], bool] | None = None) -> float:
+    """The mean next-token loss over windows ``[n, T]`` (every window weighing the same)."""
+    device = next(model.parameters()).device
+    total = 0.0
+    for i in range(0, windows.shape[0], batch_size):
+        if should_stop is not None and should_stop():
+            raise Cancelled("sensitivity cancelled")
+        batch = windows[i : i + batch_size].to(device)
+        logits = model(input_ids=batch, use_cache=False).logits.float()
+        loss = nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        total += float(loss) * batch.shape[0]
+    return total / windows.shape[0]
+
+
+def measure_sensitivity(model: nn.Module, windows: torch.Tensor, group_scores: Sequence[torch.Tensor],
+                        channel_scores: Sequence[torch.Tensor], levels: Sequence[float] = LEVELS,
+                        batch_size: int = 8, should_stop: Callable[[], bool] | None = None,
+                        progress: Callable[[int, int], None] | None = None) -> Sensitivity:
+    """Measure the :class:`Sensitivity` table on ``windows`` with the given unit scores (one per current unit of
+    every layer). A level of 1 skips the whole block. The model is left exactly as it was."""
+    levels = [float(v) for v in levels]
+    if not levels or any(not 0 < v <= 1 for v in levels):
+        raise ConfigError(f"Sensitivity levels must lie in (0, 1], got {levels}")
+    adapter = adapter_for(model)
+    geo = geometry(model, adapter)
+    layers = adapter.layers(model)
+    if len(group_scores) != len(layers) or len(channel_scores) != len(layers):
+        raise ConfigError(f"One set of unit scores per layer is needed ({len(layers)})")
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        base = mean_loss(model, windows, batch_size, should_stop)
+        increase, removed = [], []
+        done, todo = 0, len(layers) * len(levels)
+        for li, layer in enumerate(layers):
+            w = layer_widths_of(layer, adapter, geo)
+            if group_scores[li].numel() != w.num_kv_heads or channel_scores[li].numel() != w.intermediate_size:
+                raise ConfigError(f"layer {li}: the unit scores do not match its widths")
+            row_inc, row_rem = [], []
+            for lv in levels:
+                if lv >= 1.0:
+                    mask, share = LayerMask(skip=True), 1.0
+                else:
+                    g, c, share = lowest_units(geo, group_scores[li], channel_scores[li], lv)
+                    mask = LayerMask(g, c)
+                with masked(model, {li: mask}, adapter):
+                    loss = mean_loss(model, windows, batch_size, should_stop)
+                row_inc.append(loss - base)
+                row_rem.append(share)
+                done += 1
+                if progress is not None:
+                    progress(done, todo)
+            increase.append(row_inc)
+            removed.append(row_rem)
+    finally:
+        model.train(was_training)
+    return Sensitivity(levels, base, increase, removed, int(windows.numel()), time.perf_counter() - t0)
