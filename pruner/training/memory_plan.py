@@ -263,13 +263,12 @@ def _load(shape: ModelShape, dt: torch.dtype, dev: torch.device) -> Phase:
     b = dt.itemsize
     parts = {**_baseline(shape, dev, working=False), "weights": shape.params_total * b}
     stored = _resolve_dtype(shape.stored_dtype, dev) if shape.stored_dtype else dt
+    converting = shape.params_total * stored.itemsize if stored != dt else 0  # the file's pages stay mapped
     host = 0
-    if stored != dt:  # the file's pages stay mapped while its tensors are converted
-        converting = shape.params_total * stored.itemsize
-        if dev.type == "cuda":
-            host = converting + shape.params_total * b
-        else:
-            parts[f"{str(stored).replace('torch.', '')} file mapped"] = converting
+    if dev.type == "cuda":  # loaded on the host first, then moved
+        host = converting + shape.params_total * b
+    elif converting:
+        parts[f"{str(stored).replace('torch.', '')} file mapped"] = converting
     return Phase("load", sum(parts.values()), parts, host)
 
 
