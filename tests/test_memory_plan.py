@@ -102,6 +102,8 @@ def test_each_setting_moves_its_phase():
     sharded = plan_memory(shape, "float32", "cpu", "1GB", processes=2)
     key = "weights, gradients, AdamW moments"
     assert sharded.phase("training").parts[key] * 2 == base.phase("training").parts[key]
+    fsdp = plan_memory(shape, "bfloat16", "cuda:0", "1GB", processes=2).phase("training")  # accelerate upcasts
+    assert fsdp.parts[key] == 4 * shape.params_total * 4 // 2 and fsdp.host_bytes == 2 * shape.params_total * 2
 
 
 def test_fits_follows_the_capacity_and_cuda_keeps_the_snapshot_on_the_host():

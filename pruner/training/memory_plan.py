@@ -20,8 +20,9 @@ The phases (bytes on the device; on a CPU the whole process's resident set):
 * **surgery**: weights, the new parts of the cut layers and the slices the undo keeps (together about the
   prunable parts once), plus the undo history (``keep_history`` × step × prunable parts).
 * **training** (recovery, AdamW, no activation checkpointing): weights, gradients and two AdamW moments in the
-  weights' dtype (divided over the processes under FSDP full shard), the activations of one micro-batch, the
-  float32 logits and their loss; Adapt-Accel's per-stage snapshot (host memory).
+  weights' dtype (under FSDP full shard: float32, as accelerate upcasts them for mixed precision, divided over the
+  processes, plus one gathered layer), the activations of one micro-batch, the float32 logits and their loss;
+  Adapt-Accel's per-stage snapshot and, under FSDP, the plain model waiting on the host.
 
 Calibration: the CPU process baseline (``RUNTIME_BYTES`` + ``TOKENIZER_BYTES_PER_ENTRY`` × vocabulary +
 ``WORKING_BYTES``) is fitted to the RSS before the importance pass of the default model, Gemma-3-270M and
@@ -263,13 +264,12 @@ def _load(shape: ModelShape, dt: torch.dtype, dev: torch.device) -> Phase:
     b = dt.itemsize
     parts = {**_baseline(shape, dev, working=False), "weights": shape.params_total * b}
     stored = _resolve_dtype(shape.stored_dtype, dev) if shape.stored_dtype else dt
+    converting = shape.params_total * stored.itemsize if stored != dt else 0  # the file's pages stay mapped
     host = 0
-    if stored != dt:  # the file's pages stay mapped while its tensors are converted
-        converting = shape.params_total * stored.itemsize
-        if dev.type == "cuda":
-            host = converting + shape.params_total * b
-        else:
-            parts[f"{str(stored).replace('torch.', '')} file mapped"] = converting
+    if dev.type == "cuda":  # loaded on the host first, then moved
+        host = converting + shape.params_total * b
+    elif converting:
+        parts[f"{str(stored).replace('torch.', '')} file mapped"] = converting
     return Phase("load", sum(parts.values()), parts, host)
 
 
@@ -306,19 +306,22 @@ def _training(shape: ModelShape, trained: ModelShape, dt: torch.dtype, dev: torc
     act = 2 if mixed else b  # autocast computes in 16 bits on CUDA; on a CPU "auto" is no mixed precision
     tokens = cfg.batch_size * cfg.seq_len  # one micro-batch
     parts = _baseline(shape, dev, working=True)
-    parts["weights, gradients, AdamW moments"] = 4 * trained.params_total * b // processes
-    if processes > 1:  # FSDP gathers a whole layer's weights (and reduces its gradients) at a time
-        parts["gathered layer"] = 2 * trained.params_layer_max * b
+    # FSDP with mixed precision keeps the sharded weights in float32 (accelerate upcasts them) and gathers one whole
+    # layer's weights in 16 bits at a time (and reduces its gradients)
+    state_b = 4 if processes > 1 and mixed else b
+    parts["weights, gradients, AdamW moments"] = 4 * trained.params_total * state_b // processes
+    if processes > 1:
+        parts["gathered layer"] = 2 * trained.params_layer_max * act
     per_token_layer = (10 * trained.hidden_size * trained.layers + 4 * trained.intermediate_total
                        + (0 if dev.type == "cuda" else 2 * cfg.seq_len * trained.heads_total))
     parts["activations"] = tokens * per_token_layer * act
     parts["logits and loss"] = tokens * trained.vocab_size * (act + 12)  # float32 copy, log-softmax, gradient
     if teacher:
         parts["teacher"] = shape.params_total * b + tokens * shape.vocab_size * (act + 4)
-    host = 0
+    host = trained.params_total * b if processes > 1 else 0  # FSDP: the plain model waits on the host
     if snapshot:  # Adapt-Accel's copy of the model at the stage's start, restored on cancel (on the host)
         if dev.type == "cuda":
-            host = shape.params_total * b
+            host += shape.params_total * b
         else:
             parts["stage snapshot"] = shape.params_total * b
     return Phase("training", sum(parts.values()), parts, host)
