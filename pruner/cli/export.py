@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from pruner.cli.common import add_model_args, log
-from pruner.io.outputs import check_output_folder
+from pruner.io.outputs import check_no_alias, check_output_folder
 
 
 def register(sub) -> None:
@@ -80,6 +80,7 @@ def run(args) -> int:
     if src.exists() and _overlaps(src, out):
         raise ExportError(f"--out '{out}' is the model's own folder (or inside or around it): exporting there would "
                           "replace the source, and its pruning record, while it is read; choose another folder")
+    check_no_alias({"--report": args.report}, {"--out": args.out}, {})  # a report inside --out would be replaced
     report = read_report(args.report) if args.report else None
     record = read_record(src) if src.is_dir() else None
     if record is None and isinstance(report, dict) and isinstance(report.get("record"), dict):

@@ -210,7 +210,8 @@ def iter_accel(
     if state.initial is None and cfg.eval_initial and not state.stages:
         state.initial = {"params": count_parameters(model)["total"], "perplexity": _evaluate(model, tokenizer, cfg, acc)}
     yield AccelStart(plan, count_parameters(model), original, data.describe(), schedule.to_dict(), state.initial,
-                     state.completed_stages if resume is not None else None, acc.num_processes, str(acc.device))
+                     state.completed_stages if resume is not None else None, acc.num_processes, str(acc.device),
+                     cfg.tokens)
 
     for st in plan[state.completed_stages:]:
         k = st["stage"]
