@@ -198,7 +198,7 @@ def _finish(args, model, tok, record, interrupted: bool) -> int:
         log(f"saved to {saved}")
     interrupted = signals.pending() or interrupted
     ppl = []
-    if not interrupted and not record.stopped:
+    if not interrupted:  # a stalled or missed run's model is complete: it is measured too
         try:
             ppl = perplexities(model, tok, args)
         except KeyboardInterrupt:
