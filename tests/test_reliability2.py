@@ -110,6 +110,16 @@ def test_an_accel_checkpoint_on_a_full_disk_keeps_the_stage_and_leaves_no_tmp(fo
     assert count_parameters(model)["total"] < count_parameters(tiny_model("llama"))["total"]
 
 
+def test_an_export_failing_with_a_writers_own_error_is_one_line(folder, tmp_path, capsys, monkeypatch):
+    from safetensors import SafetensorError
+
+    _fail_once("safetensors.torch.save_file", SafetensorError("I/O error: No space left on device (os error 28)"),
+               monkeypatch)
+    code, err = cli(capsys, "export", "--model", folder, "--format", "hf", "--out", tmp_path / "exp", "--no-verify")
+    assert code == 1 and "No space left" in one_error_line(err) and "unchanged" in err
+    assert not (tmp_path / "exp").exists() and leftovers(tmp_path) == []
+
+
 # ---------------------------------------------------------------- 2. SIGTERM is Ctrl-C; a save is never cut short
 
 

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from pruner.cli.common import add_model_args, log
+from pruner.errors import PrunerError
 from pruner.io.outputs import check_no_alias, check_output_folder
 
 
@@ -87,15 +88,23 @@ def run(args) -> int:
         record = report["record"]
     model, tok = _load_source(args.model, args.device, args.dtype)
     common = dict(source=args.model, record=record, report=report, force=args.force, verify=not args.no_verify)
+    try:
+        summary = (export_hf if args.format == "hf" else export_gguf)(
+            model, tok, out, **common, **({} if args.format == "hf" else {"dtype": args.gguf_dtype}))
+    except PrunerError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a writer's own error (safetensors, gguf, a full disk)
+        text = (getattr(exc, "strerror", None) or str(exc)).strip()
+        log(f"error: writing the export to '{out}' failed ({text.splitlines()[0] if text else type(exc).__name__}); "
+            f"nothing half-written was left there and the source '{args.model}' is unchanged")
+        return 1
     if args.format == "hf":
-        summary = export_hf(model, tok, out, **common)
         log(f"wrote {out} ({'per-layer widths: adapt_pruned config + remote code' if summary['remote_code'] else 'uniform widths: plain architecture, no remote code'})")
         if "verify" in summary:
             v = summary["verify"]
             log(f"check: reloaded with AutoModelForCausalLM, max |Δlogit| {v['max_abs_logit_diff']:.2e} "
                 f"(largest |logit| {v['max_abs_logit']:.1f}, {v['tokens']} tokens, {v['dtype']})")
     else:
-        summary = export_gguf(model, tok, out, dtype=args.gguf_dtype, **common)
         log(f"wrote {summary['path']} (arch {summary['arch']}, {summary['dtype']}, tokenizer {summary['tokenizer']})")
         for note in summary["notes"]:
             log(f"note: {note}")
