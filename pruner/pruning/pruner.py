@@ -433,13 +433,14 @@ class Pruner:
 
     def _missed(self, target: int) -> str:
         """Why a run that ended without a cancel is not at its target ("" when it is): ``max_steps`` ran out
-        first, or a sub-step cut below the target by more than the tolerance (a method of discrete fractions,
-        ShortGPT's whole layers, lands where its layers allow)."""
+        first, or a sub-step cut below the target by more than the tolerance or one KV group, whichever is larger
+        (a method of discrete fractions, ShortGPT's whole layers, lands where its layers allow)."""
         now, total0 = self.params_total(), self.origin.params["total"]
         if not self.reached():
             return (f"max_steps: {self.config.max_steps} sub-steps ran out at {now / total0:.1%} of the original, "
                     f"before the target ({target / total0:.1%}); raise max_steps or the per-step budget")
-        if now < target - self.planner.tolerance and self.planner.method.fractions(self.widths()) is None:
+        slack = max(self.planner.tolerance, self.geo.params_per_group)  # a KV group: the coarsest width unit
+        if now < target - slack and self.planner.method.fractions(self.widths()) is None:
             return (f"missed: the last sub-step cut to {now / total0:.1%} of the original, below the target "
                     f"({target / total0:.1%}) by more than the tolerance; a smaller amplitude or per-step budget "
                     "lands closer")
