@@ -199,6 +199,24 @@ def test_a_second_ctrl_c_while_stopping_is_one_line_and_the_save_completes(folde
     assert json.loads((tmp_path / "out" / "pruning_record.json").read_text())["stopped"] == "interrupted"
 
 
+def test_sigterm_while_an_accel_checkpoint_is_written_finishes_it(folder, tmp_path, capsys, monkeypatch,
+                                                                   sigterm_guard):
+    import safetensors.torch
+
+    real = safetensors.torch.save_file
+
+    def save_file(state, path, *a, **k):
+        if str(path).endswith("optimizer.safetensors"):
+            os.kill(os.getpid(), signal.SIGTERM)  # half-way through the first checkpoint
+        return real(state, path, *a, **k)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    code, err = cli(capsys, "accel", "--model", folder, *ACCEL, "--out", tmp_path / "run")
+    assert code == 130 and "finishing the checkpoint first" in err and "--resume" in err and "Traceback" not in err
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["stage_01"] and (ckpts / "stage_01" / "state.json").is_file()
+
+
 # ---------------------------------------------------------------- 3. --force removes exactly what we wrote
 
 

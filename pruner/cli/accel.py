@@ -182,7 +182,9 @@ def _run_stages(model, tok, cfg, args, acc, teacher, resume, say) -> dict | None
 
     t0 = time.perf_counter()
     report, total_steps = None, 1
-    for ev in iter_accel(model, tok, cfg, out_dir=args.out, accelerator=acc, teacher=teacher, resume=resume):
+    guard = lambda: signals.deferred("the checkpoint")  # noqa: E731 - a checkpoint is never cut short
+    for ev in iter_accel(model, tok, cfg, out_dir=args.out, accelerator=acc, teacher=teacher, resume=resume,
+                         checkpoint_guard=guard):
         if isinstance(ev, AccelStart):
             total_steps = ev.schedule["total_steps"]
             say(_plan_line(ev))
@@ -205,6 +207,8 @@ def _run_stages(model, tok, cfg, args, acc, teacher, resume, say) -> dict | None
                 f"perplexity {format_perplexity(ev.perplexity)}")
         elif isinstance(ev, CheckpointSaved):
             say(f"checkpoint: {ev.path}")
+            if signals.pending():  # Ctrl-C or SIGTERM arrived while it was written: stop here, like Ctrl-C
+                raise KeyboardInterrupt
         elif isinstance(ev, AccelCancelled):
             say(ev.message)
         elif isinstance(ev, AccelDone):
