@@ -10,7 +10,7 @@ WikiText-2 test perplexity (512-token windows, no BOS, the first ``--eval-max-to
 stage and ``--final-eval-max-tokens`` at the end), training tokens/s and peak memory per run. The JSON file is
 rewritten after every run, so an interrupted benchmark keeps the finished runs.
 
-CPU budget used for the figures in docs/accel.md and the README (under an hour on a quiet 2-core machine)::
+CPU budget used for the figures in docs/accel.md and the README (under an hour on a 2-core machine)::
 
     .venv/bin/python benchmarks/accel_compare.py --tokens 131072 --stages 5 --lr 1e-4 \\
         --n-windows 16 --window 128 --eval-max-tokens 4096 --final-eval-max-tokens 32768 \\

@@ -1,5 +1,3 @@
-import sys
+from pruner.cli.main import main_exit
 
-from pruner.cli.main import main
-
-sys.exit(main())
+main_exit()

@@ -7,6 +7,7 @@ here; where the studio deliberately differs it says so in ``studio/settings.py``
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -100,6 +101,27 @@ class PruneConfig:
     faster where memory is plentiful."""
 
     def __post_init__(self) -> None:
+        # types first: a string or a bool that happens to convert would fail later with a raw TypeError
+        for name in ("target", "amplitude", "step", "max_sparsity"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise ConfigError(f"{name} must be a number, got {v!r} ({type(v).__name__})")
+        for name in ("min_channels", "multiple", "n_windows", "window", "batch_size", "seed", "max_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise ConfigError(f"{name} must be a whole number, got {v!r} ({type(v).__name__})")
+            setattr(self, name, int(v))
+        for name in ("remeasure", "checkpoint", "bias_compensation"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        for name in ("method", "attention", "calibration"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if not 0 <= self.seed < 2**62:
+            raise ConfigError(f"The seed must be a whole number from 0 to 2**62 - 1 (each sub-step draws with seed + "
+                              f"its index), got {self.seed}")
+        if self.max_steps < 1:
+            raise ConfigError(f"max_steps must be ≥ 1, got {self.max_steps}")
         t = _finite("The target", self.target)
         if t <= 0:
             raise ConfigError(f"The target must be > 0 (a fraction of the original size or a parameter count), got {t}")
@@ -125,6 +147,10 @@ class PruneConfig:
             raise ConfigError("min_channels and multiple must be ≥ 1")
         if self.calibration not in CORPORA:
             path = Path(self.calibration).expanduser()
+            if path.exists() and not path.is_file():
+                raise ConfigError(f"The calibration text '{self.calibration}' is "
+                                  f"{'a folder' if path.is_dir() else 'not a regular file (a pipe or device)'}; "
+                                  "name a text file")
             if not path.is_file():
                 raise ConfigError(f"No such calibration text file: '{self.calibration}' (or use one of "
                                   f"{', '.join(CORPORA)})" if ("/" in self.calibration or path.suffix) else

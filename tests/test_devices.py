@@ -100,11 +100,20 @@ def test_a_dispatched_model_measures_prunes_and_generates_like_the_plain_one(tin
 
 
 def test_load_model_with_a_device_map_prunes_and_reloads(tiny_tokenizer, tmp_path):
-    model = tiny_model("qwen2")
-    pruner.save_pruned(model, tiny_tokenizer, tmp_path / "m")
-    mapped, tok = pruner.load_model(tmp_path / "m", device_map="auto", progress=None)  # one CPU here: no hooks
-    pruner.Pruner(mapped, tok, pruner.PruneConfig(target=0.8, n_windows=4, window=32, calibration="wikitext2")).run()
-    assert pruner.count_parameters(mapped)["total"] < pruner.count_parameters(model)["total"]
+    pruner.save_pruned(tiny_model("qwen2"), tiny_tokenizer, tmp_path / "m")
+    mapped, tok = pruner.load_model(tmp_path / "m", device_map="auto", progress=None)
+    _dispatched(mapped)  # one CPU here, so dispatch attached nothing: the hooks a multi-device placement adds
+    assert all(hasattr(layer, "_hf_hook") for layer in mapped.model.layers)
+    plain, _ = pruner.load_model(tmp_path / "m", progress=None)
+    cfg = pruner.PruneConfig(target=0.8, n_windows=4, window=32, calibration="wikitext2")
+    for m in (mapped, plain):
+        pruner.Pruner(m, tok, cfg).run()
+    assert layer_widths(mapped) == layer_widths(plain) != layer_widths(tiny_model("qwen2"))
+    pruner.save_pruned(mapped, tok, tmp_path / "pruned")  # saved through the hooks ...
+    again, _ = pruner.load_model(tmp_path / "pruned", device_map="auto", progress=None)  # ... and reloaded
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    torch.testing.assert_close(mapped(ids).logits, plain(ids).logits, rtol=0, atol=0)
+    torch.testing.assert_close(again(ids).logits, plain(ids).logits, rtol=0, atol=0)
     from pruner.runtime.devices import dispatch
 
     plain = tiny_model("llama")

@@ -11,6 +11,7 @@ import torch
 
 from pruner.export import ExportError, export_gguf, load_gguf_model, read_gguf
 from pruner.export.gguf import _gguf_tensors, permute_qk, unpermute_qk, write_gguf
+from pruner.io.outputs import MANIFEST
 from pruner.model.structure import layer_widths
 from pruner.testing import random_windows, tiny_model, uneven_model
 
@@ -122,7 +123,7 @@ def test_export_gguf_folder_card_and_agreement(tmp_path, tiny_tokenizer, dtype):
     model = uneven("llama")
     summary = export_gguf(model, tiny_tokenizer, tmp_path / "out", dtype=dtype)
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert files == ["README.md", f"out-{dtype}.gguf"]
+    assert files == [MANIFEST, "README.md", f"out-{dtype}.gguf"]  # the manifest: what --force may replace
     back = read_gguf(summary["path"])
     kinds = {v["type"] for k, v in back["tensors"].items() if k.endswith("_norm.weight")}
     assert kinds == {"F32"}  # 1-D tensors stay float32

@@ -36,13 +36,16 @@ def test_the_first_planned_step_is_the_next_real_step(arch, method, attention, t
         assert plan.reached and plan.steps and not plan.steps[0].estimate
         assert all(s.estimate for s in plan.steps[1:])  # later ones reuse today's scores
         first = plan.steps[0]
+        kept_before = list(p.origin.kept_layers)
         rec = p.step(importance=imp)
+        # what the model and the pruner's state are now, not the record's copies of the step's own plan
         assert layer_widths(p.model) == first.widths
-        assert rec.params_total == first.params
-        assert rec.allocated_sparsity == first.sparsity
-        assert rec.fraction == first.fraction
+        assert pruner.count_parameters(p.model)["total"] == first.params
+        assert p.sparsity == first.sparsity  # where the next sub-step starts from
+        assert [li for li in kept_before if li not in p.origin.kept_layers] == [kept_before[i] for i in
+                                                                                 first.remove_layers]
         cut = method_class(method).measured_by_the_cut  # what the cut measures (SliceGPT's variance kept)
-        assert rec.removed_layers == first.remove_layers
+        assert rec.fraction == first.fraction
         assert {k: v for k, v in rec.decision.items() if k not in cut} == first.decision and set(cut) <= set(rec.decision)
         if not method_class(method).repeatable:
             break
@@ -64,6 +67,7 @@ def test_with_importance_held_fixed_the_plan_is_the_run(arch, method, attention,
     assert layer_widths(model) == plan.steps[-1].widths
     assert [r.params_total for r in steps] == [s.params for s in plan.steps]
     assert [r.allocated_sparsity for r in steps] == [s.sparsity for s in plan.steps]
+    assert p.sparsity == plan.steps[-1].sparsity and pruner.count_parameters(model)["total"] == plan.steps[-1].params
     total0 = p.origin.params["total"]
     target = round(0.7 * total0)
     tol = target_tolerance(total0)

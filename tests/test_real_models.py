@@ -22,8 +22,37 @@ def fetched(request):
     return name
 
 
+#: The llama.cpp architecture each fetched model's dense GGUF export is written as; None: refused (no layout).
+DENSE_GGUF = {"qwen2.5-0.5b": "qwen2", "gemma3-270m": None}
+
+
+def _gguf_decision(model) -> str | None:
+    """What the exporter's rule says for this model's widths: an architecture, or None (refused)."""
+    from pruner.export.gguf import gguf_arch
+    from pruner.model.adapters import adapter_for
+    from pruner.model.structure import geometry, layer_widths
+
+    try:
+        return gguf_arch(adapter_for(model), layer_widths(model), geometry(model).head_dim, model.config.hidden_size)
+    except ExportError:
+        return None
+
+
+def _check_gguf(model, tok, out, source, arch: str | None) -> None:
+    """Export a GGUF: written as ``arch`` and read back agreeing with the model; or, for None, refused naming why."""
+    if arch is None:
+        with pytest.raises(ExportError, match="GGUF export") as exc:
+            export_gguf(model, tok, out, dtype="f16", source=source)
+        assert "hf" in str(exc.value)
+        return
+    g = export_gguf(model, tok, out, dtype="f16", source=source)
+    assert g["arch"] == arch and g["verify"]["agreement"] >= 0.8
+
+
 def test_a_real_model_prunes_reloads_generates_and_exports(fetched, tmp_path):
     model, tok = pruner.load_model(fetched, device="cpu", progress=None)
+    assert _gguf_decision(model) == DENSE_GGUF[fetched]
+    _check_gguf(model, tok, tmp_path / "dense-gguf", fetched, DENSE_GGUF[fetched])  # the agreement check runs
     p0 = pruner.count_parameters(model)["total"]
     p = pruner.Pruner(model, tok, pruner.PruneConfig(target=0.97, n_windows=4, window=64, step=0.02))
     rec = p.run()
@@ -38,8 +67,5 @@ def test_a_real_model_prunes_reloads_generates_and_exports(fetched, tmp_path):
         torch.testing.assert_close(again(ids).logits, model(ids).logits, rtol=0, atol=0)
     hf = export_hf(model, tok, tmp_path / "hf", source=fetched)  # verified: reloaded, logits compared
     assert hf["verify"]["max_abs_logit_diff"] < 1e-3 * max(1.0, hf["verify"]["max_abs_logit"])
-    try:
-        g = export_gguf(model, tok, tmp_path / "gguf", dtype="f16", source=fetched)
-        assert g["verify"]["agreement"] >= 0.8
-    except ExportError as exc:  # where llama.cpp cannot hold the widths, the refusal names the reason
-        assert "GGUF export" in str(exc) and "hf" in str(exc)
+    # the pruned model: written and verified where llama.cpp can hold its widths, else refused naming the reason
+    _check_gguf(model, tok, tmp_path / "gguf", fetched, _gguf_decision(model))

@@ -117,7 +117,10 @@ def test_ctrl_c_during_the_final_perplexity_keeps_model_and_report(folder, tmp_p
     code, err = cli(capsys, "prune", "--model", folder, "--target", "0.9", "--out", tmp_path / "out",
                     "--report", tmp_path / "r.json", *PRUNE)
     assert code == 130
-    assert pruner.load_model(tmp_path / "out", progress=None) and json.loads((tmp_path / "r.json").read_text())
+    model, _ = pruner.load_model(tmp_path / "out", progress=None)  # a tuple is always true: check what it holds
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["perplexity"] == [] and report["record"]["final_params"] == count_parameters(model)
+    assert count_parameters(model)["total"] < count_parameters(tiny_model("llama"))["total"]
 
 
 # ---------------------------------------------------------------- 3. a step is atomic, swap and bookkeeping

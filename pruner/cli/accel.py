@@ -13,18 +13,20 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from pruner.cli import signals
 from pruner.cli.common import (
     add_model_args,
     add_ppl_args,
     check_windows,
     log,
     positive_int,
+    save_or_rescue,
     write_report_or_rescue,
 )
 from pruner.config import CRITERIA, INCREMENTAL_METHODS, PruneConfig
 from pruner.errors import OutputError
 from pruner.evaluation.perplexity import PerplexityConfig
-from pruner.io.outputs import check_output_file, check_output_folder
+from pruner.io.outputs import check_no_alias, check_output_file, check_output_folder
 from pruner.training.accel import (
     TOKEN_SCHEDULES,
     AccelCancelled,
@@ -38,6 +40,7 @@ from pruner.training.accel import (
     TrainStep,
 )
 from pruner.training.accel_config import MODES
+from pruner.training.checkpoints import CheckpointWriteError
 from pruner.training.train import MIXED_PRECISION, TrainConfig
 
 P, T, A = PruneConfig, TrainConfig, AccelConfig  # the defaults live on the configs' fields
@@ -77,7 +80,7 @@ def register(sub) -> None:
     a.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     a.add_argument("--keep-checkpoints", type=positive_int, default=A.keep_checkpoints)
     a.add_argument("--report", default=None, help="JSON file for the per-stage record")
-    add_ppl_args(a)
+    add_ppl_args(a, no_ppl=False)  # every stage is evaluated: the record needs its perplexities
     a.set_defaults(ppl_max_tokens=A().eval.max_tokens)
     a.add_argument("--final-ppl-max-tokens", type=positive_int, default=None,
                    help="tokens for the last evaluation (default: --ppl-max-tokens)")
@@ -104,8 +107,11 @@ def config_from_args(args):
 
 def _plan_line(ev: AccelStart) -> str:
     plan, d = ev.plan, ev.data
+    asked, planned = ev.requested_tokens, sum(s["tokens"] for s in plan)
+    rounded = (f" (--tokens {asked:,} rounded to whole optimiser steps)" if asked is not None and asked != planned
+               else "")
     return (f"plan: {len(plan)} stage(s) to {plan[-1]['target_fraction']:.1%} of {ev.original_params:,} parameters, "
-            f"{sum(s['tokens'] for s in plan):,} training tokens ({', '.join(str(s['steps']) for s in plan)} steps); "
+            f"{planned:,} training tokens{rounded} ({', '.join(str(s['steps']) for s in plan)} steps); "
             f"data {d['sources']}: {d['tokens']:,} tokens, {d['paragraphs_removed_for_overlap']} paragraph(s) removed "
             f"for overlap with {d['excluded_overlap_with']}; {ev.processes} process(es) on {ev.device}")
 
@@ -121,13 +127,16 @@ def run(args) -> int:
     from pruner.training.train import make_accelerator
 
     cfg = config_from_args(args)  # settings (target, tokens, …) are checked before anything is loaded
+    check_no_alias({"--model": None if args.resume or args.model == "default" else args.model},
+                   {"--out": args.out}, {"--report": args.report})
     if args.report:
         check_output_file(args.report, "--report file")
-    if args.out and not args.resume:
-        try:
-            check_output_folder(args.out, False, "--out folder")
-        except OutputError as exc:
-            raise OutputError(f"{exc} (to continue the run in it, add --resume)") from None
+    if args.out and not args.resume:  # a run folder is never replaced: a non-empty one is refused either way
+        out = Path(args.out).expanduser()
+        if out.is_dir() and any(out.iterdir()):
+            raise OutputError(f"The --out folder '{out}' exists and is not empty; choose another folder, or add "
+                              "--resume to continue the run in it")
+        check_output_folder(out, False, "--out folder")
     device = pick_device(args.device)  # a device this machine lacks is one line, before anything is loaded
     acc = make_accelerator(cfg.train.mixed_precision, cpu=device.type == "cpu")
     say = log if acc.is_main_process else (lambda _m: None)
@@ -151,12 +160,20 @@ def run(args) -> int:
         teacher, _ = load_model(args.model, device="cpu", dtype=args.dtype, progress=say)
     try:
         report = _run_stages(model, tok, cfg, args, acc, teacher, resume, say)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM
+        signals.stopping()
         last = latest_checkpoint(args.out) if args.out else None
         log("interrupted: the model is back at the end of its last completed stage; "
             + (f"continue with `adapt-pruner accel --out {args.out} --resume` (last checkpoint: {last})" if last else
                "no stage had completed" + ("" if args.out else " and no --out was given, so nothing was saved")))
         return 130
+    except CheckpointWriteError as exc:  # the stage is complete in memory: keep it somewhere
+        log(f"error: {exc}; the run stopped there")
+        saved, _ = save_or_rescue(model, tok, Path(args.out) / "model", None, True, "accel-model")
+        last = latest_checkpoint(args.out)
+        log(("the model at the end of that stage is in " + saved if saved else "that stage's model could not be "
+             "saved") + (f"; the last checkpoint written is {last}" if last else ""))
+        return 1
     return _save_and_report(model, tok, report, args, acc, say)
 
 
@@ -167,7 +184,9 @@ def _run_stages(model, tok, cfg, args, acc, teacher, resume, say) -> dict | None
 
     t0 = time.perf_counter()
     report, total_steps = None, 1
-    for ev in iter_accel(model, tok, cfg, out_dir=args.out, accelerator=acc, teacher=teacher, resume=resume):
+    guard = lambda: signals.deferred("the checkpoint")  # noqa: E731 - a checkpoint is never cut short
+    for ev in iter_accel(model, tok, cfg, out_dir=args.out, accelerator=acc, teacher=teacher, resume=resume,
+                         checkpoint_guard=guard):
         if isinstance(ev, AccelStart):
             total_steps = ev.schedule["total_steps"]
             say(_plan_line(ev))
@@ -190,6 +209,8 @@ def _run_stages(model, tok, cfg, args, acc, teacher, resume, say) -> dict | None
                 f"perplexity {format_perplexity(ev.perplexity)}")
         elif isinstance(ev, CheckpointSaved):
             say(f"checkpoint: {ev.path}")
+            if signals.pending():  # Ctrl-C or SIGTERM arrived while it was written: stop here, like Ctrl-C
+                raise KeyboardInterrupt
         elif isinstance(ev, AccelCancelled):
             say(ev.message)
         elif isinstance(ev, AccelDone):
@@ -199,17 +220,17 @@ def _run_stages(model, tok, cfg, args, acc, teacher, resume, say) -> dict | None
 
 def _save_and_report(model, tok, report, args, acc, say) -> int:
     from pruner.evaluation.perplexity import format_perplexity
-    from pruner.io.models import save_pruned
 
     if report is None:
         return 1
     if acc.is_main_process:
-        if args.out:
-            save_pruned(model, tok, Path(args.out) / "model", overwrite=True)
-            say(f"final model saved to {Path(args.out) / 'model'}")
+        saved, rescued = (save_or_rescue(model, tok, Path(args.out) / "model", None, True, "accel-model")
+                          if args.out else (None, False))
+        if saved:
+            say(f"final model saved to {saved}")
         f = report["final"]
         say(f"done: {f['params']:,} parameters ({f['fraction']:.1%}), perplexity {format_perplexity(f['perplexity'])}, "
             f"{report['seconds_this_run']:.0f} s")
-        _, rescued = write_report_or_rescue(args.report, report, "accel-report")
-        return 1 if rescued else 0
+        _, report_rescued = write_report_or_rescue(args.report, report, "accel-report")
+        return 130 if signals.pending() else 1 if rescued or report_rescued or (args.out and not saved) else 0
     return 0

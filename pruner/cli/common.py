@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from pruner.data import CORPORA
-from pruner.errors import PrunerError
 
 
 def log(msg: str) -> None:
@@ -50,14 +49,16 @@ def window_list(text: str) -> list[int]:
     return out
 
 
-def add_ppl_args(p: argparse.ArgumentParser) -> None:
+def add_ppl_args(p: argparse.ArgumentParser, no_ppl: bool = True) -> None:
+    """The ``--ppl-*`` arguments; ``--no-ppl`` only where a command can do without perplexity."""
     p.add_argument("--ppl-dataset", default="wikitext2",
                    help=f"corpus for perplexity: {', '.join(CORPORA)} or a text file")
     p.add_argument("--ppl-split", default="test", help="split for wikitext2 (valid or test)")
     p.add_argument("--ppl-windows", type=window_list, default=[512], help="comma-separated window lengths, e.g. 128,512")
     p.add_argument("--ppl-max-tokens", type=positive_int, default=None, help="score only the first N tokens (default: all)")
     p.add_argument("--ppl-bos", action="store_true", help="put a BOS token in front of every window")
-    p.add_argument("--no-ppl", action="store_true", help="skip perplexity")
+    if no_ppl:
+        p.add_argument("--no-ppl", action="store_true", help="skip perplexity")
 
 
 def ppl_configs(args) -> list:
@@ -84,10 +85,30 @@ def perplexities(model, tok, args) -> list[dict]:
 
 
 def write_report(path, data: dict) -> None:
+    """Write a report as JSON (the text is made first, so a failure never leaves half a file behind); a report
+    inside a folder this project wrote is added to that folder's manifest."""
+    from pruner.io.outputs import note_written
+
     if path:
+        text = json.dumps(data, indent=1)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(data, indent=1))
+        Path(path).write_text(text)
+        note_written(path)
         log(f"report written to {path}")
+
+
+def check_finite(model, source) -> None:
+    """Refuse a model with NaN or infinite weights (a broken conversion or training run): importance scores and
+    perplexities of it mean nothing, and pruning would only report that a step removes nothing."""
+    import torch
+
+    from pruner.errors import ModelLoadError
+
+    bad = [name for name, p in model.named_parameters() if p.device.type != "meta" and not torch.isfinite(p).all()]
+    if bad:
+        raise ModelLoadError(f"'{source}' has NaN or infinite weights ({', '.join(bad[:3])}"
+                             f"{' …' if len(bad) > 3 else ''}); it cannot be measured or pruned: load a healthy "
+                             "checkpoint")
 
 
 def check_windows(model, **windows: int) -> None:
@@ -101,33 +122,60 @@ def check_windows(model, **windows: int) -> None:
                               "max_position_embeddings); choose at most that")
 
 
-def save_or_rescue(model, tok, out, record, force: bool, name: str) -> tuple[str, bool]:
-    """Save the model to ``out``; when that fails (disk full, the folder vanished), save it to a rescue folder
-    instead and say where. Returns ``(where it was saved, whether the intended place failed)``."""
-    from pruner.io.models import save_pruned
-    from pruner.io.outputs import rescue_folder
+def _why(exc: BaseException) -> str:
+    """One line on why a writer failed (any error type: safetensors' and the tokenizers' own included)."""
+    text = (getattr(exc, "strerror", None) or str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
-    try:
-        save_pruned(model, tok, out, record=record, overwrite=force)
-        return str(out), False
-    except (OSError, PrunerError) as exc:
-        rescue = rescue_folder(name)
-        log(f"error: saving to '{out}' failed ({exc}); saving to '{rescue}' instead")
-        save_pruned(model, tok, rescue, record=record)
-        return str(rescue), True
+
+def save_or_rescue(model, tok, out, record, force: bool, name: str) -> tuple[str | None, bool]:
+    """Save the model to ``out``; when that fails in any way (disk full, the folder vanished, a writer's own
+    error), save it to a rescue folder instead and say where. Ctrl-C and SIGTERM wait until the save is done
+    (:func:`pruner.cli.signals.pending` then says so). Returns ``(where it was saved or None when no place
+    could take it, whether the intended place failed)``."""
+    from pruner.cli import signals
+    from pruner.io.models import save_pruned
+    from pruner.io.outputs import rescue_folders
+
+    with signals.deferred("the save"):
+        try:
+            save_pruned(model, tok, out, record=record, overwrite=force)
+            return str(out), False
+        except Exception as exc:  # noqa: BLE001 - any writer's failure ends in the rescue path
+            why, place = _why(exc), out
+        for rescue in rescue_folders(name):
+            log(f"error: saving to '{place}' failed ({why}); saving to '{rescue}' instead")
+            try:
+                save_pruned(model, tok, rescue, record=record)
+                return str(rescue), True
+            except Exception as exc:  # noqa: BLE001
+                why, place = _why(exc), rescue
+        log(f"error: saving to '{place}' failed ({why}) and no rescue folder could take the model: it was not "
+            "saved")
+        return None, True
 
 
 def write_report_or_rescue(path, data: dict, name: str) -> tuple[str | None, bool]:
-    """Write the report; on failure write it to a rescue file and say where."""
-    from pruner.io.outputs import rescue_folder
+    """Write the report; on any failure write it to a rescue file and say where (Ctrl-C waits until it is
+    written)."""
+    from pruner.cli import signals
+    from pruner.io.outputs import rescue_folders
 
     if not path:
         return None, False
-    try:
-        write_report(path, data)
-        return str(path), False
-    except OSError as exc:
-        rescue = rescue_folder(name).with_suffix(".json")
-        log(f"error: writing the report to '{path}' failed ({exc.strerror or exc}); writing '{rescue}' instead")
-        write_report(rescue, data)
-        return str(rescue), True
+    with signals.deferred("the report"):
+        try:
+            write_report(path, data)
+            return str(path), False
+        except Exception as exc:  # noqa: BLE001
+            why, place = _why(exc), path
+        for rescue in rescue_folders(name):
+            rescue = rescue.with_suffix(".json")
+            log(f"error: writing the report to '{place}' failed ({why}); writing '{rescue}' instead")
+            try:
+                write_report(rescue, data)
+                return str(rescue), True
+            except Exception as exc:  # noqa: BLE001
+                why, place = _why(exc), rescue
+        log(f"error: writing the report to '{place}' failed ({why}) and no rescue file could take it")
+        return None, True

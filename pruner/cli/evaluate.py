@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import math
 
-from pruner.cli.common import add_model_args, add_ppl_args, log, perplexities, positive_int, write_report
+from pruner.cli.common import (
+    add_model_args,
+    add_ppl_args,
+    log,
+    perplexities,
+    positive_int,
+    write_report_or_rescue,
+)
+from pruner.io.outputs import check_no_alias, check_output_file
 
 
 def register(sub) -> None:
@@ -71,6 +79,9 @@ def run(args) -> int:
     tasks = resolve_tasks(args.tasks) if args.tasks else []  # fail on a bad name before loading the model
     if args.limit is not None and args.limit <= 0:
         raise EvalError(f"--limit must be a positive number of examples, got {args.limit}")
+    if args.report:  # checked before the evaluation, whose results would otherwise be lost at the end
+        check_no_alias({"--model": args.model if args.model != "default" else None}, {}, {"--report": args.report})
+        check_output_file(args.report, "--report file")
     model, tok = load_model(args.model, device=args.device, dtype=args.dtype, progress=log, device_map=args.device_map)
     info = describe(model)
     log(f"{args.model}: {info['params']['total']:,} parameters")
@@ -95,5 +106,5 @@ def run(args) -> int:
               f"{eff['settings']['threads']} threads): decode {eff['decode_tokens_per_s']:.1f} tokens/s (batch 1), "
               f"prefill {eff['prefill_tokens_per_s']:.0f} tokens/s (batch {eff['settings']['prefill_batch']} × "
               f"{eff['settings']['prefill_tokens']}), {eff['macs_per_token']['total'] / 1e6:.1f} M MACs/token")
-    write_report(args.report, report)
-    return 0
+    _, rescued = write_report_or_rescue(args.report, report, "eval-report")
+    return 1 if rescued else 0

@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 
 from pruner.cli.common import add_model_args, log
-from pruner.io.outputs import check_output_folder
+from pruner.errors import PrunerError
+from pruner.io.outputs import check_no_alias, check_output_folder
 
 
 def register(sub) -> None:
@@ -80,21 +81,30 @@ def run(args) -> int:
     if src.exists() and _overlaps(src, out):
         raise ExportError(f"--out '{out}' is the model's own folder (or inside or around it): exporting there would "
                           "replace the source, and its pruning record, while it is read; choose another folder")
+    check_no_alias({"--report": args.report}, {"--out": args.out}, {})  # a report inside --out would be replaced
     report = read_report(args.report) if args.report else None
     record = read_record(src) if src.is_dir() else None
     if record is None and isinstance(report, dict) and isinstance(report.get("record"), dict):
         record = report["record"]
     model, tok = _load_source(args.model, args.device, args.dtype)
     common = dict(source=args.model, record=record, report=report, force=args.force, verify=not args.no_verify)
+    try:
+        summary = (export_hf if args.format == "hf" else export_gguf)(
+            model, tok, out, **common, **({} if args.format == "hf" else {"dtype": args.gguf_dtype}))
+    except PrunerError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a writer's own error (safetensors, gguf, a full disk)
+        text = (getattr(exc, "strerror", None) or str(exc)).strip()
+        log(f"error: writing the export to '{out}' failed ({text.splitlines()[0] if text else type(exc).__name__}); "
+            f"nothing half-written was left there and the source '{args.model}' is unchanged")
+        return 1
     if args.format == "hf":
-        summary = export_hf(model, tok, out, **common)
         log(f"wrote {out} ({'per-layer widths: adapt_pruned config + remote code' if summary['remote_code'] else 'uniform widths: plain architecture, no remote code'})")
         if "verify" in summary:
             v = summary["verify"]
             log(f"check: reloaded with AutoModelForCausalLM, max |Δlogit| {v['max_abs_logit_diff']:.2e} "
                 f"(largest |logit| {v['max_abs_logit']:.1f}, {v['tokens']} tokens, {v['dtype']})")
     else:
-        summary = export_gguf(model, tok, out, dtype=args.gguf_dtype, **common)
         log(f"wrote {summary['path']} (arch {summary['arch']}, {summary['dtype']}, tokenizer {summary['tokenizer']})")
         for note in summary["notes"]:
             log(f"note: {note}")

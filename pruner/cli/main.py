@@ -10,7 +10,7 @@ import argparse
 
 import torch
 
-from pruner.cli import accel, evaluate, explore, export, fetch, plan, prune  # noqa: F401  (the sub-commands)
+from pruner.cli import accel, evaluate, explore, export, fetch, plan, prune, signals  # noqa: F401  (the sub-commands)
 from pruner.cli.common import log
 from pruner.errors import PrunerError
 
@@ -28,21 +28,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run one sub-command; its errors become one line on stderr (exit 2), Ctrl-C and SIGTERM exit 130."""
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (PrunerError, FileExistsError, ValueError) as exc:
-        log(f"error: {exc}")
-        return 2
-    except KeyboardInterrupt:
-        log("interrupted: nothing more was written (whatever was saved before the interrupt is complete)")
-        return 130
-    except (MemoryError, torch.OutOfMemoryError) as exc:
-        log(f"error: out of memory ({exc or type(exc).__name__}); reduce the batch size, the number or length of "
-            "windows or sequences, load in bfloat16 (--dtype bfloat16), or use a device with more memory")
-        return 2
+    with signals.handled():
+        try:
+            return args.func(args)
+        except (PrunerError, FileExistsError, ValueError) as exc:
+            log(f"error: {exc}")
+            return 2
+        except KeyboardInterrupt:
+            signals.stopping()
+            log("interrupted: nothing more was written (whatever was saved before the interrupt is complete)")
+            return 130
+        except (MemoryError, torch.OutOfMemoryError) as exc:
+            log(f"error: out of memory ({exc or type(exc).__name__}); reduce the batch size, the number or length "
+                "of windows or sequences, load in bfloat16 (--dtype bfloat16), or use a device with more memory")
+            return 2
 
 
 def main_exit() -> None:
-    """The ``adapt-pruner`` console script."""
-    raise SystemExit(main())
+    """The ``adapt-pruner`` console script (and ``python -m pruner``): once the command has returned, a late
+    Ctrl-C or SIGTERM during the interpreter's shutdown is ignored instead of printing a traceback."""
+    code = main()
+    signals.ignore_from_now()
+    raise SystemExit(code)

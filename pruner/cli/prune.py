@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 import time
 
+from pruner.cli import signals
 from pruner.cli.common import (
     add_model_args,
     add_ppl_args,
+    check_finite,
     check_windows,
     log,
     perplexities,
@@ -25,8 +27,8 @@ from pruner.cli.common import (
 )
 from pruner.config import ATTENTION_POLICIES, CRITERIA, METHODS, PruneConfig
 from pruner.data import CORPORA
-from pruner.errors import ConfigError
-from pruner.io.outputs import check_output_file, check_output_folder
+from pruner.errors import AllocationError, ConfigError
+from pruner.io.outputs import check_no_alias, check_output_file, check_output_folder
 from pruner.methods import method_class
 
 D = PruneConfig  # the defaults live on the config's fields
@@ -127,20 +129,31 @@ def describe_decision(rec) -> str:
     return ""
 
 
+def check_prune_outputs(args) -> None:
+    """Every output of ``prune`` checked before any work: usable, and aliasing neither the model nor each other."""
+    check_no_alias({"--model": args.model if args.model != "default" else None}, {"--out": args.out},
+                   {"--report": args.report})
+    if args.out:
+        check_output_folder(args.out, args.force, "--out folder", "use --force")
+    if args.report:
+        check_output_file(args.report, "--report file")
+
+
 def run(args) -> int:
     from pruner.io.models import describe, load_model
     from pruner.pruning.pruner import Pruner
 
     cfg = config_from_args(args)  # every setting is checked before anything is loaded
-    if args.out:
-        check_output_folder(args.out, args.force, "--out folder", "use --force")
-    if args.report:
-        check_output_file(args.report, "--report file")
+    if args.custom and not method_class(cfg.method).uses_custom:
+        raise ConfigError(f"--custom gives the final per-layer sparsities of --method custom; {cfg.method} allocates "
+                          "its own: drop --custom or use --method custom")
+    check_prune_outputs(args)
     if args.attention and not method_class(cfg.method).uses_attention_policy:
         log(f"note: {cfg.method} splits each layer's budget its own way; --attention ignored")
     t = time.perf_counter()
     model, tok = load_model(args.model, device=args.device, dtype=args.dtype, progress=log, device_map=args.device_map)
     log(f"loaded {args.model} in {time.perf_counter() - t:.1f} s: {describe(model)['params']['total']:,} parameters")
+    check_finite(model, args.model)
     check_windows(model, **{"--window": cfg.window},
                   **({} if args.no_ppl else {"--ppl-windows": max(args.ppl_windows)}))
     # no undo history: a command never undoes, and the history would hold what every sub-step removed
@@ -164,9 +177,15 @@ def _prune(pruner):
     try:
         record = pruner.run(progress=progress)
         interrupted = False
-    except KeyboardInterrupt:  # the step under way is undone (steps are atomic); completed ones stay
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the step under way is undone (steps are atomic)
+        signals.stopping()
         record, interrupted = pruner.record, True
         record.stopped = "interrupted"
+    except AllocationError as exc:  # a stall: the sub-steps done so far are kept, as on Ctrl-C
+        if not pruner.record.steps:
+            raise
+        record, interrupted = pruner.record, False
+        record.stopped = f"stalled: {exc}"
     done = record.final_params["total"] / record.original_params["total"]
     log(f"{'interrupted' if interrupted else 'done'}: {record.final_params['total']:,} parameters ({done:.2%} of "
         f"the original) in {len(record.steps)} sub-steps, {record.seconds_total:.1f} s")
@@ -175,33 +194,37 @@ def _prune(pruner):
 
 def _finish(args, model, tok, record, interrupted: bool) -> int:
     """Save first (a finished prune is never lost to a failing perplexity or report), then perplexity and the
-    report; exit 130 when the run did not reach its target, 1 when something had to go to a rescue path."""
+    report; exit 130 when interrupted (Ctrl-C, SIGTERM), 1 when the run stopped short of its target or something
+    had to go to a rescue path (or could not be saved at all)."""
     from pruner.io.models import describe
 
     saved, rescued = (save_or_rescue(model, tok, args.out, record, args.force, "model") if args.out
                       else (None, False))
     if saved:
         log(f"saved to {saved}")
+    interrupted = signals.pending() or interrupted
     ppl = []
-    if not interrupted:
+    if not interrupted:  # a stalled or missed run's model is complete: it is measured too
         try:
             ppl = perplexities(model, tok, args)
         except KeyboardInterrupt:
+            signals.stopping()
             log("perplexity interrupted: the report has none")
             interrupted = True
     report = {"record": record.to_dict(), "perplexity": ppl, "model": describe(model)}
     _, report_rescued = write_report_or_rescue(args.report, report, "report")
+    interrupted = signals.pending() or interrupted
     if record.stopped:
         frac = record.final_params["total"] / record.original_params["total"]
         target = args.target if args.target < 1 else args.target / record.original_params["total"]
-        log(f"the run stopped at {frac:.1%} of the original (target {target:.1%})"
-            + (f"; the model with its {len(record.steps)} completed sub-step(s) is in {saved}; continue with "
-               f"`adapt-pruner prune --model {saved} --target {args.target} ...`" if saved else "; nothing was saved "
-               "(no --out)"))
+        why = "" if record.stopped == "interrupted" else f" ({record.stopped})"
+        log(f"the run stopped at {frac:.1%} of the original (target {target:.1%}){why}"
+            + (f"; the model with its {len(record.steps)} completed sub-step(s) is in {saved}"
+               + (f"; continue with `adapt-pruner prune --model {saved} --target {args.target} ...`"
+                  if frac > target else "") if saved else "; nothing was saved (no --out)" if not args.out else ""))
+    if interrupted or record.stopped == "interrupted":
         return 130
-    if interrupted:
-        return 130
-    return 1 if rescued or report_rescued else 0
+    return 1 if record.stopped or rescued or report_rescued or (args.out and not saved) else 0
 
 
 def run_info(args) -> int:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from pruner.export.common import ExportError
+from pruner.io.outputs import MANIFEST
 
 
 def push_to_hub(folder: str | os.PathLike, repo: str, private: bool = False) -> str:
@@ -25,7 +26,8 @@ def push_to_hub(folder: str | os.PathLike, repo: str, private: bool = False) -> 
     try:
         url = api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
         api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model",
-                          commit_message="Upload model exported by Adapt-Pruner Studio")
+                          commit_message="Upload model exported by Adapt-Pruner Studio",
+                          ignore_patterns=[MANIFEST])  # the local list of what --force may replace
     except Exception as exc:
         first = (str(exc).splitlines() or [""])[0]
         raise ExportError(f"not pushed to the Hub ({type(exc).__name__}: {first}); check the network and the "

@@ -3,6 +3,7 @@ loading (:mod:`pruner.io.models`), export (:mod:`pruner.export`) and Adapt-Accel
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -52,3 +53,40 @@ def strip_quantization(model) -> None:
             del model.config.quantization_config
         except AttributeError:
             pass
+
+
+_WIDTH_KEYS = ("num_heads", "num_kv_heads", "intermediate_size")
+
+
+def read_widths(folder: str | os.PathLike) -> dict:
+    """``pruned_widths.json`` of a saved folder, checked: a JSON object of this format whose ``layers`` hold the
+    three whole-number widths each and whose ``biases`` (when present) are lists of names per layer. Anything
+    else is one :class:`ModelLoadError` naming the file, never a raw KeyError or TypeError."""
+    path = Path(folder) / WIDTHS_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"'{path}' is not valid JSON ({exc}); the folder cannot be loaded") from exc
+
+    def bad(why: str) -> ModelLoadError:
+        return ModelLoadError(f"'{path}' is damaged: {why}; the folder cannot be loaded")
+
+    if not isinstance(meta, dict):
+        raise bad(f"a JSON object was expected, found a {type(meta).__name__}")
+    if meta.get("format") != FORMAT:
+        raise ModelLoadError(f"'{path}' has format {meta.get('format')!r}, expected {FORMAT!r}")
+    layers = meta.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise bad('"layers" must be a non-empty list of per-layer widths')
+    for i, w in enumerate(layers):
+        if not isinstance(w, dict) or set(w) != set(_WIDTH_KEYS):
+            raise bad(f"layer {i} must hold exactly {', '.join(_WIDTH_KEYS)}, found {w!r}"[:300])
+        if any(isinstance(w[k], bool) or not isinstance(w[k], int) or w[k] < 0 for k in _WIDTH_KEYS):
+            raise bad(f"layer {i}'s widths must be whole numbers ≥ 0, found {w!r}")
+    biases = meta.get("biases")
+    if biases is not None and (not isinstance(biases, list)
+                               or not all(isinstance(b, list) and all(isinstance(x, str) for x in b) for b in biases)):
+        raise bad('"biases" must be a list (one per layer) of lists of projection names')
+    if "origin" in meta and not isinstance(meta["origin"], dict):
+        raise bad('"origin" must be a JSON object')
+    return meta

@@ -36,6 +36,7 @@ from pruner.io.formats import (
     RECORD_FILE,
     WIDTHS_FILE,
     cache_dir,
+    read_widths,
     refuse_pickles,
     strip_quantization,
 )
@@ -158,6 +159,9 @@ def _load(source, device, dtype, progress):
         raise ModelLoadError(f"'{path}' is neither a model folder nor a .gguf file")
     elif src.startswith((".", "/", "~")) or os.sep in src and not _looks_like_hub_id(src):
         raise ModelLoadError(f"No such model folder or file: '{src}'")
+    elif _looks_like_hub_id(src) and Path(src.split("/")[0]).is_dir():  # a mistyped path, not a hub id
+        raise ModelLoadError(f"No such model folder or file: '{src}' (the folder '{src.split('/')[0]}' exists here "
+                             "but holds nothing of that name)")
     where = str(path) if path.is_dir() else src
     try:
         config = AutoConfig.from_pretrained(where)
@@ -173,10 +177,12 @@ def _load(source, device, dtype, progress):
         _check_tokenizer_files(path)
     try:
         # safetensors only: transformers would otherwise fall back to unpickling pytorch_model.bin
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dt, use_safetensors=True)
+        model, info = AutoModelForCausalLM.from_pretrained(where, dtype=dt, use_safetensors=True,
+                                                           output_loading_info=True)
     except Exception as exc:
         raise ModelLoadError(f"Could not load the weights of '{src}' (safetensors only; pickled weights are never "
                              f"loaded): {_first_line(exc)}") from exc
+    _check_loaded(model, info, src, progress)
     try:
         tok = AutoTokenizer.from_pretrained(where)
     except Exception as exc:
@@ -184,6 +190,27 @@ def _load(source, device, dtype, progress):
     strip_quantization(model)
     sync_config(model)
     return model.to(dev).eval(), _finish_tokenizer(tok)
+
+
+def heads_shared(model: nn.Module) -> bool:
+    """Whether the output head is the input embedding itself (tied), whatever the config says."""
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    return out is not None and inp is not None and out.weight is inp.weight
+
+
+def _check_loaded(model: nn.Module, info: dict, src: str, progress) -> None:
+    """Refuse weights that transformers would have initialised at random (missing from the checkpoint), and make
+    the config tell the truth about tied embeddings (a checkpoint with a head of its own stays untied)."""
+    missing = [k for k in info.get("missing_keys") or [] if not (k == "lm_head.weight" and heads_shared(model))]
+    if missing:
+        raise ModelLoadError(f"'{src}' lacks weights the model needs ({', '.join(sorted(missing)[:3])}"
+                             f"{' …' if len(missing) > 3 else ''}): they would be random numbers; use a complete "
+                             "checkpoint")
+    if getattr(model.config, "tie_word_embeddings", False) and not heads_shared(model):
+        model.config.tie_word_embeddings = False
+        if progress:
+            progress(f"note: the config of '{src}' says the embeddings are tied, but its checkpoint has an lm_head "
+                     "of its own: it is kept, untied")
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -242,6 +269,8 @@ def save_pruned(model: nn.Module, tokenizer, out_dir, record=None, overwrite: bo
     try:
         _save_config(model, tmp)
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        if model.get_output_embeddings() is not None:  # the config follows the weights, never the other way
+            model.config.tie_word_embeddings = heads_shared(model)
         if getattr(model.config, "tie_word_embeddings", False):
             state.pop("lm_head.weight", None)  # tied to model.embed_tokens.weight: stored once
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -294,19 +323,13 @@ def load_pruned(folder, device=None, dtype=None):
     folder = Path(folder)
     dev = pick_device(device)
     dt = _resolve_dtype(dtype, dev)
-    try:
-        meta = json.loads((folder / WIDTHS_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"'{folder / WIDTHS_FILE}' is not valid JSON ({exc}); the folder cannot be loaded") \
-            from exc
+    meta = read_widths(folder)
     _check_config_json(folder)
     try:
         config = AutoConfig.from_pretrained(folder)
     except Exception as exc:
         raise ModelLoadError(f"The config.json of '{folder}' cannot be used: {_first_line(exc)}") from exc
     _check_tokenizer_files(folder)
-    if meta.get("format") != FORMAT:
-        raise ModelLoadError(f"'{folder}/{WIDTHS_FILE}' has format {meta.get('format')!r}, expected {FORMAT!r}")
     adapter = adapter_for_config(config)  # UnsupportedArchitectureError names what is supported
     widths = [LayerWidths(**w) for w in meta["layers"]]
     if len(widths) != config.num_hidden_layers:
@@ -344,7 +367,11 @@ def load_pruned(folder, device=None, dtype=None):
     model.to(dev).eval()
     sync_config(model, adapter)
     if "origin" in meta:
-        setattr(model, ORIGIN_ATTR, Origin.from_dict(meta["origin"]))
+        try:
+            setattr(model, ORIGIN_ATTR, Origin.from_dict(meta["origin"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ModelLoadError(f"'{folder / WIDTHS_FILE}': its \"origin\" is damaged ({type(exc).__name__}: "
+                                 f"{exc}); the folder cannot be loaded") from exc
     try:
         tok = AutoTokenizer.from_pretrained(folder)
     except Exception as exc:

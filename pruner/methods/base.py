@@ -169,6 +169,8 @@ class Method:
     step whose budget fraction is bisected to land on the target."""
     uses_attention_policy: ClassVar[bool] = False
     """Splits each layer's budget by :attr:`PruneConfig.attention`; otherwise the method splits it its own way."""
+    uses_custom: ClassVar[bool] = False
+    """Reads :attr:`PruneConfig.custom` (the final per-layer sparsities); other methods allocate their own."""
     layers_only: ClassVar[bool] = False
     """Scores whole layers only (the importance pass measures the layer cosines, no unit scores)."""
     baseline: ClassVar[bool] = True

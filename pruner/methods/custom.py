@@ -16,6 +16,7 @@ class Custom(IncrementalMethod):
     name = "custom"
     title = "Custom"
     summary = "custom per-layer sparsities"
+    uses_custom = True
 
     @classmethod
     def check_config(cls, config) -> None:

@@ -27,7 +27,7 @@ from torch import nn
 
 from pruner.config import PruneConfig
 from pruner.data import CalibrationText, calibration_windows
-from pruner.errors import AllocationError, Cancelled
+from pruner.errors import AllocationError, Cancelled, ConfigError
 from pruner.importance.measure import Importance, measure_importance
 from pruner.model.adapters import adapter_for
 from pruner.model.depth import build_layer_removal
@@ -55,6 +55,14 @@ class Pruner:
 
     def __init__(self, model: nn.Module, tokenizer, config: PruneConfig | None = None, keep_history: int = 3,
                  calibration_text: str | CalibrationText | None = None):
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"Pruner needs a model (torch.nn.Module), got {type(model).__name__}")
+        adapter_for(model)  # an unsupported architecture is named first
+        if tokenizer is None or not callable(tokenizer):
+            raise ConfigError(f"Pruner needs the model's tokenizer (load_model returns both: model, tokenizer = "
+                              f"load_model(...)), got {type(tokenizer).__name__}")
+        if config is not None and not isinstance(config, PruneConfig):
+            raise ConfigError(f"Pruner's config must be a PruneConfig, got {type(config).__name__}")
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or PruneConfig()
@@ -373,7 +381,7 @@ class Pruner:
         A cancel (``should_stop`` returning True) ends the run after the last completed step, with
         ``record.stopped == "cancelled"``; completed steps are kept.
         """
-        self.target_params()  # validates before touching anything
+        target = self.target_params()  # validates before touching anything
         t0 = time.perf_counter()
         self.record.stopped = ""
         try:
@@ -383,11 +391,27 @@ class Pruner:
                 if should_stop is not None and should_stop():
                     raise Cancelled("cancelled")
                 yield self.step(None, should_stop=should_stop)
+            self.record.stopped = self._missed(target)
         except Cancelled:
             self.record.stopped = "cancelled"
         finally:
             self.record.seconds_total += time.perf_counter() - t0
             self._finish_record()
+
+    def _missed(self, target: int) -> str:
+        """Why a run that ended without a cancel is not at its target ("" when it is): ``max_steps`` ran out
+        first, or a sub-step cut below the target by more than the tolerance or one KV group, whichever is larger
+        (a method of discrete fractions, ShortGPT's whole layers, lands where its layers allow)."""
+        now, total0 = self.params_total(), self.origin.params["total"]
+        if not self.reached():
+            return (f"max_steps: {self.config.max_steps} sub-steps ran out at {now / total0:.1%} of the original, "
+                    f"before the target ({target / total0:.1%}); raise max_steps or the per-step budget")
+        slack = max(self.planner.tolerance, self.geo.params_per_group)  # a KV group: the coarsest width unit
+        if now < target - slack and self.planner.method.fractions(self.widths()) is None:
+            return (f"missed: the last sub-step cut to {now / total0:.1%} of the original, below the target "
+                    f"({target / total0:.1%}) by more than the tolerance; a smaller amplitude or per-step budget "
+                    "lands closer")
+        return ""
 
     def run(self, should_stop: Callable[[], bool] | None = None,
             progress: Callable[[StepRecord], None] | None = None) -> PruneRecord:

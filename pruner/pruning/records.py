@@ -54,7 +54,7 @@ class PruneRecord:
     peak_memory_bytes: int | None = None
     peak_memory_kind: str = ""
     device: str = ""
-    stopped: str = ""  # "" (target met), "cancelled", or the error message
+    stopped: str = ""  # "" (target met), "cancelled", "interrupted", or why not: "max_steps: …", "missed: …", "stalled: …"
     source: str = ""  # where the model was loaded from ("default", a folder, a hub id), when known
 
     def to_dict(self) -> dict:

@@ -24,9 +24,11 @@ Studio / notebook use (typed progress events)::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -180,6 +182,7 @@ def iter_accel(
     resume: AccelState | None = None,
     should_stop: Callable[[], bool] | None = None,
     calibration_text: str | CalibrationText | None = None,
+    checkpoint_guard: Callable[[], AbstractContextManager] | None = None,
 ) -> Iterator[AccelEvent]:
     """Run Adapt-Accel on ``model`` in place, yielding typed events: :class:`AccelStart`, then per stage
     :class:`PruneStep` (per sub-step, main process only), :class:`StagePruned`, :class:`TrainStep` (per
@@ -189,7 +192,8 @@ def iter_accel(
     ``resume`` (from :func:`load_checkpoint`, with the checkpoint's model) continues after its last stage.
     With distillation (``config.train.distill_weight > 0``) pass the unpruned ``teacher``. ``calibration_text``
     replaces the shipped calibration corpus (a user's text). An error inside a stage restores the model to the
-    end of the last completed stage before it propagates.
+    end of the last completed stage before it propagates. ``checkpoint_guard`` wraps every checkpoint write (the
+    command line holds Ctrl-C and SIGTERM there, so a checkpoint is never cut short).
     """
     cfg = config or AccelConfig()
     acc = accelerator or make_accelerator(cfg.train.mixed_precision)
@@ -209,7 +213,8 @@ def iter_accel(
     if state.initial is None and cfg.eval_initial and not state.stages:
         state.initial = {"params": count_parameters(model)["total"], "perplexity": _evaluate(model, tokenizer, cfg, acc)}
     yield AccelStart(plan, count_parameters(model), original, data.describe(), schedule.to_dict(), state.initial,
-                     state.completed_stages if resume is not None else None, acc.num_processes, str(acc.device))
+                     state.completed_stages if resume is not None else None, acc.num_processes, str(acc.device),
+                     cfg.tokens)
 
     for st in plan[state.completed_stages:]:
         k = st["stage"]
@@ -228,8 +233,9 @@ def iter_accel(
         del snap
         if out_dir is not None:
             if acc.is_main_process:
-                path = save_checkpoint(Path(out_dir) / "checkpoints" / f"stage_{k:02d}", model, tokenizer, state,
-                                       cfg, outcome)
+                with checkpoint_guard() if checkpoint_guard is not None else contextlib.nullcontext():
+                    path = save_checkpoint(Path(out_dir) / "checkpoints" / f"stage_{k:02d}", model, tokenizer,
+                                           state, cfg, outcome)
                 prune_old_checkpoints(Path(out_dir) / "checkpoints", cfg.keep_checkpoints)
                 yield CheckpointSaved(k, str(path))
             acc.wait_for_everyone()

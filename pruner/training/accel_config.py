@@ -3,6 +3,7 @@ resumed run needs (docs/method.md, section 7)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from pruner.config import INCREMENTAL_METHODS, PruneConfig
@@ -92,6 +93,12 @@ def stage_plan(cfg: AccelConfig, start_params: int, original_params: int, world_
         shares = token_shares(n, cfg.token_schedule)
     else:
         raise ConfigError(f"Unknown mode '{cfg.mode}': use incremental or oneshot")
+    tps = cfg.train.tokens_per_step(world_size)
+    if round(min(shares) * cfg.tokens / tps) < 1:  # steps_for would raise such a stage to one whole step
+        need = math.ceil(0.5 * tps / min(shares))
+        raise ConfigError(f"A training budget of {cfg.tokens:,} tokens gives a stage less than one optimiser step "
+                          f"({tps:,} tokens: sequence length × batch size × gradient accumulation × processes); "
+                          f"ask for at least {need:,} tokens, fewer stages or smaller steps")
     steps = [cfg.train.steps_for(round(s * cfg.tokens), world_size) for s in shares]
     return [{"stage": k + 1, "target_params": p, "target_fraction": p / original_params, "token_share": s,
              "steps": n, "tokens": n * cfg.train.tokens_per_step(world_size)}

@@ -11,13 +11,18 @@ from pathlib import Path
 
 import torch
 
-from pruner.errors import ModelLoadError
+from pruner.errors import ModelLoadError, PrunerError
 from pruner.io.models import load_model, save_pruned
 from pruner.training.accel_config import FORMAT, STATE_FILE, AccelConfig, AccelState
 
 
 class CheckpointError(ModelLoadError):
     """A checkpoint cannot be resumed from (a damaged or foreign state, RNG or model file)."""
+
+
+class CheckpointWriteError(PrunerError, RuntimeError):
+    """A completed stage's checkpoint could not be written (nothing half-written is left); the model in memory is
+    at the end of that stage."""
 
 
 def _rng_tensors() -> dict[str, torch.Tensor]:
@@ -34,28 +39,53 @@ def _python_rng() -> list:
 
 
 def save_checkpoint(folder, model, tokenizer, state: AccelState, cfg: AccelConfig, optimizer_state: dict) -> Path:
-    """Write one stage's checkpoint atomically (temporary folder, then rename)."""
+    """Write one stage's checkpoint atomically (temporary folder, then rename): any failure — a full disk raises
+    safetensors' and the tokenizers' own errors, not only ``OSError`` — removes the temporary folder and raises
+    :class:`CheckpointWriteError`; an interrupt removes it too."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_pruned(model, tokenizer, tmp / "model")
-    save_file(optimizer_state or {"empty": torch.zeros(0)}, str(tmp / "optimizer.safetensors"))
-    save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
-    state.python_rng = _python_rng()
-    (tmp / STATE_FILE).write_text(json.dumps({"format": FORMAT, "config": cfg.to_dict(), "state": state.to_dict()}))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    try:
+        tmp.mkdir(parents=True)
+        save_pruned(model, tokenizer, tmp / "model")
+        save_file(optimizer_state or {"empty": torch.zeros(0)}, str(tmp / "optimizer.safetensors"))
+        save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
+        state.python_rng = _python_rng()
+        (tmp / STATE_FILE).write_text(json.dumps({"format": FORMAT, "config": cfg.to_dict(),
+                                                  "state": state.to_dict()}))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        text = (getattr(exc, "strerror", None) or str(exc)).strip()
+        raise CheckpointWriteError(f"the checkpoint '{folder}' could not be written "
+                                   f"({text.splitlines()[0] if text else type(exc).__name__})") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return folder
+
+
+def stage_number(path: Path) -> int:
+    """The stage of a checkpoint folder ``stage_KK`` as a number (-1 for other names), so that stage 100 sorts
+    after stage 99."""
+    tail = path.name.removeprefix("stage_")
+    return int(tail) if tail.isdigit() else -1
+
+
+def _completed(root: Path) -> list[Path]:
+    """The completed checkpoints under ``root``, oldest stage first (numerically)."""
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.glob("stage_*") if p.is_dir() and stage_number(p) >= 0
+                   and (p / STATE_FILE).is_file()), key=stage_number)
 
 
 def latest_checkpoint(out_dir) -> Path | None:
     """The last completed stage's checkpoint under ``OUT/checkpoints``, or None."""
-    root = Path(out_dir) / "checkpoints"
-    done = sorted(p for p in root.glob("stage_*") if p.is_dir() and not p.name.endswith(".tmp")
-                  and (p / STATE_FILE).is_file()) if root.is_dir() else []
+    done = _completed(Path(out_dir) / "checkpoints")
     return done[-1] if done else None
 
 
@@ -95,6 +125,7 @@ def load_checkpoint(folder, device=None, dtype=None):
 
 
 def prune_old_checkpoints(root: Path, keep: int) -> None:
-    done = sorted(p for p in root.glob("stage_*") if p.is_dir() and not p.name.endswith(".tmp"))
+    """Delete all but the ``keep`` (≥ 1) newest completed checkpoints (by stage number)."""
+    done = _completed(Path(root))
     for p in done[: max(0, len(done) - max(1, keep))]:
         shutil.rmtree(p, ignore_errors=True)

@@ -22,6 +22,7 @@ class AccelStart:
     resumed_after_stage: int | None
     processes: int
     device: str
+    requested_tokens: int | None = None  # the budget asked for (the plan's total is in whole optimiser steps)
 
 
 @dataclass
