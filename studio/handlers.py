@@ -7,6 +7,7 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,20 +17,30 @@ import visualizations as viz
 from pruner import PrunerError, load_model
 from pruner.data import CALIBRATION_CHARS, CalibrationText
 
+from . import text as page_text
+from .inputs import BOUNDS, DELTA_STEP, InputProblem, check
 from .pool import SessionPool
 from .session import StudioSession
 from .settings import QUICK_PPL, UPLOADED, StudioSettings
 from .text import READY
-from .views import allocation_figure, compare_views, loss_figure, page_views
+from .views import allocation_figure, compare_views, loss_figure, page_views, settings_label
 from .workspace import SessionError
 
 log = logging.getLogger("studio")
+
+#: The checked controls (studio.inputs.BOUNDS) and their place among the schedule controls of settings_from.
+CHECKED = {"target": 0, "amplitude": 1, "step": 2, "n_windows": 8, "window": 9}
 
 
 def settings_from(target, amplitude, step, criterion, method, custom, corpus, upload, n_windows, window, seed,
                   ppl_tokens, new_tokens) -> StudioSettings:
     """The schedule controls' values as :class:`StudioSettings` (percentages → fractions), validated by the
-    library's configs."""
+    library's configs; a value out of a control's range is refused in the page's words (:mod:`studio.inputs`)."""
+    try:
+        target, amplitude, step, n_windows, window = (check(n, v) for n, v in zip(
+            CHECKED, (target, amplitude, step, n_windows, window), strict=True))
+    except InputProblem as exc:
+        raise SessionError(str(exc)) from exc
     text = None
     if corpus == UPLOADED:
         if not upload:
@@ -182,33 +193,90 @@ class Handlers:
             return {p.status: fail(exc)}
         return {p.state: s, p.status: f"Loaded **{source}**.", **self.views(s), **compare_views(p, s)}
 
-    # ------------------------------------------------------------------ light updates
+    # ------------------------------------------------------------------ the schedule panel (light updates)
+    def edited(self, s, *controls, notes: tuple[str, ...] = ()):
+        """A schedule control changed: a value out of range is explained next to the controls and replaced by its
+        last good one, and the plot is marked as being recomputed for exactly the settings now on screen (an older
+        preview still running is superseded, see :class:`studio.panel.SchedulePanel`)."""
+        p = self.page
+        if s is None or s.work.closed:
+            return {}
+        values, out, problems = list(controls), {}, list(notes)
+        for name, i in CHECKED.items():
+            try:
+                values[i] = check(name, values[i], s.panel.good[name])
+                s.panel.good[name] = values[i]
+            except InputProblem as exc:
+                problems.append(str(exc))
+                values[i] = s.panel.good[name]
+                out[getattr(p, name)] = gr.update(value=values[i])
+        try:
+            settings = settings_from(*values)
+        except SessionError as exc:
+            problems.append(str(exc))
+            return {**out, p.input_note: "  \n".join(f"⚠️ {m}" for m in problems)}
+        s.panel.want(settings)
+        return {**out, p.input_note: "  \n".join(f"⚠️ {m}" for m in problems),
+                p.alloc_md: page_text.PLAN_COMPUTING.format(label=settings_label(settings)),
+                p.alloc_fig: gr.update(elem_classes=["stale"])}
+
     def preview(self, s, *controls):
+        """The plan for the settings on screen, drawn only while they are still the latest edit's."""
         p = self.page
         if s is None or s.work.closed:
             return {}
         try:
             settings = settings_from(*controls)
-            fig, note = allocation_figure(s, settings)
-            return {p.alloc_fig: fig, p.alloc_md: note, p.cost: s.costs.prune_markdown(settings)}
-        except Exception as exc:  # noqa: BLE001
-            return {p.alloc_md: fail(exc)}
-
-    def steps_to_budget(self, s, n_steps, target):
-        """Set Δ so that about ``n_steps`` steps reach the target."""
-        if s is None or s.work.closed:
-            return gr.update()
+        except SessionError:
+            return {}  # edited() has explained it next to the controls
+        if not s.panel.current(settings):
+            return {}  # a newer edit's preview draws instead
         try:
-            return gr.update(value=round(100 * s.schedule.budget_for_steps(int(n_steps), target / 100), 2))
+            fig, note, n_planned = allocation_figure(s, settings)
         except Exception as exc:  # noqa: BLE001
-            fail(exc)
-            return gr.update()
+            return {p.alloc_md: fail(exc), p.alloc_fig: gr.update(elem_classes=[])}
+        if not s.panel.current(settings):
+            return {}
+        s.panel.drawn(settings)
+        out = {p.alloc_fig: gr.update(value=fig, elem_classes=[]), p.alloc_md: note,
+               p.cost: s.costs.prune_markdown(settings)}
+        if n_planned:
+            s.panel.good["n_steps"] = n_planned
+            out[p.n_steps] = gr.update(value=n_planned)
+        return out
+
+    def steps_to_budget(self, s, n_steps, *controls):
+        """"…or number of steps": Δ so that about ``n_steps`` steps reach the target, within Δ's range (the plan
+        then says how many steps that Δ takes, and the steps box follows it)."""
+        p = self.page
+        if s is None or s.work.closed:
+            return {}
+        try:
+            n = check("n_steps", n_steps, s.panel.good["n_steps"])
+        except InputProblem as exc:
+            return {**self.edited(s, *controls, notes=(str(exc),)), p.n_steps: gr.update(value=s.panel.good["n_steps"])}
+        values = list(controls)
+        try:
+            target = check("target", values[CHECKED["target"]])
+            want = 100 * s.schedule.budget_for_steps(int(n), target / 100)
+        except (InputProblem, SessionError) as exc:
+            return self.edited(s, *controls, notes=(str(exc),))
+        low, high = BOUNDS["step"].low, BOUNDS["step"].high
+        delta = min(high, max(low, round(want / DELTA_STEP) * DELTA_STEP))  # on the slider's grid
+        notes = () if low <= want <= high else (page_text.STEPS_CLAMPED.format(n=n, want=want, low=low, high=high,
+                                                                                delta=delta),)
+        values[CHECKED["step"]] = delta
+        return {**self.edited(s, *values, notes=notes), p.step: gr.update(value=delta)}
 
     def train_cost(self, s, *values):
         if s is None or s.work.closed:
             return {}
         try:
-            return {self.page.train_cost: s.costs.train_markdown(with_training(settings_from(*values[5:]), *values[:5]))}
+            settings = settings_from(*values[5:])
+        except SessionError:
+            return {}  # the schedule panel explains a bad value next to its control
+        try:
+            return {self.page.train_cost: s.costs.train_markdown(with_training(settings, *values[:5]))}
         except Exception as exc:  # noqa: BLE001
             return {self.page.train_cost: fail(exc)}
 
@@ -243,11 +311,19 @@ class Handlers:
                          + (f" (calibration loss {imp.loss:.3f})." if imp.loss is not None else "."),
                **self.views(s, settings)}
 
+    def _plan_on_screen(self, s, settings: StudioSettings) -> Iterator[dict]:
+        """Before a cut: the plot drawn for exactly these settings, if it shows another plan (a preview still
+        computing, or superseded), so that what is cut is the plan on screen."""
+        if s.panel.shown != settings:
+            yield {self.page.status: "Drawing the plan for the settings on screen before cutting …",
+                   **self.views(s, settings)}
+
     @streamed()
     def step(self, s, prompt, *controls):
         p = self.page
         settings = settings_from(*controls)
         s.configure(settings)
+        yield from self._plan_on_screen(s, settings)
         if not s.schedule.has_current_importance():
             sec, _ = s.costs.importance_seconds(s.settings)
             yield {p.status: f"Step {s.steps_taken + 1}: measuring importance (≈ {sec:.0f} s) …"}
@@ -261,6 +337,8 @@ class Handlers:
     @streamed()
     def run(self, s, prompt, every, *controls):
         settings = settings_from(*controls)
+        s.configure(settings)
+        yield from self._plan_on_screen(s, settings)
         for u in s.schedule.run_to_target(settings, prompt=prompt, evaluate_every=int(every)):
             yield {self.page.status: u.message, **(self.views(s, settings) if u.record is not None or u.done else {})}
 

@@ -28,6 +28,7 @@ from pruner import load_model
 from . import export
 from .compare import Comparison
 from .costs import Costs
+from .panel import SchedulePanel
 from .quality import Quality
 from .schedule import ScheduleControl
 from .settings import StudioSettings
@@ -46,6 +47,7 @@ class StudioSession:
         self.schedule = ScheduleControl(self.work, self.costs, self.quality)
         self.training = Training(self.work, self.quality, self.schedule, self.costs)
         self.compare = Comparison(self.work, self.quality)
+        self.panel = SchedulePanel(self.work.settings)
 
     @classmethod
     def load(cls, source: str = "default", device=None, settings: StudioSettings | None = None) -> StudioSession:

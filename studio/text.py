@@ -122,3 +122,20 @@ COMPARE_NO_ZERO_SHOT = "not measured (choose tasks to add it)"
 METHOD_RADIO_INFO = ("adaptive, uniform, custom: the rule above, in sub-steps; llm-pruner, flap, shortgpt, wanda-sp: "
                      "the paper's baselines, one step each with their own unit score (the “Compare methods” tab "
                      "explains them)")
+
+# ---------------------------------------------------------------------- the schedule panel's inputs and plan
+
+INPUT_KEPT = " Kept {value}."
+INPUT_EMPTY = "Type a {label} between {low} and {high}."
+INPUT_NOT_A_NUMBER = "The {label} must be a number."
+TARGET_FRACTION = ("{value} looks like a fraction: the target here is in % of the original parameters (type {percent} "
+                   "for {percent} %).")
+TARGET_NOTHING = ("A target of {value} would remove every parameter: the target is the size to keep, {low}–{high} of "
+                  "the original.")
+TARGET_GROW = "A target of {value} is no pruning at all: the model can only shrink, to at most {high} of the original."
+INPUT_RANGE = "The {label} must lie between {low} and {high}; {value} is outside."
+INPUT_WHOLE = "The {label} must be a whole number, not {value}."
+STEPS_CLAMPED = ("{n} step(s) would need Δ = {want:.2f} %, outside the slider's {low:g}–{high:g} %: Δ is set to "
+                 "{delta:g} %, and the plan shows how many steps that takes.")
+PLAN_COMPUTING = "⏳ Computing the plan for {label} …"
+PLAN_FOR = "Plan for **{label}**"

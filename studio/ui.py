@@ -18,6 +18,7 @@ from pruner.data import CORPORA, CORPUS_DESCRIPTIONS
 from . import text
 from .compare import DEFAULT_METHODS
 from .handlers import Handlers, SharedModel
+from .inputs import BOUNDS, DELTA_STEP, free_slider
 from .pool import SessionPool
 from .quality import Quality
 from .settings import UPLOADED, StudioSettings
@@ -86,18 +87,20 @@ def _controls(page) -> None:
                                   info="; ".join(f"{k}: {v}" for k, v in CORPUS_DESCRIPTIONS.items()))
         page.upload = gr.File(label="Text file (for “uploaded file”)", file_types=[".txt", ".md"], type="filepath")
         with gr.Row():
-            page.n_windows = gr.Slider(2, 128, D.prune.n_windows, step=1, label="windows", elem_id="n-windows")
-            page.window = gr.Slider(32, 512, D.prune.window, step=32, label="window length (tokens)")
+            page.n_windows = _slider("n_windows", D.prune.n_windows, 1, label="windows", elem_id="n-windows")
+            page.window = _slider("window", D.prune.window, 32, label="window length (tokens)", elem_id="window")
         page.seed = gr.Number(D.prune.seed, label="seed", precision=0)
     page.cost = gr.Markdown(elem_id="cost")
     gr.Markdown("### Schedule")
-    page.target = gr.Slider(30, 99, round(100 * D.prune.target), step=1, label="target size (% of the original parameters)",
-                            elem_id="target")
-    page.amplitude = gr.Slider(0, 0.1, D.prune.amplitude, step=0.005, label="amplitude A", elem_id="amplitude",
-                               info="how strongly importance shifts sparsity between layers (0 = uniform)")
+    page.target = _slider("target", round(100 * D.prune.target), 1, elem_id="target",
+                          label="target size (% of the original parameters)")
+    page.amplitude = _slider("amplitude", D.prune.amplitude, 0.005, label="amplitude A", elem_id="amplitude",
+                             info="how strongly importance shifts sparsity between layers (0 = uniform)")
     with gr.Row():
-        page.step = gr.Slider(0.5, 10, 100 * D.prune.step, step=0.25, label="budget per step Δ (%)", elem_id="step")
-        page.n_steps = gr.Slider(1, 60, 12, step=1, label="…or number of steps", info="sets Δ")
+        page.step = _slider("step", 100 * D.prune.step, DELTA_STEP, label="budget per step Δ (%)", elem_id="step")
+        page.n_steps = _slider("n_steps", 12, 1, label="…or number of steps", info="sets Δ; follows the plan",
+                               elem_id="n-steps")
+    page.input_note = gr.Markdown(elem_id="input-note", elem_classes="input-note")
     with gr.Row():
         page.criterion = gr.Radio(list(CRITERIA), value=D.criterion_choice, label="unit criterion")
         page.method = gr.Radio(list(METHODS), value=D.prune.method, label="allocation / method",
@@ -125,6 +128,13 @@ def _controls(page) -> None:
         page.every = gr.Slider(1, 10, 1, step=1, label="during a run, evaluate every n-th step")
         page.eval_btn = gr.Button("Evaluate now", size="sm")
     _training_controls(page)
+
+
+def _slider(name: str, value: float, step: float, **kw) -> gr.Slider:
+    """A checked schedule control: its range from :data:`studio.inputs.BOUNDS`, any typed value passed to the
+    handler (which explains a bad one and keeps the last good value)."""
+    b = BOUNDS[name]
+    return free_slider(b.low, b.high, value, step=step, **kw)
 
 
 def _training_controls(page) -> None:
@@ -233,7 +243,7 @@ def _wire(demo: gr.Blocks, p, h: Handlers) -> None:
                 p.window, p.seed, p.ppl_tokens, p.new_tokens]
     train_controls = [p.train_tokens, p.lr, p.distill, p.stages, p.accel_tokens]
     everything = [p.state, p.status, p.summary, p.layer_fig, p.unit_fig, p.alloc_fig, p.alloc_md, p.arch_fig,
-                  p.traj_fig, p.metrics, p.gen_orig, p.gen_pruned, p.cost, p.loss_fig, p.train_cost]
+                  p.traj_fig, p.metrics, p.gen_orig, p.gen_pruned, p.cost, p.loss_fig, p.train_cost, p.n_steps]
     compared = [p.cmp_traj, p.cmp_widths, p.cmp_diff, p.cmp_table, p.cmp_note, p.cmp_files]
     demo.load(h.start_session, None, everything + compared, **HEAVY)
     demo.unload(h.close_session)
@@ -255,10 +265,22 @@ def _wire(demo: gr.Blocks, p, h: Handlers) -> None:
                     [p.status, *compared], **HEAVY)
     p.cmp_cancel.click(h.cancel, [p.state], [p.status], concurrency_limit=None)
     p.fill_custom.click(h.custom_table, [p.state], [p.custom], **LIGHT)
-    p.n_steps.release(h.steps_to_budget, [p.state, p.n_steps, p.target], [p.step], **LIGHT)
-    for c in (p.target, p.amplitude, p.step, p.n_windows, p.window):
-        c.release(h.preview, [p.state, *controls], [p.alloc_fig, p.alloc_md, p.cost], **LIGHT)
-    for c in (p.criterion, p.method, p.corpus, p.custom):
-        c.change(h.preview, [p.state, *controls], [p.alloc_fig, p.alloc_md, p.cost], **LIGHT)
+    _wire_schedule(p, h, controls)
     for c in (p.train_tokens, p.stages, p.accel_tokens, p.target, p.step, p.n_windows, p.window):
         c.release(h.train_cost, [p.state, *train_controls, *controls], [p.train_cost], **LIGHT)
+
+
+def _wire_schedule(p, h: Handlers, controls: list) -> None:
+    """The schedule panel: every edit is checked and marks the plot as recomputing (at once, outside the queue),
+    then the plan for exactly the settings on screen is drawn unless a newer edit superseded it."""
+    edit_out = [p.target, p.amplitude, p.step, p.n_windows, p.window, p.input_note, p.alloc_md, p.alloc_fig]
+    preview_out = [p.alloc_fig, p.alloc_md, p.cost, p.n_steps]
+    quick = dict(queue=False, show_progress="hidden")
+    for c in (p.target, p.amplitude, p.step, p.n_windows, p.window):
+        c.release(h.edited, [p.state, *controls], edit_out, **quick).then(
+            h.preview, [p.state, *controls], preview_out, show_progress="hidden", **LIGHT)
+    for c in (p.criterion, p.method, p.corpus, p.custom):
+        c.change(h.edited, [p.state, *controls], edit_out, **quick).then(
+            h.preview, [p.state, *controls], preview_out, show_progress="hidden", **LIGHT)
+    p.n_steps.release(h.steps_to_budget, [p.state, p.n_steps, *controls], [*edit_out, p.n_steps], **quick).then(
+        h.preview, [p.state, *controls], preview_out, show_progress="hidden", **LIGHT)

@@ -135,12 +135,14 @@ def allocated_sparsity_heatmap(
     labels: Sequence[str] | None = None,
     n_done: int | None = None,
     allocated: Sequence[Sequence[float]] | None = None,
+    subtitle: str | None = None,
 ) -> go.Figure:
     """Sparsity per layer after each step: attention (share of KV groups removed) and MLP (channels removed).
 
     ``attention[k][l]`` / ``mlp[k][l]`` are the sparsities of layer l after step k, steps already taken first
     and previewed (planned) steps after them; ``n_done`` is the number of taken steps (a dashed line separates
-    them from the preview). ``allocated[k][l]`` (the rule's s_l) is shown on hover when given.
+    them from the preview). ``allocated[k][l]`` (the rule's s_l) is shown on hover when given; ``subtitle``
+    names the settings the plan is for.
     """
     title = "Allocated sparsity per layer and step"
     if not attention:
@@ -157,6 +159,8 @@ def allocated_sparsity_heatmap(
         title += f"<br><sup>steps 1–{n_done} taken, {n_done + 1}–{len(labels)} previewed (right of the dashed line)</sup>"
     elif n_done == 0:
         title += "<br><sup>preview: nothing cut yet</sup>"
+    if subtitle:
+        title += f"<br><sup>plan for {subtitle}</sup>"
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
                         subplot_titles=("attention", "MLP"))
     hover = "layer %{y}<br>step %{x}<br>removed %{z:.1%}" + ("<br>allocated s_l %{customdata:.3f}" if custom is not None else "")
@@ -171,4 +175,4 @@ def allocated_sparsity_heatmap(
     fig.update_yaxes(autorange="reversed", dtick=max(1, len(layers) // 15))
     fig.update_yaxes(title_text="decoder layer", row=1, col=1)
     fig.update_xaxes(title_text="step", type="category")
-    return base_layout(fig, title, top=95)
+    return base_layout(fig, title, top=115 if subtitle else 95)
