@@ -20,6 +20,7 @@ from pruner.data import CALIBRATION_CHARS, CalibrationText
 from . import text as page_text
 from .inputs import BOUNDS, DELTA_STEP, InputProblem, check
 from .pool import SessionPool
+from .quality import EvaluationCancelled
 from .session import StudioSession
 from .settings import QUICK_PPL, UPLOADED, StudioSettings
 from .text import READY
@@ -296,7 +297,7 @@ class Handlers:
     def cancel(self, s):
         if s is not None:
             s.cancel()
-        return {self.page.status: "Cancelling after the current stage … (the model stays intact)"}
+        return {self.page.status: page_text.CANCELLING}
 
     # ------------------------------------------------------------------ model work
     @streamed(views_on_error=False)
@@ -330,7 +331,13 @@ class Handlers:
         rec = s.schedule.step()
         yield {p.status: f"Step {rec.index + 1} cut: {rec.params_total / 1e6:.2f} M parameters; evaluating …",
                **self.views(s, settings)}
-        s.quality.quick_eval(prompt)
+        try:
+            s.quality.quick_eval(prompt)
+        except EvaluationCancelled:
+            yield {p.status: f"Cancelled during step {rec.index + 1}'s evaluation: step {rec.index + 1} is kept "
+                             f"({rec.params_total / 1e6:.2f} M parameters); measuring its perplexity for the "
+                             "trajectory (no generation) …"}
+            s.quality.quick_eval(prompt, with_generation=False)
         yield {p.status: f"Step {rec.index + 1} done: {rec.params_total / 1e6:.2f} M parameters "
                          f"({rec.fraction_of_original:.1%} of the original).", **self.views(s, settings)}
 

@@ -139,3 +139,14 @@ STEPS_CLAMPED = ("{n} step(s) would need Δ = {want:.2f} %, outside the slider's
                  "{delta:g} %, and the plan shows how many steps that takes.")
 PLAN_COMPUTING = "⏳ Computing the plan for {label} …"
 PLAN_FOR = "Plan for **{label}**"
+
+# ---------------------------------------------------------------------- what Cancel kept
+EVAL_CANCELLED = ("Evaluation cancelled: nothing was measured. The model is untouched: {steps} step(s), "
+                  "{params:.2f} M parameters.")
+NO_GENERATION = "The generation was skipped: Cancel came during this step's evaluation (the perplexity was finished)."
+PROMPT_CAPPED = ("The prompt has {n:,} tokens: only its last {kept:,} are used, so that prompt and continuation fit the "
+                 "model's context of {context:,} tokens.")
+RUN_CANCELLED = ("Cancelled {when}. This run kept {kept} step(s){which}: the model has {params:.2f} M parameters "
+                 "({fraction:.1%} of the original), {total} step(s) in all.")
+CANCELLING = ("Cancelling at the next safe point … (a step is cut whole or not at all; the status then says exactly "
+              "which steps were kept)")
