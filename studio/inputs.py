@@ -2,7 +2,7 @@
 control's range, before Gradio's own bounds check could answer with its raw "Value 0 is less than minimum value
 30" toast. A bad value is replaced by the control's last good one and explained in one line.
 
-:func:`free_slider` makes a ``gr.Slider`` whose server side passes any typed value (or a cleared box, None)
+:class:`FreeSlider` is a ``gr.Slider`` whose server side passes any typed value (or a cleared box, None)
 through to the handler; :func:`check` decides and words the answer.
 """
 
@@ -16,23 +16,24 @@ import gradio as gr
 from . import text
 
 
-def _pass_through(payload: float | None) -> float | None:
-    """A slider's typed value as a number (None: a cleared box; NaN: not a number), without Gradio's bounds check."""
-    if payload is None or payload == "":
-        return None
-    try:
-        return float(payload)
-    except (TypeError, ValueError):
-        return math.nan
+class FreeSlider(gr.Slider):
+    """A ``gr.Slider`` whose server side hands the handler what was typed (out of range, or None for a cleared box)
+    instead of raising Gradio's error: :func:`check` explains the problem next to the control and keeps the last
+    good value. (A class, not a patched instance: Gradio rebuilds a component from its class once a handler has
+    updated it. Gradio writes a stub, ``inputs.pyi``, next to this module; it is not part of the source.)"""
 
+    def get_block_name(self) -> str:
+        """The browser draws it as Gradio's own slider."""
+        return "slider"
 
-def free_slider(low: float, high: float, value: float, **kw) -> gr.Slider:
-    """A ``gr.Slider`` whose server side hands the handler what was typed (out of range, or None for a cleared
-    box) instead of raising Gradio's error: :func:`check` explains the problem next to the control and keeps the
-    last good value. (An instance, not a subclass: Gradio writes a stub file next to every component class.)"""
-    slider = gr.Slider(low, high, value, **kw)
-    slider.preprocess = _pass_through
-    return slider
+    def preprocess(self, payload: float | None) -> float | None:
+        """The typed value as a number (None: a cleared box; NaN: not a number), without the bounds check."""
+        if payload is None or payload == "":
+            return None
+        try:
+            return float(payload)
+        except (TypeError, ValueError):
+            return math.nan
 
 
 @dataclass(frozen=True)

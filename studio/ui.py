@@ -18,7 +18,7 @@ from pruner.data import CORPORA, CORPUS_DESCRIPTIONS
 from . import text
 from .compare import DEFAULT_METHODS
 from .handlers import Handlers, SharedModel
-from .inputs import BOUNDS, DELTA_STEP, free_slider
+from .inputs import BOUNDS, DELTA_STEP, FreeSlider
 from .pool import SessionPool
 from .quality import Quality
 from .settings import UPLOADED, StudioSettings
@@ -134,7 +134,7 @@ def _slider(name: str, value: float, step: float, **kw) -> gr.Slider:
     """A checked schedule control: its range from :data:`studio.inputs.BOUNDS`, any typed value passed to the
     handler (which explains a bad one and keeps the last good value)."""
     b = BOUNDS[name]
-    return free_slider(b.low, b.high, value, step=step, **kw)
+    return FreeSlider(b.low, b.high, value, step=step, **kw)
 
 
 def _training_controls(page) -> None:
