@@ -187,7 +187,7 @@ class Comparison:
         yield Progress(f"Comparison {which}: {method} at {res.fraction:.1%}; measuring speed"
                        + (" and zero-shot accuracy …" if self.zero_shot_settings else " …"), kind="compare")
         self._measure(model, res, s, prompt, ppl)
-        name = f"{method}-{round(100 * s.prune.target)}"
+        name = f"{method}-{export.target_name(s.prune.target)}"
         res.zip_path = str(export.zip_model(model, work.tokenizer, self.out_dir, name, p.record,
                                             {"comparison": self.report_of(res), "settings": s.public()}))
         res.status = "done"

@@ -150,3 +150,5 @@ RUN_CANCELLED = ("Cancelled {when}. This run kept {kept} step(s){which}: the mod
                  "({fraction:.1%} of the original), {total} step(s) in all.")
 CANCELLING = ("Cancelling at the next safe point … (a step is cut whole or not at all; the status then says exactly "
               "which steps were kept)")
+RESET_CONFIRM = ("**Reset to the original model?** Every step, the training and the undo history of this session are "
+                 "dropped.")

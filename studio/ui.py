@@ -52,7 +52,7 @@ def build_demo(model=None, tokenizer=None, source: str = "default", pool: Sessio
     with gr.Blocks(title="Adapt-Pruner Studio") as demo:
         page = SimpleNamespace(state=gr.State(None))  # a StudioSession per browser tab, created by demo.load
         gr.Markdown(text.INTRO)
-        with gr.Row():
+        with gr.Row(elem_classes="main-row"):
             with gr.Column(scale=1, min_width=330, elem_classes="controls"):
                 _controls(page)
             with gr.Column(scale=3):
@@ -119,6 +119,10 @@ def _controls(page) -> None:
         page.undo_btn = gr.Button("Undo step", size="sm", elem_id="undo", min_width=60)
         page.reset_btn = gr.Button("Reset", size="sm", elem_id="reset", min_width=60)
         page.baseline_btn = gr.Button("Uniform baseline", size="sm", elem_id="baseline", min_width=60)
+    with gr.Row(visible=False, elem_id="reset-confirm") as page.reset_row:
+        gr.Markdown(text.RESET_CONFIRM)
+        page.reset_yes = gr.Button("Yes, reset", size="sm", variant="stop", elem_id="reset-yes", min_width=60)
+        page.reset_no = gr.Button("Keep my model", size="sm", elem_id="reset-no", min_width=60)
     with gr.Accordion("Quick evaluation", open=False):
         page.prompt = gr.Textbox(text.PROMPT, label="prompt", elem_id="prompt")
         with gr.Row():
@@ -253,7 +257,10 @@ def _wire(demo: gr.Blocks, p, h: Handlers) -> None:
     p.run_btn.click(gpu(h.run), [p.state, p.prompt, p.every, *controls], everything, **HEAVY)
     p.cancel_btn.click(h.cancel, [p.state], [p.status], concurrency_limit=None)
     p.undo_btn.click(h.undo, [p.state], everything, **HEAVY)
-    p.reset_btn.click(h.reset, [p.state], everything, **HEAVY)
+    p.reset_btn.click(lambda: gr.update(visible=True), None, [p.reset_row], queue=False)  # asks first
+    p.reset_no.click(lambda: gr.update(visible=False), None, [p.reset_row], queue=False)
+    p.reset_yes.click(lambda: gr.update(visible=False), None, [p.reset_row], queue=False).then(
+        h.reset, [p.state], everything, **HEAVY)
     p.eval_btn.click(gpu(h.evaluate), [p.state, p.prompt, *controls], everything, **HEAVY)
     p.baseline_btn.click(gpu(h.baseline), [p.state, *controls], everything, **HEAVY)
     p.export_btn.click(h.export, [p.state], [p.status, p.zip_file, p.report_file], **HEAVY)

@@ -188,7 +188,7 @@ def test_compare_two_methods(studio_url):
         assert "original" in table and "adaptive" in table and "shortgpt" in table and "done" in table
         assert "256-token windows" in page.locator("#cmp-note").inner_text()  # the page's quick perplexity
         files = page.locator("#cmp-files").inner_text()
-        assert "adaptive-80" in files and "shortgpt-80" in files  # the page's default target, 80 %
+        assert "adaptive-80pct-0.80" in files and "shortgpt-80pct-0.80" in files  # the default target in % and as a fraction
         assert params_count(page) == p0  # the working model is untouched
 
 
@@ -272,3 +272,45 @@ def test_cancel_during_a_run_reports_the_kept_steps_and_the_trajectory_has_them(
         traj = plot_data(page, "trajectory")["data"][0]
         assert len(traj["x"]) == kept + 1  # the original and every kept step
         assert f"step {kept}" in page.locator("#metrics").inner_text()
+
+
+def contrast(page, selector: str) -> float:
+    """WCAG contrast ratio between an element's text colour and its background colour."""
+    return page.evaluate(
+        """sel => { const e = document.querySelector(sel); const cs = getComputedStyle(e);
+          const rgb = s => s.match(/[\\d.]+/g).slice(0, 3).map(Number);
+          const lum = c => { const [r, g, b] = c.map(v => { v /= 255;
+              return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+            return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+          const a = lum(rgb(cs.color)), b = lum(rgb(cs.backgroundColor));
+          return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05); }""", selector)
+
+
+def test_dark_mode_narrow_screen_and_reset_asks_first(studio_url, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.goto(studio_url + "?__theme=dark")
+        wait_status(page, "Ready")
+        assert page.evaluate("() => document.body.classList.contains('dark')")
+        page.click("#measure")
+        wait_status(page, "Measured")
+        assert contrast(page, "#status") >= 4.5  # readable in dark mode
+        layout = plot_data(page, "layer-heatmap")["layout"]
+        assert layout["paper_bgcolor"].replace(" ", "") == "rgba(0,0,0,0)"  # the page's background shows
+        page.screenshot(path=str(tmp_path / "dark.png"))
+
+        page.click("#reset")  # Reset asks first; "Keep my model" keeps it
+        page.wait_for_selector("#reset-confirm", state="visible")
+        page.click("#reset-no")
+        page.wait_for_selector("#reset-confirm", state="hidden")
+        assert page.locator("#status").inner_text().startswith("Measured")
+
+        phone = browser.new_page(viewport={"width": 400, "height": 800})
+        phone.goto(studio_url)
+        wait_status(phone, "Ready")
+        plot_y = phone.locator("#layer-heatmap").bounding_box()["y"]
+        assert plot_y < phone.locator("#measure").bounding_box()["y"]  # the plots come first on a phone
+        browser.close()

@@ -207,7 +207,9 @@ def test_export_zip_and_report_round_trip(tmp_path):
     assert layer_widths(model) == layer_widths(s.model)
     ids = torch.tensor([[5, 6, 7, 8]])
     torch.testing.assert_close(model(ids).logits, s.model(ids).logits)
+    assert z.name == "pruned-model-target-85pct-0.85.zip"  # the page's percent and the records' fraction
     report = json.loads(s.export_report(tmp_path).read_text())
+    assert report["target"] == {"percent": 85, "fraction": 0.85}
     assert len(report["record"]["steps"]) == 1 and report["trajectory"][1]["step"] == 1
     assert "wikitext2 test, 64-token windows" in report["quick_perplexity_settings"]
 
