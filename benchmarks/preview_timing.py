@@ -4,10 +4,10 @@
     PYTHONPATH=. .venv/bin/python benchmarks/preview_timing.py --model default --repeats 3 \
         --out benchmarks/results/preview_timing_default.json
 
-For a few targets it times, per redraw: the control values → settings, the library's plan
-(:meth:`studio.schedule.ScheduleControl.preview`, i.e. :meth:`pruner.Pruner.preview`), the figure, the cost line
-and the figure's JSON (what Gradio sends to the browser), and the whole handler
-(:meth:`studio.handlers.Handlers.preview`). The importance measurement before them is timed too, but is not part of
+For a few targets it times one whole redraw through the handler (:meth:`studio.handlers.Handlers.preview`, the
+plan not cached), then its parts: the library's plan (:meth:`pruner.Pruner.preview` via
+:meth:`studio.schedule.ScheduleControl.preview`), the figure, the cost line and the figure's JSON (what Gradio sends
+to the browser). The importance measurement before them is timed too, but is not part of
 a redraw. The JSON names the model, the machine's load and every setting.
 """
 
@@ -49,27 +49,31 @@ def controls(target: float, s) -> tuple:
 
 
 def time_one(s, handlers, values) -> dict:
-    """One redraw, split into its parts, then the whole handler once more."""
+    """One redraw through the handler (the plan not cached), then its parts: the plan alone, the figure on the
+    cached plan, the cost line and the figure's JSON."""
     from studio.handlers import settings_from
     from studio.views import allocation_figure
 
-    t0 = time.perf_counter()
     settings = settings_from(*values)
-    t1 = time.perf_counter()
-    plan = s.schedule.preview(settings)
-    t2 = time.perf_counter()
-    fig, _ = allocation_figure(s, settings)  # plans again inside, as the handler does
-    t3 = time.perf_counter()
-    s.costs.prune_markdown(settings)
-    t4 = time.perf_counter()
-    fig.to_json()
-    t5 = time.perf_counter()
+    s.panel.want(settings)  # the edit that asks for this preview
+    s.schedule._plan = None  # a fresh plan, as after an edit
+    t0 = time.perf_counter()
     out = handlers.preview(s, *values)
-    t6 = time.perf_counter()
-    if any(isinstance(v, str) and v.startswith("⚠️") for v in out.values()):
+    t1 = time.perf_counter()
+    if any(isinstance(v, str) and v.startswith("⚠️") for v in out.values()) or not out:
         raise SystemExit(f"the preview failed: {out}")
-    return {"settings_s": t1 - t0, "plan_s": t2 - t1, "plan_and_figure_s": t3 - t2, "figure_only_s": (t3 - t2) - (t2 - t1),
-            "cost_line_s": t4 - t3, "figure_json_s": t5 - t4, "handler_s": t6 - t5, "planned_steps": len(plan.params)}
+    s.schedule._plan = None
+    t2 = time.perf_counter()
+    plan = s.schedule.preview(settings)
+    t3 = time.perf_counter()
+    fig, _, _ = allocation_figure(s, settings)  # the plan is cached now: the figure alone
+    t4 = time.perf_counter()
+    s.costs.prune_markdown(settings)
+    t5 = time.perf_counter()
+    fig.to_json()
+    t6 = time.perf_counter()
+    return {"handler_s": t1 - t0, "plan_s": t3 - t2, "figure_s": t4 - t3, "cost_line_s": t5 - t4,
+            "figure_json_s": t6 - t5, "planned_steps": len(plan.params)}
 
 
 def main() -> None:
@@ -90,7 +94,7 @@ def main() -> None:
     t1 = time.perf_counter()
     imp = s.schedule.measure()
     t2 = time.perf_counter()
-    names = ("alloc_fig", "alloc_md", "cost", "n_steps", "step", "status")
+    names = ("alloc_fig", "alloc_md", "cost", "n_steps", "step", "status", "input_note")
     handlers = Handlers(SimpleNamespace(**{n: n for n in names}), shared=None, pool=None)
     runs = []
     for target in [float(t) for t in args.targets.split(",")]:

@@ -40,8 +40,9 @@ from .workspace import SessionError, Workspace
 
 log = logging.getLogger("studio")
 
-#: The methods a comparison runs unless told otherwise (custom needs a per-layer table, so it is left out).
-DEFAULT_METHODS = ("adaptive", "uniform", "llm-pruner", "flap", "shortgpt", "wanda-sp")
+#: The methods a comparison runs unless told otherwise: Adapt-Pruner, its own ablation (A = 0) and one baseline of
+#: another kind, a few minutes on a CPU (the others are a tick away; custom needs a per-layer table).
+DEFAULT_METHODS = ("adaptive", "uniform", "shortgpt")
 
 
 @dataclass

@@ -72,6 +72,17 @@ def settings_from(target, amplitude, step, criterion, method, custom, corpus, up
         raise SessionError(str(exc)) from exc
 
 
+def model_choices() -> list[tuple[str, str]]:
+    """The model picker: the default model and the shipped real models (those not fetched yet say how)."""
+    from pruner.io.shipped import SHIPPED, is_fetched
+
+    out = [("default — SmolLM2-135M-Instruct (embedded)", "default")]
+    for name, m in SHIPPED.items():
+        out.append((f"{name} — {m.title}" if is_fetched(name) else
+                    f"{name} — not fetched yet: run `adapt-pruner fetch {name}`", name))
+    return out
+
+
 def with_training(settings: StudioSettings, tokens, lr, distill, stages, accel_tokens) -> StudioSettings:
     """Add the training controls' values to the settings."""
     try:
@@ -192,7 +203,9 @@ class Handlers:
             self.pool.add(request.session_hash, s)
         except Exception as exc:  # noqa: BLE001
             return {p.status: fail(exc)}
-        return {p.state: s, p.status: f"Loaded **{source}**.", **self.views(s), **compare_views(p, s)}
+        # the picker again: a model fetched since the page was built is named as fetched now
+        return {p.state: s, p.status: f"Loaded **{source}**.", **self.views(s), **compare_views(p, s),
+                p.source: gr.update(choices=model_choices())}
 
     # ------------------------------------------------------------------ the schedule panel (light updates)
     def edited(self, s, *controls, notes: tuple[str, ...] = ()):
@@ -217,8 +230,10 @@ class Handlers:
             problems.append(str(exc))
             return {**out, p.input_note: "  \n".join(f"⚠️ {m}" for m in problems)}
         s.panel.want(settings)
-        return {**out, p.input_note: "  \n".join(f"⚠️ {m}" for m in problems),
-                p.alloc_md: page_text.PLAN_COMPUTING.format(label=settings_label(settings)),
+        note = {p.input_note: "  \n".join(f"⚠️ {m}" for m in problems)}
+        if not s.panel.stale:  # a bad value put back: the plot already shows the plan for these settings
+            return {**out, **note}
+        return {**out, **note, p.alloc_md: page_text.PLAN_COMPUTING.format(label=settings_label(settings)),
                 p.alloc_fig: gr.update(elem_classes=["stale"])}
 
     def preview(self, s, *controls):
@@ -234,13 +249,15 @@ class Handlers:
             return {}  # a newer edit's preview draws instead
         try:
             fig, note, n_planned = allocation_figure(s, settings)
+            cost = s.costs.prune_markdown(settings)
         except Exception as exc:  # noqa: BLE001
+            if s.work.closed:  # the tab closed while its preview was computing
+                return {}
             return {p.alloc_md: fail(exc), p.alloc_fig: gr.update(elem_classes=[])}
         if not s.panel.current(settings):
             return {}
         s.panel.drawn(settings)
-        out = {p.alloc_fig: gr.update(value=fig, elem_classes=[]), p.alloc_md: note,
-               p.cost: s.costs.prune_markdown(settings)}
+        out = {p.alloc_fig: gr.update(value=fig, elem_classes=[]), p.alloc_md: note, p.cost: cost}
         if n_planned:
             s.panel.good["n_steps"] = n_planned
             out[p.n_steps] = gr.update(value=n_planned)
@@ -268,6 +285,15 @@ class Handlers:
                                                                                 delta=delta),)
         values[CHECKED["step"]] = delta
         return {**self.edited(s, *values, notes=notes), p.step: gr.update(value=delta)}
+
+    def compare_cost(self, s, methods, *controls):
+        """The Compare tab's estimate for the methods ticked and the settings on screen."""
+        if s is None or s.work.closed:
+            return {}
+        try:
+            return {self.page.cmp_cost: s.costs.compare_markdown(settings_from(*controls), methods)}
+        except SessionError:
+            return {}  # the schedule panel explains a bad value next to its control
 
     def train_cost(self, s, *values):
         if s is None or s.work.closed:

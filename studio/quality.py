@@ -66,6 +66,7 @@ class Quality:
         self._original_eval: dict[tuple, tuple[dict, str]] = {}
         self._original_ppl: dict = {}  # the original's quick perplexity per PerplexityConfig
         self._yardstick_listeners = []
+        self.on_ppl = None  # (tokens, seconds) of every quick perplexity: the session's costs learn from it
         self.clear()
         work.on_change(self._changed)
 
@@ -114,7 +115,11 @@ class Quality:
     def ppl(self, model: nn.Module, settings: StudioSettings | None = None) -> dict:
         """The quick perplexity of ``model`` with the session's settings (or ``settings``)."""
         s = settings or self.work.settings
-        return s.quick_ppl.measure(model, self.work.tokenizer, should_stop=self.work.should_stop)
+        t0 = time.perf_counter()
+        out = s.quick_ppl.measure(model, self.work.tokenizer, should_stop=self.work.should_stop)
+        if self.on_ppl is not None:
+            self.on_ppl(int(out.get("tokens") or s.quick_ppl.max_tokens or 0), time.perf_counter() - t0)
+        return out
 
     def capped_prompt(self, prompt: str, settings: StudioSettings | None = None) -> tuple[list[int], str]:
         """The prompt's token ids, its end capped so that prompt and continuation fit the model's context, and a

@@ -27,7 +27,7 @@ from pruner import load_model
 
 from . import export
 from .compare import Comparison
-from .costs import Costs
+from .costs import PERPLEXITY, Costs
 from .panel import SchedulePanel
 from .quality import Quality
 from .schedule import ScheduleControl
@@ -44,6 +44,7 @@ class StudioSession:
         self.work = Workspace(model, tokenizer, original, name, settings, keep_history)
         self.costs = Costs(self.work)
         self.quality = Quality(self.work)
+        self.quality.on_ppl = lambda tokens, seconds: self.costs.observe(PERPLEXITY, tokens, seconds)
         self.schedule = ScheduleControl(self.work, self.costs, self.quality)
         self.training = Training(self.work, self.quality, self.schedule, self.costs)
         self.compare = Comparison(self.work, self.quality)

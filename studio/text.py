@@ -152,3 +152,6 @@ CANCELLING = ("Cancelling at the next safe point … (a step is cut whole or not
               "which steps were kept)")
 RESET_CONFIRM = ("**Reset to the original model?** Every step, the training and the undo history of this session are "
                  "dropped.")
+COMPARE_PICK = "Pick at least one method to compare."
+COMPARE_COST = ("**Estimate**: {n} method(s) to {target:g} % ≈ **{minutes:.1f} min** without zero-shot ({per}; each "
+                "sub-step measures importance and a quick perplexity; rates: {source}).")

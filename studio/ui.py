@@ -17,7 +17,7 @@ from pruner.data import CORPORA, CORPUS_DESCRIPTIONS
 
 from . import text
 from .compare import DEFAULT_METHODS
-from .handlers import Handlers, SharedModel
+from .handlers import Handlers, SharedModel, model_choices
 from .inputs import BOUNDS, DELTA_STEP, FreeSlider
 from .pool import SessionPool
 from .quality import Quality
@@ -60,17 +60,6 @@ def build_demo(model=None, tokenizer=None, source: str = "default", pool: Sessio
         _wire(demo, page, Handlers(page, shared, pool))
     demo.studio_pool = pool  # for tests and the visitors benchmark
     return demo
-
-
-def model_choices() -> list[tuple[str, str]]:
-    """The model picker: the default model and the shipped real models (those not fetched yet say how)."""
-    from pruner.io.shipped import SHIPPED, is_fetched
-
-    out = [("default — SmolLM2-135M-Instruct (embedded)", "default")]
-    for name, m in SHIPPED.items():
-        out.append((f"{name} — {m.title}" if is_fetched(name) else
-                    f"{name} — not fetched yet: run `adapt-pruner fetch {name}`", name))
-    return out
 
 
 def _controls(page) -> None:
@@ -226,6 +215,7 @@ def _compare_tab(page) -> None:
             page.cmp_zs_tasks = gr.CheckboxGroup(Quality.zero_shot_tasks(), value=[], elem_id="cmp-zs-tasks",
                                                  label="zero-shot average on (none: skipped)")
             page.cmp_zs_limit = gr.Slider(4, 200, 20, step=4, label="examples per task (seeded)")
+    page.cmp_cost = gr.Markdown(elem_id="cmp-cost")
     with gr.Row():
         page.cmp_btn = gr.Button("Run comparison", variant="primary", elem_id="cmp-btn")
         page.cmp_cancel = gr.Button("Cancel", variant="stop", elem_id="cmp-cancel")
@@ -251,7 +241,7 @@ def _wire(demo: gr.Blocks, p, h: Handlers) -> None:
     compared = [p.cmp_traj, p.cmp_widths, p.cmp_diff, p.cmp_table, p.cmp_note, p.cmp_files]
     demo.load(h.start_session, None, everything + compared, **HEAVY)
     demo.unload(h.close_session)
-    p.load_btn.click(gpu(h.load), [p.source], everything + compared, **HEAVY)
+    p.load_btn.click(gpu(h.load), [p.source], [*everything, *compared, p.source], **HEAVY)
     p.measure_btn.click(gpu(h.measure), [p.state, *controls], everything, **HEAVY)
     p.step_btn.click(gpu(h.step), [p.state, p.prompt, *controls], everything, **HEAVY)
     p.run_btn.click(gpu(h.run), [p.state, p.prompt, p.every, *controls], everything, **HEAVY)
@@ -273,6 +263,10 @@ def _wire(demo: gr.Blocks, p, h: Handlers) -> None:
     p.cmp_cancel.click(h.cancel, [p.state], [p.status], concurrency_limit=None)
     p.fill_custom.click(h.custom_table, [p.state], [p.custom], **LIGHT)
     _wire_schedule(p, h, controls)
+    p.cmp_methods.change(h.compare_cost, [p.state, p.cmp_methods, *controls], [p.cmp_cost], **LIGHT)
+    for c in (p.target, p.step, p.n_windows, p.window, p.ppl_tokens, p.method, p.criterion):
+        c.change(h.compare_cost, [p.state, p.cmp_methods, *controls], [p.cmp_cost], **LIGHT)
+    demo.load(h.compare_cost, [p.state, p.cmp_methods, *controls], [p.cmp_cost], **LIGHT)
     for c in (p.train_tokens, p.stages, p.accel_tokens, p.target, p.step, p.n_windows, p.window):
         c.release(h.train_cost, [p.state, *train_controls, *controls], [p.train_cost], **LIGHT)
 

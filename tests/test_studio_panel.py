@@ -110,3 +110,24 @@ def test_settings_from_refuses_out_of_range_values_in_the_pages_words():
     ups = list(h.step(s, "The", *controls(s, target=150)))
     assert "can only shrink" in ups[-1]["status"] and s.steps_taken == 0
     assert set(CHECKED) == set(BOUNDS) - {"n_steps"}
+
+
+def test_the_train_cost_counts_the_perplexity_before_and_after_and_learns_its_rate():
+    s = tiny_session()
+    md = s.costs.train_markdown(s.settings)
+    assert "the quick perplexity before and after ≈ 2 ×" in md and "first guess" in md.split("before and after")[1]
+    s.quality.ppl(s.model)  # one quick perplexity: the session's own rate from now on
+    after = s.costs.train_markdown(s.settings).split("before and after")[1]
+    assert "measured in this session" in after.split("in all")[0]
+
+
+def test_the_compare_tab_estimates_before_running_with_a_modest_default_selection():
+    from studio.compare import DEFAULT_METHODS
+
+    s = tiny_session()
+    assert DEFAULT_METHODS == ("adaptive", "uniform", "shortgpt")  # minutes on a CPU, not a quarter of an hour
+    md = s.costs.compare_markdown(s.settings, DEFAULT_METHODS)
+    assert "3 method(s) to 85 %" in md and "shortgpt 1 step(s)" in md and "first guess" in md
+    total, rows, _ = s.costs.compare_seconds(s.settings, ["adaptive", "flap"])
+    assert rows[0][1] >= 2 and rows[1][1] == 1 and total == pytest.approx(rows[0][2] + rows[1][2])
+    assert s.costs.compare_markdown(s.settings, []) == "Pick at least one method to compare."

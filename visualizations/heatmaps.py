@@ -100,7 +100,8 @@ def unit_importance_heatmap(
     the low-ranked bins are what the next step removes. An empty entry (a layer removed by depth pruning) is an
     empty row. ``criterion=None``: a measurement of the layers only (ShortGPT), which has no unit scores.
     """
-    title = f"Unit importance inside layers ({criterion}; score ÷ layer mean)" + (f"<br><sup>{note}</sup>" if note else "")
+    sub = " · ".join(x for x in (note, "g0, g1, …: KV groups; b1, b2, …: MLP channel bins") if x)
+    title = f"Unit importance inside layers ({criterion}; score ÷ layer mean)<br><sup>{sub}</sup>"
     if criterion is None:
         return empty_figure("Unit importance inside layers" + (f"<br><sup>{note}</sup>" if note else ""),
                             "This measurement scored whole layers only (ShortGPT's block influence): no unit scores")
@@ -124,7 +125,7 @@ def unit_importance_heatmap(
                              **common), 1, 2)
     fig.update_yaxes(autorange="reversed", dtick=max(1, len(layers) // 15))
     fig.update_yaxes(title_text="decoder layer", row=1, col=1)
-    fig.update_xaxes(title_text="KV", type="category", row=1, col=1)
+    fig.update_xaxes(type="category", row=1, col=1)  # no title of its own: "KV" ran into the MLP axis' title
     fig.update_xaxes(title_text=f"MLP channels ranked high → low, {n_bins} bins", type="category", row=1, col=2)
     return base_layout(fig, title, top=95)
 
