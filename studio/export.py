@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import tempfile
@@ -44,13 +45,32 @@ def export_report(session, out_dir: str | Path | None = None) -> Path:
     return path
 
 
-def export_zip(session, out_dir: str | Path | None = None) -> Path:
-    """Save the pruned model with :func:`pruner.save_pruned` and zip the folder; returns the zip's path."""
+#: The weight formats a download offers (the page's label → torch dtype name and the file-name tag).
+DTYPES = {"bfloat16": ("bfloat16", "bf16"), "float16": ("float16", "fp16"), "float32": ("float32", "fp32")}
+DEFAULT_DTYPE = "bfloat16"  # half the size of float32, the range of float32: the default for a zip
+
+
+def export_zip(session, out_dir: str | Path | None = None, dtype: str = DEFAULT_DTYPE) -> Path:
+    """Save the pruned model with :func:`pruner.save_pruned` (its weights in ``dtype``: bfloat16, float16 or
+    float32) and zip the folder; returns the zip's path. Another dtype than the model's is written from a copy (the
+    working model is not changed)."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown weight format {dtype!r}: use {', '.join(DTYPES)}")
     work = session.work
     with work.task():
         out = Path(out_dir or tempfile.mkdtemp(prefix="adapt-pruner-"))
-        return zip_model(work.model, work.tokenizer, out, "pruned-model", work.pruner.record, report(session),
-                         zip_name=f"pruned-model-target-{target_name(work.settings.prune.target)}")
+        target = getattr(torch, DTYPES[dtype][0])
+        model = work.model if work.model.dtype == target else copy.deepcopy(work.model).to(target)
+        model.config.torch_dtype = target
+        try:
+            return zip_model(model, work.tokenizer, out, "pruned-model", work.pruner.record, report(session),
+                             zip_name=f"pruned-model-target-{target_name(work.settings.prune.target)}"
+                                      f"-{DTYPES[dtype][1]}")
+        finally:
+            if model is not work.model:
+                del model
 
 
 def zip_model(model, tokenizer, out_dir: Path, name: str, record=None, studio_report: dict | None = None,

@@ -421,11 +421,12 @@ class Handlers:
             yield {self.page.status: u.message, **self.views(s, settings)}
 
     @immediate
-    def export(self, s):
+    def export(self, s, dtype):
         p = self.page
-        path = s.export_zip()
+        path = s.export_zip(dtype=dtype)
         return {p.zip_file: str(path), p.report_file: str(s.export_report(path.parent)),
-                p.status: f"Saved the pruned model ({path.stat().st_size / 1e6:.1f} MB zip) and the report."}
+                p.status: f"Saved the pruned model ({path.stat().st_size / 1e6:.1f} MB zip, {dtype} weights) and the "
+                          "report."}
 
     @streamed(views_on_error=False)
     def zero_shot(self, s, tasks, limit, full, with_original, with_baseline):

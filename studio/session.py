@@ -129,5 +129,5 @@ class StudioSession:
     def export_report(self, out_dir: str | Path | None = None) -> Path:
         return export.export_report(self, out_dir)
 
-    def export_zip(self, out_dir: str | Path | None = None) -> Path:
-        return export.export_zip(self, out_dir)
+    def export_zip(self, out_dir: str | Path | None = None, dtype: str = export.DEFAULT_DTYPE) -> Path:
+        return export.export_zip(self, out_dir, dtype)

@@ -155,3 +155,5 @@ RESET_CONFIRM = ("**Reset to the original model?** Every step, the training and 
 COMPARE_PICK = "Pick at least one method to compare."
 COMPARE_COST = ("**Estimate**: {n} method(s) to {target:g} % ≈ **{minutes:.1f} min** without zero-shot ({per}; each "
                 "sub-step measures importance and a quick perplexity; rates: {source}).")
+EXPORT_DTYPE_INFO = ("bfloat16: half the size of float32 with its range (the default); float16: half the size, "
+                     "for GPUs without bfloat16; float32: exact, twice the size")

@@ -17,6 +17,7 @@ from pruner.data import CORPORA, CORPUS_DESCRIPTIONS
 
 from . import text
 from .compare import DEFAULT_METHODS
+from .export import DEFAULT_DTYPE, DTYPES
 from .handlers import Handlers, SharedModel, model_choices
 from .inputs import BOUNDS, DELTA_STEP, FreeSlider
 from .pool import SessionPool
@@ -198,7 +199,9 @@ def _tabs(page) -> None:
             _compare_tab(page)
         with gr.Tab("Export"):
             gr.Markdown(text.EXPLAIN_EXPORT)
-            page.export_btn = gr.Button("Prepare downloads")
+            page.export_dtype = gr.Radio(list(DTYPES), value=DEFAULT_DTYPE, label="weights", elem_id="export-dtype",
+                                         info=text.EXPORT_DTYPE_INFO)
+            page.export_btn = gr.Button("Prepare downloads", elem_id="export-btn")
             with gr.Row():
                 page.zip_file = gr.File(label="pruned model (zip)", interactive=False)
                 page.report_file = gr.File(label="report (JSON)", interactive=False)
@@ -253,7 +256,7 @@ def _wire(demo: gr.Blocks, p, h: Handlers) -> None:
         h.reset, [p.state], everything, **HEAVY)
     p.eval_btn.click(gpu(h.evaluate), [p.state, p.prompt, *controls], everything, **HEAVY)
     p.baseline_btn.click(gpu(h.baseline), [p.state, *controls], everything, **HEAVY)
-    p.export_btn.click(h.export, [p.state], [p.status, p.zip_file, p.report_file], **HEAVY)
+    p.export_btn.click(h.export, [p.state, p.export_dtype], [p.status, p.zip_file, p.report_file], **HEAVY)
     p.train_btn.click(gpu_long(h.train), [p.state, p.prompt, *train_controls, *controls], everything, **HEAVY)
     p.accel_btn.click(gpu_long(h.accel), [p.state, p.prompt, *train_controls, *controls], everything, **HEAVY)
     p.zs_btn.click(gpu(h.zero_shot), [p.state, p.zs_tasks, p.zs_limit, p.zs_full, p.zs_orig, p.zs_base],
