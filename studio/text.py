@@ -5,9 +5,10 @@ Prune a small language model **layer by layer, adaptively** ([Adapt-Pruner, arXi
 measure how much every decoder layer changes its input, give unimportant layers more sparsity, remove whole
 attention groups and MLP channels in small steps, and watch perplexity and generations as the model shrinks."""
 
-EXPLAIN_LAYER = """**Layer importance** I_l = −mean cos(x_in, x_out): the cosine between the hidden state entering a decoder
-block and the one leaving it, averaged over all calibration tokens. A block that barely turns its input
-(cos ≈ 1) can lose more; one that changes it a lot is important. Each column is one measurement, taken before
+EXPLAIN_LAYER = """**Layer importance** 1 − mean cos(x_in, x_out): the cosine between the hidden state entering a decoder
+block and the one leaving it, averaged over all calibration tokens, shown so that **0 means the layer does
+nothing** to its input (the paper's I_l = −cos ranks the layers the same way). A block that barely turns its input
+(near 0) can lose more; one that changes it a lot is important. Each column is one measurement, taken before
 a step on a fresh calibration sample — watch the first and last layers stay on top."""
 
 EXPLAIN_UNITS = """**Unit importance** decides *which* units of a layer go. First-order Taylor: Σ |W ⊙ ∂L/∂W| over all weights

@@ -105,7 +105,7 @@ def page_views(page, s: StudioSession | None, settings: StudioSettings | None = 
     steps = {page.n_steps: n_planned} if n_planned else {}  # "number of steps" follows the plan on screen
     return {**steps,
         page.summary: s.summary_markdown(),
-        page.layer_fig: viz.layer_importance_heatmap(cols, labels),
+        page.layer_fig: viz.layer_importance_heatmap(cols, labels, one_minus_cos=True),
         page.unit_fig: unit_figure(s),
         page.alloc_fig: planned,
         page.alloc_md: plan_note,

@@ -27,6 +27,14 @@ def test_layer_importance_heatmap_is_layers_by_steps():
         viz.layer_importance_heatmap(cols, ["only one"])
 
 
+def test_layer_importance_reads_as_one_minus_cos_for_a_class():
+    fig = viz.layer_importance_heatmap([[-0.98, -0.75, None]], one_minus_cos=True)
+    z = [r[0] for r in fig.data[0].z]
+    assert z[0] == pytest.approx(0.02) and z[1] == pytest.approx(0.25) and z[2] is None
+    assert "1 − cos" in fig.layout.title.text and "leaves its input unchanged" in fig.layout.title.text
+    assert fig.data[0].colorbar.title.text == "1 − cos"
+
+
 def test_empty_figures_say_what_to_do():
     assert len(viz.layer_importance_heatmap([]).data) == 0
     assert "Measure importance" in viz.layer_importance_heatmap([]).layout.annotations[0].text

@@ -25,13 +25,20 @@ def layer_importance_heatmap(
     columns: Sequence[Sequence[float]],
     labels: Sequence[str] | None = None,
     normalised: bool = False,
+    one_minus_cos: bool = False,
 ) -> go.Figure:
     """Layer importance as a heatmap of layers (y) × measurements (x).
 
     ``columns[k][l]`` is the importance of layer l measured before step k (``I_l = -mean cos(x_in, x_out)``,
     or the normalised ``Ĩ_l`` when ``normalised``). ``labels`` name the columns (default ``"step 1"`` ...).
+    ``one_minus_cos`` shows ``I`` as ``1 − cos = 1 + I`` (the same ranking): 0 for a layer that leaves its input
+    unchanged, which reads better in a class than values near −1.
     """
-    title = "Layer importance " + ("Ĩ (normalised, mean 0)" if normalised else "I = −mean cos(x_in, x_out)")
+    if one_minus_cos and not normalised:
+        columns = [[None if v is None else 1.0 + v for v in col] for col in columns]
+        title = "Layer importance 1 − cos(x_in, x_out)<br><sup>0 = the layer leaves its input unchanged</sup>"
+    else:
+        title = "Layer importance " + ("Ĩ (normalised, mean 0)" if normalised else "I = −mean cos(x_in, x_out)")
     if not columns:
         return empty_figure(title, "Press “Measure importance” to fill this map")
     labels = list(labels) if labels is not None else [f"step {k + 1}" for k in range(len(columns))]
@@ -50,7 +57,8 @@ def layer_importance_heatmap(
         z=z, x=labels, y=list(range(len(z))), colorscale="Viridis", zmax=zmax,
         zmin=float(values.min()) if zmax is not None else None,
         zmid=0 if normalised and zmax is None else None,
-        colorbar=dict(title=dict(text="Ĩ" if normalised else "I", side="right"), thickness=12),
+        colorbar=dict(title=dict(text="Ĩ" if normalised else ("1 − cos" if one_minus_cos else "I"), side="right"),
+                      thickness=12),
         hovertemplate="layer %{y}<br>%{x}<br>importance %{z:.4f}<extra></extra>",
     ))
     fig.update_yaxes(title_text="decoder layer", autorange="reversed", dtick=max(1, len(z) // 15))
