@@ -31,6 +31,7 @@ log = logging.getLogger("studio")
 
 #: The checked controls (studio.inputs.BOUNDS) and their place among the schedule controls of settings_from.
 CHECKED = {"target": 0, "amplitude": 1, "step": 2, "n_windows": 8, "window": 9}
+METHOD = 4  # the method radio's place among them (the custom table follows it)
 
 
 def settings_from(target, amplitude, step, criterion, method, custom, corpus, upload, n_windows, window, seed,
@@ -307,14 +308,17 @@ class Handlers:
         except Exception as exc:  # noqa: BLE001
             return {self.page.train_cost: fail(exc)}
 
-    def custom_table(self, s):
-        """Per-layer final sparsity (%) for a custom schedule, pre-filled with the adaptive plan's last column."""
+    def custom_table(self, s, *controls):
+        """Per-layer final sparsity (%) for a custom schedule, pre-filled with the last column of the adaptive plan
+        to the target on screen (not the session's last applied one)."""
         import pandas as pd
 
         if s is None:
             return gr.update()
         try:
-            vals = s.schedule.final_sparsity_plan()
+            values = list(controls)
+            values[METHOD], values[METHOD + 1] = "adaptive", None  # the adaptive plan, without the table it fills
+            vals = s.schedule.final_sparsity_plan(settings_from(*values))
         except SessionError as exc:
             fail(exc)
             return gr.update()

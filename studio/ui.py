@@ -97,7 +97,7 @@ def _controls(page) -> None:
                                info=text.METHOD_RADIO_INFO)
     with gr.Accordion("Custom schedule (final sparsity per layer)", open=False):
         page.custom = gr.Dataframe(headers=["layer", "final sparsity %"], datatype=["number", "number"],
-                                   interactive=True, label="edit the last column; used when allocation = custom")
+                                   interactive=True, static_columns=[0], label="edit the last column; used when allocation = custom")
         page.fill_custom = gr.Button("Fill from the adaptive plan", size="sm")
     with gr.Row():
         page.measure_btn = gr.Button("Measure importance", variant="primary", elem_id="measure", min_width=60)
@@ -264,7 +264,7 @@ def _wire(demo: gr.Blocks, p, h: Handlers) -> None:
     p.cmp_btn.click(gpu_long(h.compare), [p.state, p.cmp_methods, p.cmp_zs_tasks, p.cmp_zs_limit, p.prompt, *controls],
                     [p.status, *compared], **HEAVY)
     p.cmp_cancel.click(h.cancel, [p.state], [p.status], concurrency_limit=None)
-    p.fill_custom.click(h.custom_table, [p.state], [p.custom], **LIGHT)
+    p.fill_custom.click(h.custom_table, [p.state, *controls], [p.custom], **LIGHT)
     _wire_schedule(p, h, controls)
     p.cmp_methods.change(h.compare_cost, [p.state, p.cmp_methods, *controls], [p.cmp_cost], **LIGHT)
     for c in (p.target, p.step, p.n_windows, p.window, p.ppl_tokens, p.method, p.criterion):

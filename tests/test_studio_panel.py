@@ -131,3 +131,12 @@ def test_the_compare_tab_estimates_before_running_with_a_modest_default_selectio
     total, rows, _ = s.costs.compare_seconds(s.settings, ["adaptive", "flap"])
     assert rows[0][1] >= 2 and rows[1][1] == 1 and total == pytest.approx(rows[0][2] + rows[1][2])
     assert s.costs.compare_markdown(s.settings, []) == "Pick at least one method to compare."
+
+
+def test_fill_from_the_adaptive_plan_uses_the_target_on_screen():
+    s, h = page_session(), handlers()
+    at_60 = h.custom_table(s, *controls(s, target=60, method="custom"))
+    at_90 = h.custom_table(s, *controls(s, target=90, method="custom"))
+    assert list(at_60["layer"]) == [0, 1, 2]
+    assert at_60["final sparsity %"].mean() > at_90["final sparsity %"].mean()  # not the session's 85 % plan
+    assert s.settings.prune.target == 0.85  # filling a table changes no setting
