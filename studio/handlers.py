@@ -215,7 +215,7 @@ class Handlers:
         preview still running is superseded, see :class:`studio.panel.SchedulePanel`)."""
         p = self.page
         if s is None or s.work.closed:
-            return {}
+            return gr.skip()
         values, out, problems = list(controls), {}, list(notes)
         for name, i in CHECKED.items():
             try:
@@ -241,22 +241,22 @@ class Handlers:
         """The plan for the settings on screen, drawn only while they are still the latest edit's."""
         p = self.page
         if s is None or s.work.closed:
-            return {}
+            return gr.skip()
         try:
             settings = settings_from(*controls)
         except SessionError:
-            return {}  # edited() has explained it next to the controls
+            return gr.skip()  # edited() has explained it next to the controls
         if not s.panel.current(settings):
-            return {}  # a newer edit's preview draws instead
+            return gr.skip()  # a newer edit's preview draws instead
         try:
             fig, note, n_planned = allocation_figure(s, settings)
             cost = s.costs.prune_markdown(settings)
         except Exception as exc:  # noqa: BLE001
             if s.work.closed:  # the tab closed while its preview was computing
-                return {}
+                return gr.skip()
             return {p.alloc_md: fail(exc), p.alloc_fig: gr.update(elem_classes=[])}
         if not s.panel.current(settings):
-            return {}
+            return gr.skip()
         s.panel.drawn(settings)
         out = {p.alloc_fig: gr.update(value=fig, elem_classes=[]), p.alloc_md: note, p.cost: cost}
         if n_planned:
@@ -269,7 +269,7 @@ class Handlers:
         then says how many steps that Δ takes, and the steps box follows it)."""
         p = self.page
         if s is None or s.work.closed:
-            return {}
+            return gr.skip()
         try:
             n = check("n_steps", n_steps, s.panel.good["n_steps"])
         except InputProblem as exc:
@@ -290,19 +290,19 @@ class Handlers:
     def compare_cost(self, s, methods, *controls):
         """The Compare tab's estimate for the methods ticked and the settings on screen."""
         if s is None or s.work.closed:
-            return {}
+            return gr.skip()
         try:
             return {self.page.cmp_cost: s.costs.compare_markdown(settings_from(*controls), methods)}
         except SessionError:
-            return {}  # the schedule panel explains a bad value next to its control
+            return gr.skip()  # the schedule panel explains a bad value next to its control
 
     def train_cost(self, s, *values):
         if s is None or s.work.closed:
-            return {}
+            return gr.skip()
         try:
             settings = settings_from(*values[5:])
         except SessionError:
-            return {}  # the schedule panel explains a bad value next to its control
+            return gr.skip()  # the schedule panel explains a bad value next to its control
         try:
             return {self.page.train_cost: s.costs.train_markdown(with_training(settings, *values[:5]))}
         except Exception as exc:  # noqa: BLE001

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import gradio as gr
 import pytest
 
 from studio.handlers import CHECKED, Handlers, settings_from
@@ -68,7 +69,7 @@ def test_an_older_preview_is_not_drawn_over_a_newer_edit():
     old, new = controls(s, target=80), controls(s, target=70)
     h.edited(s, *old)
     h.edited(s, *new)  # a newer edit came in while the first preview was computing
-    assert h.preview(s, *old) == {}  # superseded: nothing drawn
+    assert h.preview(s, *old) == gr.skip()  # superseded: nothing drawn
     out = h.preview(s, *new)
     assert "target 70 %" in out["alloc_md"] and out["alloc_fig"]["elem_classes"] == []
     assert "plan for target 70 %" in out["alloc_fig"]["value"].layout.title.text
@@ -140,3 +141,11 @@ def test_fill_from_the_adaptive_plan_uses_the_target_on_screen():
     assert list(at_60["layer"]) == [0, 1, 2]
     assert at_60["final sparsity %"].mean() > at_90["final sparsity %"].mean()  # not the session's 85 % plan
     assert s.settings.prune.target == 0.85  # filling a table changes no setting
+
+
+def test_a_light_handler_with_nothing_to_draw_skips_its_outputs():
+    """A single-output handler that returns {} hands Gradio a dict as the value (a server error): it skips."""
+    s, h = tiny_session(), handlers()
+    h.page.cmp_cost = "cmp_cost"
+    assert h.compare_cost(s, ["adaptive"], *controls(s, target=0)) == gr.skip()
+    assert "Estimate" in h.compare_cost(s, ["adaptive"], *controls(s))["cmp_cost"]
