@@ -40,8 +40,9 @@ from .workspace import SessionError, Workspace
 
 log = logging.getLogger("studio")
 
-#: The methods a comparison runs unless told otherwise (custom needs a per-layer table, so it is left out).
-DEFAULT_METHODS = ("adaptive", "uniform", "llm-pruner", "flap", "shortgpt", "wanda-sp")
+#: The methods a comparison runs unless told otherwise: Adapt-Pruner, its own ablation (A = 0) and one baseline of
+#: another kind, a few minutes on a CPU (the others are a tick away; custom needs a per-layer table).
+DEFAULT_METHODS = ("adaptive", "uniform", "shortgpt")
 
 
 @dataclass
@@ -187,7 +188,7 @@ class Comparison:
         yield Progress(f"Comparison {which}: {method} at {res.fraction:.1%}; measuring speed"
                        + (" and zero-shot accuracy …" if self.zero_shot_settings else " …"), kind="compare")
         self._measure(model, res, s, prompt, ppl)
-        name = f"{method}-{round(100 * s.prune.target)}"
+        name = f"{method}-{export.target_name(s.prune.target)}"
         res.zip_path = str(export.zip_model(model, work.tokenizer, self.out_dir, name, p.record,
                                             {"comparison": self.report_of(res), "settings": s.public()}))
         res.status = "done"

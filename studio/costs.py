@@ -14,6 +14,9 @@ from . import text
 from .settings import StudioSettings
 from .workspace import Workspace
 
+#: The quick perplexity's throughput (a forward pass; its prior is the magnitude criterion's forward rate).
+PERPLEXITY = "perplexity"
+
 #: What ShortGPT's measurement is called here: the layer cosines alone (one forward pass, no unit scores).
 LAYERS_ONLY = "layers"
 
@@ -47,7 +50,7 @@ class Costs:
             return rate, f"measured in this session: {rate:.0f} tokens/s"
         kind = "gpu" if self.work.device.type == "cuda" else "cpu"
         rate = prior * PRIOR_MODEL_PARAMS / max(self.work.original_total, 1)
-        return rate, f"prior for {kind.upper()} scaled to this model: {rate:.0f} tokens/s"
+        return rate, f"first guess: a prior for {kind.upper()} scaled to this model, {rate:.0f} tokens/s"
 
     def _kind(self) -> str:
         return "gpu" if self.work.device.type == "cuda" else "cpu"
@@ -75,6 +78,11 @@ class Costs:
         rate, source = self._rate("train", PRIOR_TRAIN_TOKENS_PER_S[self._kind()])
         return tokens / rate, source
 
+    def ppl_seconds(self, s: StudioSettings) -> tuple[float, str]:
+        """Estimated seconds of one quick perplexity of the working model, and where the rate comes from."""
+        rate, source = self._rate(PERPLEXITY, PRIOR_TOKENS_PER_S[self._kind()]["magnitude"])
+        return int(s.quick_ppl.max_tokens or 0) / rate, source
+
     def prune_markdown(self, s: StudioSettings) -> str:
         sec, source = self.importance_seconds(s)
         paper = PAPER_CALIBRATION[0] * PAPER_CALIBRATION[1]
@@ -94,10 +102,12 @@ class Costs:
         except (ValueError, TypeError) as exc:
             return f"⚠️ {exc}"
         sec, source = self.train_seconds(n_train * per)
+        ppl, ppl_source = self.ppl_seconds(s)
         n_accel = sum(cfg.steps_for(round(x * int(s.accel_tokens))) for x in shares)
         accel_train, _ = self.train_seconds(n_accel * per)
-        out = (f"**Train**: {n_train} optimiser steps of {cfg.batch_size} × {cfg.seq_len} tokens ≈ **{sec:.0f} s** "
-               f"({source}).  \n")
+        out = (f"**Train**: {n_train} optimiser steps of {cfg.batch_size} × {cfg.seq_len} tokens ≈ {sec:.0f} s "
+               f"({source}) + the quick perplexity before and after ≈ 2 × {ppl:.0f} s ({ppl_source}): "
+               f"≈ **{sec + 2 * ppl:.0f} s** in all.  \n")
         to_remove = work.params() - s.prune.target * work.original_total
         if to_remove <= 0:
             return out + "**Adapt-Accel**: the model is already at or below the target; lower the target."
@@ -108,3 +118,30 @@ class Costs:
         return out + (f"**Adapt-Accel**: {int(s.stages)} stages, about {n_sub} pruning sub-steps (≈ {n_sub * imp:.0f} s) "
                       f"and {n_accel} optimiser steps (≈ {accel_train:.0f} s), plus a quick perplexity after every "
                       f"prune and train: ≈ **{(n_sub * imp + accel_train) / 60:.1f} min** in all.")
+
+    def compare_seconds(self, s: StudioSettings, methods) -> tuple[float, list[tuple[str, int, float]], str]:
+        """Estimated seconds of a comparison of ``methods`` to the target of ``s``: per method its sub-steps (a
+        one-shot baseline: one), each an importance measurement and a quick perplexity, plus two generations.
+        Returns the total, (method, sub-steps, seconds) per method, and where the rates come from."""
+        work = self.work
+        geo = work.pruner.geo
+        prunable0 = sum(geo.layer_prunable_params(w) for w in work.pruner.origin.widths)
+        share = max(0.0, (1 - s.prune.target) * work.original_total) / max(prunable0, 1)
+        ppl, source = self.ppl_seconds(s)
+        rows = []
+        for m in methods:
+            ms = s.with_method(m)
+            n = max(1, round(share / max(ms.prune.step, 1e-6))) if method_class(m).incremental else 1
+            imp, _ = self.importance_seconds(ms)
+            rows.append((m, n, n * (imp + ppl)))
+        return sum(r[2] for r in rows), rows, source
+
+    def compare_markdown(self, s: StudioSettings, methods) -> str:
+        """What the Compare tab's run will cost, before it runs."""
+        methods = list(methods or [])
+        if not methods:
+            return text.COMPARE_PICK
+        total, rows, source = self.compare_seconds(s, methods)
+        per = ", ".join(f"{m} {n} step(s) ≈ {sec:.0f} s" for m, n, sec in rows)
+        return text.COMPARE_COST.format(n=len(methods), minutes=total / 60, per=per, source=source,
+                                        target=100 * s.prune.target)

@@ -7,6 +7,7 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,20 +17,32 @@ import visualizations as viz
 from pruner import PrunerError, load_model
 from pruner.data import CALIBRATION_CHARS, CalibrationText
 
+from . import text as page_text
+from .inputs import BOUNDS, DELTA_STEP, InputProblem, check
 from .pool import SessionPool
+from .quality import EvaluationCancelled
 from .session import StudioSession
 from .settings import QUICK_PPL, UPLOADED, StudioSettings
 from .text import READY
-from .views import allocation_figure, compare_views, loss_figure, page_views
+from .views import allocation_figure, compare_views, loss_figure, page_views, settings_label
 from .workspace import SessionError
 
 log = logging.getLogger("studio")
+
+#: The checked controls (studio.inputs.BOUNDS) and their place among the schedule controls of settings_from.
+CHECKED = {"target": 0, "amplitude": 1, "step": 2, "n_windows": 8, "window": 9}
+METHOD = 4  # the method radio's place among them (the custom table follows it)
 
 
 def settings_from(target, amplitude, step, criterion, method, custom, corpus, upload, n_windows, window, seed,
                   ppl_tokens, new_tokens) -> StudioSettings:
     """The schedule controls' values as :class:`StudioSettings` (percentages → fractions), validated by the
-    library's configs."""
+    library's configs; a value out of a control's range is refused in the page's words (:mod:`studio.inputs`)."""
+    try:
+        target, amplitude, step, n_windows, window = (check(n, v) for n, v in zip(
+            CHECKED, (target, amplitude, step, n_windows, window), strict=True))
+    except InputProblem as exc:
+        raise SessionError(str(exc)) from exc
     text = None
     if corpus == UPLOADED:
         if not upload:
@@ -58,6 +71,17 @@ def settings_from(target, amplitude, step, criterion, method, custom, corpus, up
                                     max_new_tokens=int(new_tokens))
     except PrunerError as exc:
         raise SessionError(str(exc)) from exc
+
+
+def model_choices() -> list[tuple[str, str]]:
+    """The model picker: the default model and the shipped real models (those not fetched yet say how)."""
+    from pruner.io.shipped import SHIPPED, is_fetched
+
+    out = [("default — SmolLM2-135M-Instruct (embedded)", "default")]
+    for name, m in SHIPPED.items():
+        out.append((f"{name} — {m.title}" if is_fetched(name) else
+                    f"{name} — not fetched yet: run `adapt-pruner fetch {name}`", name))
+    return out
 
 
 def with_training(settings: StudioSettings, tokens, lr, distill, stages, accel_tokens) -> StudioSettings:
@@ -180,46 +204,121 @@ class Handlers:
             self.pool.add(request.session_hash, s)
         except Exception as exc:  # noqa: BLE001
             return {p.status: fail(exc)}
-        return {p.state: s, p.status: f"Loaded **{source}**.", **self.views(s), **compare_views(p, s)}
+        # the picker again: a model fetched since the page was built is named as fetched now
+        return {p.state: s, p.status: f"Loaded **{source}**.", **self.views(s), **compare_views(p, s),
+                p.source: gr.update(choices=model_choices())}
 
-    # ------------------------------------------------------------------ light updates
-    def preview(self, s, *controls):
+    # ------------------------------------------------------------------ the schedule panel (light updates)
+    def edited(self, s, *controls, notes: tuple[str, ...] = ()):
+        """A schedule control changed: a value out of range is explained next to the controls and replaced by its
+        last good one, and the plot is marked as being recomputed for exactly the settings now on screen (an older
+        preview still running is superseded, see :class:`studio.panel.SchedulePanel`)."""
         p = self.page
         if s is None or s.work.closed:
-            return {}
+            return gr.skip()
+        values, out, problems = list(controls), {}, list(notes)
+        for name, i in CHECKED.items():
+            try:
+                values[i] = check(name, values[i], s.panel.good[name])
+                s.panel.good[name] = values[i]
+            except InputProblem as exc:
+                problems.append(str(exc))
+                values[i] = s.panel.good[name]
+                out[getattr(p, name)] = gr.update(value=values[i])
+        try:
+            settings = settings_from(*values)
+        except SessionError as exc:
+            problems.append(str(exc))
+            return {**out, p.input_note: "  \n".join(f"⚠️ {m}" for m in problems)}
+        s.panel.want(settings)
+        note = {p.input_note: "  \n".join(f"⚠️ {m}" for m in problems)}
+        if not s.panel.stale:  # a bad value put back: the plot already shows the plan for these settings
+            return {**out, **note}
+        return {**out, **note, p.alloc_md: page_text.PLAN_COMPUTING.format(label=settings_label(settings)),
+                p.alloc_fig: gr.update(elem_classes=["stale"])}
+
+    def preview(self, s, *controls):
+        """The plan for the settings on screen, drawn only while they are still the latest edit's."""
+        p = self.page
+        if s is None or s.work.closed:
+            return gr.skip()
         try:
             settings = settings_from(*controls)
-            fig, note = allocation_figure(s, settings)
-            return {p.alloc_fig: fig, p.alloc_md: note, p.cost: s.costs.prune_markdown(settings)}
-        except Exception as exc:  # noqa: BLE001
-            return {p.alloc_md: fail(exc)}
-
-    def steps_to_budget(self, s, n_steps, target):
-        """Set Δ so that about ``n_steps`` steps reach the target."""
-        if s is None or s.work.closed:
-            return gr.update()
+        except SessionError:
+            return gr.skip()  # edited() has explained it next to the controls
+        if not s.panel.current(settings):
+            return gr.skip()  # a newer edit's preview draws instead
         try:
-            return gr.update(value=round(100 * s.schedule.budget_for_steps(int(n_steps), target / 100), 2))
+            fig, note, n_planned = allocation_figure(s, settings)
+            cost = s.costs.prune_markdown(settings)
         except Exception as exc:  # noqa: BLE001
-            fail(exc)
-            return gr.update()
+            if s.work.closed:  # the tab closed while its preview was computing
+                return gr.skip()
+            return {p.alloc_md: fail(exc), p.alloc_fig: gr.update(elem_classes=[])}
+        if not s.panel.current(settings):
+            return gr.skip()
+        s.panel.drawn(settings)
+        out = {p.alloc_fig: gr.update(value=fig, elem_classes=[]), p.alloc_md: note, p.cost: cost}
+        if n_planned:
+            s.panel.good["n_steps"] = n_planned
+            out[p.n_steps] = gr.update(value=n_planned)
+        return out
+
+    def steps_to_budget(self, s, n_steps, *controls):
+        """"…or number of steps": Δ so that about ``n_steps`` steps reach the target, within Δ's range (the plan
+        then says how many steps that Δ takes, and the steps box follows it)."""
+        p = self.page
+        if s is None or s.work.closed:
+            return gr.skip()
+        try:
+            n = check("n_steps", n_steps, s.panel.good["n_steps"])
+        except InputProblem as exc:
+            return {**self.edited(s, *controls, notes=(str(exc),)), p.n_steps: gr.update(value=s.panel.good["n_steps"])}
+        values = list(controls)
+        try:
+            target = check("target", values[CHECKED["target"]])
+            want = 100 * s.schedule.budget_for_steps(int(n), target / 100)
+        except (InputProblem, SessionError) as exc:
+            return self.edited(s, *controls, notes=(str(exc),))
+        low, high = BOUNDS["step"].low, BOUNDS["step"].high
+        delta = min(high, max(low, round(want / DELTA_STEP) * DELTA_STEP))  # on the slider's grid
+        notes = () if low <= want <= high else (page_text.STEPS_CLAMPED.format(n=n, want=want, low=low, high=high,
+                                                                                delta=delta),)
+        values[CHECKED["step"]] = delta
+        return {**self.edited(s, *values, notes=notes), p.step: gr.update(value=delta)}
+
+    def compare_cost(self, s, methods, *controls):
+        """The Compare tab's estimate for the methods ticked and the settings on screen."""
+        if s is None or s.work.closed:
+            return gr.skip()
+        try:
+            return {self.page.cmp_cost: s.costs.compare_markdown(settings_from(*controls), methods)}
+        except SessionError:
+            return gr.skip()  # the schedule panel explains a bad value next to its control
 
     def train_cost(self, s, *values):
         if s is None or s.work.closed:
-            return {}
+            return gr.skip()
         try:
-            return {self.page.train_cost: s.costs.train_markdown(with_training(settings_from(*values[5:]), *values[:5]))}
+            settings = settings_from(*values[5:])
+        except SessionError:
+            return gr.skip()  # the schedule panel explains a bad value next to its control
+        try:
+            return {self.page.train_cost: s.costs.train_markdown(with_training(settings, *values[:5]))}
         except Exception as exc:  # noqa: BLE001
             return {self.page.train_cost: fail(exc)}
 
-    def custom_table(self, s):
-        """Per-layer final sparsity (%) for a custom schedule, pre-filled with the adaptive plan's last column."""
+    def custom_table(self, s, *controls):
+        """Per-layer final sparsity (%) for a custom schedule, pre-filled with the last column of the adaptive plan
+        to the target on screen (not the session's last applied one)."""
         import pandas as pd
 
         if s is None:
             return gr.update()
         try:
-            vals = s.schedule.final_sparsity_plan()
+            values = list(controls)
+            values[METHOD], values[METHOD + 1] = "adaptive", None  # the adaptive plan, without the table it fills
+            vals = s.schedule.final_sparsity_plan(settings_from(*values))
         except SessionError as exc:
             fail(exc)
             return gr.update()
@@ -228,7 +327,7 @@ class Handlers:
     def cancel(self, s):
         if s is not None:
             s.cancel()
-        return {self.page.status: "Cancelling after the current stage … (the model stays intact)"}
+        return {self.page.status: page_text.CANCELLING}
 
     # ------------------------------------------------------------------ model work
     @streamed(views_on_error=False)
@@ -243,24 +342,40 @@ class Handlers:
                          + (f" (calibration loss {imp.loss:.3f})." if imp.loss is not None else "."),
                **self.views(s, settings)}
 
+    def _plan_on_screen(self, s, settings: StudioSettings) -> Iterator[dict]:
+        """Before a cut: the plot drawn for exactly these settings, if it shows another plan (a preview still
+        computing, or superseded), so that what is cut is the plan on screen."""
+        if s.panel.shown != settings:
+            yield {self.page.status: "Drawing the plan for the settings on screen before cutting …",
+                   **self.views(s, settings)}
+
     @streamed()
     def step(self, s, prompt, *controls):
         p = self.page
         settings = settings_from(*controls)
         s.configure(settings)
+        yield from self._plan_on_screen(s, settings)
         if not s.schedule.has_current_importance():
             sec, _ = s.costs.importance_seconds(s.settings)
             yield {p.status: f"Step {s.steps_taken + 1}: measuring importance (≈ {sec:.0f} s) …"}
         rec = s.schedule.step()
         yield {p.status: f"Step {rec.index + 1} cut: {rec.params_total / 1e6:.2f} M parameters; evaluating …",
                **self.views(s, settings)}
-        s.quality.quick_eval(prompt)
+        try:
+            s.quality.quick_eval(prompt)
+        except EvaluationCancelled:
+            yield {p.status: f"Cancelled during step {rec.index + 1}'s evaluation: step {rec.index + 1} is kept "
+                             f"({rec.params_total / 1e6:.2f} M parameters); measuring its perplexity for the "
+                             "trajectory (no generation) …"}
+            s.quality.quick_eval(prompt, with_generation=False)
         yield {p.status: f"Step {rec.index + 1} done: {rec.params_total / 1e6:.2f} M parameters "
                          f"({rec.fraction_of_original:.1%} of the original).", **self.views(s, settings)}
 
     @streamed()
     def run(self, s, prompt, every, *controls):
         settings = settings_from(*controls)
+        s.configure(settings)
+        yield from self._plan_on_screen(s, settings)
         for u in s.schedule.run_to_target(settings, prompt=prompt, evaluate_every=int(every)):
             yield {self.page.status: u.message, **(self.views(s, settings) if u.record is not None or u.done else {})}
 
@@ -310,11 +425,12 @@ class Handlers:
             yield {self.page.status: u.message, **self.views(s, settings)}
 
     @immediate
-    def export(self, s):
+    def export(self, s, dtype):
         p = self.page
-        path = s.export_zip()
+        path = s.export_zip(dtype=dtype)
         return {p.zip_file: str(path), p.report_file: str(s.export_report(path.parent)),
-                p.status: f"Saved the pruned model ({path.stat().st_size / 1e6:.1f} MB zip) and the report."}
+                p.status: f"Saved the pruned model ({path.stat().st_size / 1e6:.1f} MB zip, {dtype} weights) and the "
+                          "report."}
 
     @streamed(views_on_error=False)
     def zero_shot(self, s, tasks, limit, full, with_original, with_baseline):

@@ -17,7 +17,12 @@ from pruner.pruning.pruner import Pruner
 
 from .events import Progress
 from .settings import StudioSettings
+from .text import EVAL_CANCELLED, NO_GENERATION, PROMPT_CAPPED
 from .workspace import SessionError, Workspace
+
+
+class EvaluationCancelled(SessionError):
+    """Cancel stopped a quick evaluation (the model is untouched)."""
 
 
 @dataclass
@@ -28,16 +33,19 @@ class Evaluation:
     params: int
     fraction_of_original: float
     perplexity: dict
-    tokens_per_s: float
+    tokens_per_s: float | None
     prompt: str
     generation: str
     original_generation: str
     original_perplexity: dict
+    note: str = ""  # what was left out or shortened (a cancelled generation, a prompt capped to the context)
 
     def summary(self) -> str:
-        return (f"{self.params / 1e6:.2f} M parameters ({self.fraction_of_original:.1%} of the original) · "
-                f"perplexity {format_perplexity(self.perplexity)} · {self.tokens_per_s:.1f} tokens/s (greedy "
-                f"generation) · original: perplexity {self.original_perplexity['perplexity']:.2f}")
+        speed = (f"{self.tokens_per_s:.1f} tokens/s (greedy generation)" if self.tokens_per_s is not None
+                 else "no generation")
+        return (f"step {self.step} · {self.params / 1e6:.2f} M parameters ({self.fraction_of_original:.1%} of the "
+                f"original) · perplexity {format_perplexity(self.perplexity)} · {speed} · original: perplexity "
+                f"{self.original_perplexity['perplexity']:.2f}" + (f"  \n{self.note}" if self.note else ""))
 
 
 @dataclass
@@ -56,7 +64,9 @@ class Quality:
     def __init__(self, work: Workspace):
         self.work = work
         self._original_eval: dict[tuple, tuple[dict, str]] = {}
+        self._original_ppl: dict = {}  # the original's quick perplexity per PerplexityConfig
         self._yardstick_listeners = []
+        self.on_ppl = None  # (tokens, seconds) of every quick perplexity: the session's costs learn from it
         self.clear()
         work.on_change(self._changed)
 
@@ -89,52 +99,96 @@ class Quality:
         return f"quick perplexity: {self.work.settings.quick_ppl.describe()}"
 
     # ------------------------------------------------------------------ quick evaluation
-    def quick_eval(self, prompt: str, settings: StudioSettings | None = None) -> Evaluation:
-        """Parameters, quick perplexity (settings in the result), tokens/s and greedy generations, side by side."""
+    def quick_eval(self, prompt: str, settings: StudioSettings | None = None,
+                   with_generation: bool = True) -> Evaluation:
+        """Parameters, quick perplexity (settings in the result), tokens/s and greedy generations, side by side.
+        Cancel stops it (nothing is recorded; the model is untouched either way)."""
         if settings is not None:
             self.work.configure(settings)
         with self.work.task():
-            return self.evaluate_now(prompt)
+            try:
+                return self.evaluate_now(prompt, with_generation=with_generation)
+            except EvaluationCancelled as exc:
+                w = self.work
+                raise EvaluationCancelled(EVAL_CANCELLED.format(steps=w.steps_taken, params=w.params() / 1e6)) from exc
 
     def ppl(self, model: nn.Module, settings: StudioSettings | None = None) -> dict:
         """The quick perplexity of ``model`` with the session's settings (or ``settings``)."""
         s = settings or self.work.settings
-        return s.quick_ppl.measure(model, self.work.tokenizer, should_stop=self.work.should_stop)
+        t0 = time.perf_counter()
+        out = s.quick_ppl.measure(model, self.work.tokenizer, should_stop=self.work.should_stop)
+        if self.on_ppl is not None:
+            self.on_ppl(int(out.get("tokens") or s.quick_ppl.max_tokens or 0), time.perf_counter() - t0)
+        return out
+
+    def capped_prompt(self, prompt: str, settings: StudioSettings | None = None) -> tuple[list[int], str]:
+        """The prompt's token ids, its end capped so that prompt and continuation fit the model's context, and a
+        note when it was capped."""
+        tok, s = self.work.tokenizer, settings or self.work.settings
+        ids = tok(prompt)["input_ids"]
+        context = int(getattr(self.work.model.config, "max_position_embeddings", 0) or 0)
+        room = context - int(s.max_new_tokens) if context else len(ids)
+        if len(ids) <= room:
+            return ids, ""
+        return ids[-max(room, 1):], PROMPT_CAPPED.format(n=len(ids), kept=max(room, 1), context=context)
 
     @torch.no_grad()
     def generate(self, model: nn.Module, prompt: str, settings: StudioSettings | None = None) -> tuple[str, float]:
-        """A greedy continuation of ``prompt`` (``max_new_tokens`` of the session's settings or of ``settings``)
-        and its tokens/s."""
+        """A greedy continuation of ``prompt`` (``max_new_tokens`` of the session's settings or of ``settings``;
+        the prompt's last tokens that fit the context) and its tokens/s. Cancel stops it after the current token
+        (:class:`pruner.Cancelled`)."""
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        stop = self.work.should_stop
+
+        class _Cancel(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs) -> bool:
+                return bool(stop())
+
         tok = self.work.tokenizer
-        enc = tok(prompt, return_tensors="pt").to(next(model.parameters()).device)
+        ids, _ = self.capped_prompt(prompt, settings)
+        enc = {"input_ids": torch.tensor([ids], device=next(model.parameters()).device)}
+        enc["attention_mask"] = torch.ones_like(enc["input_ids"])
         t0 = time.perf_counter()
         out = model.generate(**enc, max_new_tokens=(settings or self.work.settings).max_new_tokens, do_sample=False,
-                             pad_token_id=tok.pad_token_id)
+                             pad_token_id=tok.pad_token_id, stopping_criteria=StoppingCriteriaList([_Cancel()]))
+        if stop():
+            raise Cancelled("cancelled during the generation")
         dt = time.perf_counter() - t0
         new = out[0, enc["input_ids"].shape[1]:]
         return tok.decode(new, skip_special_tokens=True), new.numel() / max(dt, 1e-9)
 
-    def _original_reference(self, prompt: str) -> tuple[dict, str]:
+    def _original_reference(self, prompt: str, with_generation: bool = True) -> tuple[dict, str]:
+        """The original model's quick perplexity and greedy continuation (cached per setting and prompt)."""
         s = self.work.settings
         key = (s.quick_ppl, prompt, s.max_new_tokens)
         if key not in self._original_eval:
-            self._original_eval[key] = (self.ppl(self.work.original), self.generate(self.work.original, prompt)[0])
+            ppl = self._original_ppl.get(s.quick_ppl) or self.ppl(self.work.original)
+            self._original_ppl[s.quick_ppl] = ppl
+            if not with_generation:
+                return ppl, ""
+            self._original_eval[key] = (ppl, self.generate(self.work.original, prompt)[0])
         return self._original_eval[key]
 
-    def evaluate_now(self, prompt: str, track: bool = True) -> Evaluation:
+    def evaluate_now(self, prompt: str, track: bool = True, with_generation: bool = True) -> Evaluation:
         """The quick evaluation inside a running task. ``track=False``: not a pruning-trajectory point (after
-        training, whose effect the recovery points show)."""
+        training, whose effect the recovery points show). ``with_generation=False``: the perplexity alone (after a
+        cancel, so that a kept step still gets its trajectory point). Cancel raises :class:`EvaluationCancelled`."""
         work = self.work
         if not prompt or not prompt.strip():
             raise SessionError("Type a prompt for the side-by-side generation")
+        note = self.capped_prompt(prompt)[1]
         try:
-            ref_ppl, ref_gen = self._original_reference(prompt)
+            ref_ppl, ref_gen = self._original_reference(prompt, with_generation)
             ppl = self.ppl(work.model)
+            gen, tps = self.generate(work.model, prompt) if with_generation else ("", None)
         except Cancelled as exc:
-            raise SessionError("Cancelled during the evaluation; the model is unchanged") from exc
-        gen, tps = self.generate(work.model, prompt)
+            raise EvaluationCancelled(f"Cancelled during the quick evaluation of step {work.steps_taken}") from exc
+        if not with_generation:
+            note = (note + "  \n" if note else "") + NO_GENERATION
         params = work.params()
-        ev = Evaluation(work.steps_taken, params, params / work.original_total, ppl, tps, prompt, gen, ref_gen, ref_ppl)
+        ev = Evaluation(work.steps_taken, params, params / work.original_total, ppl, tps, prompt, gen, ref_gen, ref_ppl,
+                        note)
         self._check_yardstick(work.settings)
         self.last_eval = ev
         if not track:

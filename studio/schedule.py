@@ -18,7 +18,9 @@ from pruner.pruning.pruner import StepRecord
 from .costs import LAYERS_ONLY, Costs
 from .events import Progress
 from .layers import LayerMap
+from .quality import EvaluationCancelled
 from .settings import StudioSettings
+from .text import RUN_CANCELLED
 from .workspace import SessionError, Workspace
 
 
@@ -62,6 +64,7 @@ class ScheduleControl:
         self.importance: Importance | None = None
         self._key: tuple | None = None
         self.tags: dict[int, str] = {}  # step index -> "stage k" for steps taken by Adapt-Accel
+        self._plan: tuple[tuple, Preview] | None = None  # the last plan and what it was made from
         work.on_change(self._changed)
 
     def _changed(self, change: str) -> None:
@@ -152,6 +155,9 @@ class ScheduleControl:
         work = self.work
         s = settings or work.settings
         cfg = s.prune
+        key = (work.version, id(self.current_importance()), id(work.pruner.last_measurement), cfg)
+        if self._plan is not None and self._plan[0] == key:  # the same model, scores and settings: the same plan
+            return self._plan[1]
         if not work.surgery.acquire(timeout=2.0):
             raise SessionError("The model is being cut; the preview updates when the step finishes")
         try:
@@ -171,6 +177,7 @@ class ScheduleControl:
         out = Preview.of(plan, self.layer_map())
         if imp is None:
             out.notes.insert(0, f"an estimate from the importance measured before step {work.steps_taken}")
+        self._plan = (key, out)
         return out
 
     def final_sparsity_plan(self, settings: StudioSettings | None = None) -> list[float]:
@@ -225,6 +232,7 @@ class ScheduleControl:
                 work.pruner.target_params()
             except PrunerError as exc:
                 raise SessionError(str(exc)) from exc
+            start = work.steps_taken
             for k in range(work.pruner.config.max_steps):
                 if work.pruner.reached():
                     break
@@ -235,17 +243,39 @@ class ScheduleControl:
                     rec = self._step()
                 except SessionError:
                     if work.cancelled:
-                        yield Progress(f"Cancelled after {k} step(s) of this run; the model is intact.", done=True)
+                        when = f"while measuring and cutting step {work.steps_taken + 1} (it was not cut)"
+                        yield Progress(self.kept_message(when, start), done=True)
                         return
                     raise
-                ev = None
+                ev, stopped = None, False
                 last = work.pruner.reached()
                 if prompt is not None and ((k + 1) % max(evaluate_every, 1) == 0 or last):
                     yield Progress(f"Step {rec.index + 1} done; quick evaluation …", rec)
-                    ev = self.quality.evaluate_now(prompt)
+                    ev, stopped = yield from self._evaluate_kept(prompt, rec)
                 yield Progress(f"Step {rec.index + 1} done: {rec.params_total / 1e6:.2f} M parameters "
                                f"({rec.fraction_of_original:.1%})", rec, ev)
-                if work.cancelled:
-                    yield Progress(f"Cancelled after step {rec.index + 1}; the model is intact.", rec, ev, done=True)
+                if work.cancelled or stopped:
+                    when = f"after step {rec.index + 1}" + (" during its quick evaluation" if stopped else "")
+                    yield Progress(self.kept_message(when, start), rec, ev, done=True)
                     return
             yield Progress(f"Target reached: {work.params() / 1e6:.2f} M parameters.", done=True)
+
+    def _evaluate_kept(self, prompt: str, rec: StepRecord):
+        """The quick evaluation after a step of a run. A cancel during it keeps the step (it is cut) and still
+        measures its perplexity, without the generation, so that the trajectory has every kept step. Returns the
+        evaluation and whether Cancel came during it."""
+        try:
+            return self.quality.evaluate_now(prompt), False
+        except EvaluationCancelled:
+            self.work.clear_cancel()
+            yield Progress(f"Cancelled during step {rec.index + 1}'s quick evaluation: step {rec.index + 1} is kept; "
+                           "measuring its perplexity for the trajectory (no generation) …", rec)
+            return self.quality.evaluate_now(prompt, with_generation=False), True
+
+    def kept_message(self, when: str, start: int) -> str:
+        """After a cancel: exactly which steps this run kept, and the model's size now."""
+        work = self.work
+        kept = work.steps_taken - start
+        which = "" if kept == 0 else (f" (step {start + 1})" if kept == 1 else f" (steps {start + 1}–{work.steps_taken})")
+        return RUN_CANCELLED.format(when=when, kept=kept, which=which, params=work.params() / 1e6,
+                                    fraction=work.params() / work.original_total, total=work.steps_taken)

@@ -27,7 +27,8 @@ from pruner import load_model
 
 from . import export
 from .compare import Comparison
-from .costs import Costs
+from .costs import PERPLEXITY, Costs
+from .panel import SchedulePanel
 from .quality import Quality
 from .schedule import ScheduleControl
 from .settings import StudioSettings
@@ -43,9 +44,11 @@ class StudioSession:
         self.work = Workspace(model, tokenizer, original, name, settings, keep_history)
         self.costs = Costs(self.work)
         self.quality = Quality(self.work)
+        self.quality.on_ppl = lambda tokens, seconds: self.costs.observe(PERPLEXITY, tokens, seconds)
         self.schedule = ScheduleControl(self.work, self.costs, self.quality)
         self.training = Training(self.work, self.quality, self.schedule, self.costs)
         self.compare = Comparison(self.work, self.quality)
+        self.panel = SchedulePanel(self.work.settings)
 
     @classmethod
     def load(cls, source: str = "default", device=None, settings: StudioSettings | None = None) -> StudioSession:
@@ -126,5 +129,5 @@ class StudioSession:
     def export_report(self, out_dir: str | Path | None = None) -> Path:
         return export.export_report(self, out_dir)
 
-    def export_zip(self, out_dir: str | Path | None = None) -> Path:
-        return export.export_zip(self, out_dir)
+    def export_zip(self, out_dir: str | Path | None = None, dtype: str = export.DEFAULT_DTYPE) -> Path:
+        return export.export_zip(self, out_dir, dtype)

@@ -5,9 +5,10 @@ Prune a small language model **layer by layer, adaptively** ([Adapt-Pruner, arXi
 measure how much every decoder layer changes its input, give unimportant layers more sparsity, remove whole
 attention groups and MLP channels in small steps, and watch perplexity and generations as the model shrinks."""
 
-EXPLAIN_LAYER = """**Layer importance** I_l = −mean cos(x_in, x_out): the cosine between the hidden state entering a decoder
-block and the one leaving it, averaged over all calibration tokens. A block that barely turns its input
-(cos ≈ 1) can lose more; one that changes it a lot is important. Each column is one measurement, taken before
+EXPLAIN_LAYER = """**Layer importance** 1 − mean cos(x_in, x_out): the cosine between the hidden state entering a decoder
+block and the one leaving it, averaged over all calibration tokens, shown so that **0 means the layer does
+nothing** to its input (the paper's I_l = −cos ranks the layers the same way). A block that barely turns its input
+(near 0) can lose more; one that changes it a lot is important. Each column is one measurement, taken before
 a step on a fresh calibration sample — watch the first and last layers stay on top."""
 
 EXPLAIN_UNITS = """**Unit importance** decides *which* units of a layer go. First-order Taylor: Σ |W ⊙ ∂L/∂W| over all weights
@@ -122,3 +123,38 @@ COMPARE_NO_ZERO_SHOT = "not measured (choose tasks to add it)"
 METHOD_RADIO_INFO = ("adaptive, uniform, custom: the rule above, in sub-steps; llm-pruner, flap, shortgpt, wanda-sp: "
                      "the paper's baselines, one step each with their own unit score (the “Compare methods” tab "
                      "explains them)")
+
+# ---------------------------------------------------------------------- the schedule panel's inputs and plan
+
+INPUT_KEPT = " Kept {value}."
+INPUT_EMPTY = "Type a {label} between {low} and {high}."
+INPUT_NOT_A_NUMBER = "The {label} must be a number."
+TARGET_FRACTION = ("{value} looks like a fraction: the target here is in % of the original parameters (type {percent} "
+                   "for {percent} %).")
+TARGET_NOTHING = ("A target of {value} would remove every parameter: the target is the size to keep, {low}–{high} of "
+                  "the original.")
+TARGET_GROW = "A target of {value} is no pruning at all: the model can only shrink, to at most {high} of the original."
+INPUT_RANGE = "The {label} must lie between {low} and {high}; {value} is outside."
+INPUT_WHOLE = "The {label} must be a whole number, not {value}."
+STEPS_CLAMPED = ("{n} step(s) would need Δ = {want:.2f} %, outside the slider's {low:g}–{high:g} %: Δ is set to "
+                 "{delta:g} %, and the plan shows how many steps that takes.")
+PLAN_COMPUTING = "⏳ Computing the plan for {label} …"
+PLAN_FOR = "Plan for **{label}**"
+
+# ---------------------------------------------------------------------- what Cancel kept
+EVAL_CANCELLED = ("Evaluation cancelled: nothing was measured. The model is untouched: {steps} step(s), "
+                  "{params:.2f} M parameters.")
+NO_GENERATION = "The generation was skipped: Cancel came during this step's evaluation (the perplexity was finished)."
+PROMPT_CAPPED = ("The prompt has {n:,} tokens: only its last {kept:,} are used, so that prompt and continuation fit the "
+                 "model's context of {context:,} tokens.")
+RUN_CANCELLED = ("Cancelled {when}. This run kept {kept} step(s){which}: the model has {params:.2f} M parameters "
+                 "({fraction:.1%} of the original), {total} step(s) in all.")
+CANCELLING = ("Cancelling at the next safe point … (a step is cut whole or not at all; the status then says exactly "
+              "which steps were kept)")
+RESET_CONFIRM = ("**Reset to the original model?** Every step, the training and the undo history of this session are "
+                 "dropped.")
+COMPARE_PICK = "Pick at least one method to compare."
+COMPARE_COST = ("**Estimate**: {n} method(s) to {target:g} % ≈ **{minutes:.1f} min** without zero-shot ({per}; each "
+                "sub-step measures importance and a quick perplexity; rates: {source}).")
+EXPORT_DTYPE_INFO = ("bfloat16: half the size of float32 with its range (the default); float16: half the size, "
+                     "for GPUs without bfloat16; float32: exact, twice the size")

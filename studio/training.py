@@ -16,7 +16,7 @@ from pruner import Cancelled, PrunerError
 from pruner.config import BASELINES
 
 from .events import Progress
-from .quality import Quality, TrajectoryPoint
+from .quality import EvaluationCancelled, Quality, TrajectoryPoint
 from .schedule import ScheduleControl
 from .settings import StudioSettings
 from .text import ACCEL_BASELINE
@@ -148,7 +148,7 @@ class Training:
                 yield Progress(f"Training {how} {done.steps} step(s), {done.tokens:,} tokens, "
                                f"{done.tokens_per_s:.0f} tokens/s; perplexity {before:.2f} → {after:.2f} "
                                f"({s.quick_ppl.describe()}).", evaluation=ev, done=True)
-            except Cancelled as exc:
+            except (Cancelled, EvaluationCancelled) as exc:
                 raise SessionError("Cancelled during the evaluation; the model keeps its training") from exc
 
     def _train_round(self, tokens: int, cfg, data, teacher):

@@ -17,7 +17,9 @@ from pruner.data import CORPORA, CORPUS_DESCRIPTIONS
 
 from . import text
 from .compare import DEFAULT_METHODS
-from .handlers import Handlers, SharedModel
+from .export import DEFAULT_DTYPE, DTYPES
+from .handlers import Handlers, SharedModel, model_choices
+from .inputs import BOUNDS, DELTA_STEP, FreeSlider
 from .pool import SessionPool
 from .quality import Quality
 from .settings import UPLOADED, StudioSettings
@@ -51,7 +53,7 @@ def build_demo(model=None, tokenizer=None, source: str = "default", pool: Sessio
     with gr.Blocks(title="Adapt-Pruner Studio") as demo:
         page = SimpleNamespace(state=gr.State(None))  # a StudioSession per browser tab, created by demo.load
         gr.Markdown(text.INTRO)
-        with gr.Row():
+        with gr.Row(elem_classes="main-row"):
             with gr.Column(scale=1, min_width=330, elem_classes="controls"):
                 _controls(page)
             with gr.Column(scale=3):
@@ -59,17 +61,6 @@ def build_demo(model=None, tokenizer=None, source: str = "default", pool: Sessio
         _wire(demo, page, Handlers(page, shared, pool))
     demo.studio_pool = pool  # for tests and the visitors benchmark
     return demo
-
-
-def model_choices() -> list[tuple[str, str]]:
-    """The model picker: the default model and the shipped real models (those not fetched yet say how)."""
-    from pruner.io.shipped import SHIPPED, is_fetched
-
-    out = [("default — SmolLM2-135M-Instruct (embedded)", "default")]
-    for name, m in SHIPPED.items():
-        out.append((f"{name} — {m.title}" if is_fetched(name) else
-                    f"{name} — not fetched yet: run `adapt-pruner fetch {name}`", name))
-    return out
 
 
 def _controls(page) -> None:
@@ -86,25 +77,27 @@ def _controls(page) -> None:
                                   info="; ".join(f"{k}: {v}" for k, v in CORPUS_DESCRIPTIONS.items()))
         page.upload = gr.File(label="Text file (for “uploaded file”)", file_types=[".txt", ".md"], type="filepath")
         with gr.Row():
-            page.n_windows = gr.Slider(2, 128, D.prune.n_windows, step=1, label="windows", elem_id="n-windows")
-            page.window = gr.Slider(32, 512, D.prune.window, step=32, label="window length (tokens)")
+            page.n_windows = _slider("n_windows", D.prune.n_windows, 1, label="windows", elem_id="n-windows")
+            page.window = _slider("window", D.prune.window, 32, label="window length (tokens)", elem_id="window")
         page.seed = gr.Number(D.prune.seed, label="seed", precision=0)
     page.cost = gr.Markdown(elem_id="cost")
     gr.Markdown("### Schedule")
-    page.target = gr.Slider(30, 99, round(100 * D.prune.target), step=1, label="target size (% of the original parameters)",
-                            elem_id="target")
-    page.amplitude = gr.Slider(0, 0.1, D.prune.amplitude, step=0.005, label="amplitude A", elem_id="amplitude",
-                               info="how strongly importance shifts sparsity between layers (0 = uniform)")
+    page.target = _slider("target", round(100 * D.prune.target), 1, elem_id="target",
+                          label="target size (% of the original parameters)")
+    page.amplitude = _slider("amplitude", D.prune.amplitude, 0.005, label="amplitude A", elem_id="amplitude",
+                             info="how strongly importance shifts sparsity between layers (0 = uniform)")
     with gr.Row():
-        page.step = gr.Slider(0.5, 10, 100 * D.prune.step, step=0.25, label="budget per step Δ (%)", elem_id="step")
-        page.n_steps = gr.Slider(1, 60, 12, step=1, label="…or number of steps", info="sets Δ")
+        page.step = _slider("step", 100 * D.prune.step, DELTA_STEP, label="budget per step Δ (%)", elem_id="step")
+        page.n_steps = _slider("n_steps", 12, 1, label="…or number of steps", info="sets Δ; follows the plan",
+                               elem_id="n-steps")
+    page.input_note = gr.Markdown(elem_id="input-note", elem_classes="input-note")
     with gr.Row():
         page.criterion = gr.Radio(list(CRITERIA), value=D.criterion_choice, label="unit criterion")
         page.method = gr.Radio(list(METHODS), value=D.prune.method, label="allocation / method",
                                info=text.METHOD_RADIO_INFO)
     with gr.Accordion("Custom schedule (final sparsity per layer)", open=False):
         page.custom = gr.Dataframe(headers=["layer", "final sparsity %"], datatype=["number", "number"],
-                                   interactive=True, label="edit the last column; used when allocation = custom")
+                                   interactive=True, static_columns=[0], label="edit the last column; used when allocation = custom")
         page.fill_custom = gr.Button("Fill from the adaptive plan", size="sm")
     with gr.Row():
         page.measure_btn = gr.Button("Measure importance", variant="primary", elem_id="measure", min_width=60)
@@ -116,6 +109,10 @@ def _controls(page) -> None:
         page.undo_btn = gr.Button("Undo step", size="sm", elem_id="undo", min_width=60)
         page.reset_btn = gr.Button("Reset", size="sm", elem_id="reset", min_width=60)
         page.baseline_btn = gr.Button("Uniform baseline", size="sm", elem_id="baseline", min_width=60)
+    with gr.Row(visible=False, elem_id="reset-confirm") as page.reset_row:
+        gr.Markdown(text.RESET_CONFIRM)
+        page.reset_yes = gr.Button("Yes, reset", size="sm", variant="stop", elem_id="reset-yes", min_width=60)
+        page.reset_no = gr.Button("Keep my model", size="sm", elem_id="reset-no", min_width=60)
     with gr.Accordion("Quick evaluation", open=False):
         page.prompt = gr.Textbox(text.PROMPT, label="prompt", elem_id="prompt")
         with gr.Row():
@@ -125,6 +122,13 @@ def _controls(page) -> None:
         page.every = gr.Slider(1, 10, 1, step=1, label="during a run, evaluate every n-th step")
         page.eval_btn = gr.Button("Evaluate now", size="sm")
     _training_controls(page)
+
+
+def _slider(name: str, value: float, step: float, **kw) -> gr.Slider:
+    """A checked schedule control: its range from :data:`studio.inputs.BOUNDS`, any typed value passed to the
+    handler (which explains a bad one and keeps the last good value)."""
+    b = BOUNDS[name]
+    return FreeSlider(b.low, b.high, value, step=step, **kw)
 
 
 def _training_controls(page) -> None:
@@ -195,7 +199,9 @@ def _tabs(page) -> None:
             _compare_tab(page)
         with gr.Tab("Export"):
             gr.Markdown(text.EXPLAIN_EXPORT)
-            page.export_btn = gr.Button("Prepare downloads")
+            page.export_dtype = gr.Radio(list(DTYPES), value=DEFAULT_DTYPE, label="weights", elem_id="export-dtype",
+                                         info=text.EXPORT_DTYPE_INFO)
+            page.export_btn = gr.Button("Prepare downloads", elem_id="export-btn")
             with gr.Row():
                 page.zip_file = gr.File(label="pruned model (zip)", interactive=False)
                 page.report_file = gr.File(label="report (JSON)", interactive=False)
@@ -212,6 +218,7 @@ def _compare_tab(page) -> None:
             page.cmp_zs_tasks = gr.CheckboxGroup(Quality.zero_shot_tasks(), value=[], elem_id="cmp-zs-tasks",
                                                  label="zero-shot average on (none: skipped)")
             page.cmp_zs_limit = gr.Slider(4, 200, 20, step=4, label="examples per task (seeded)")
+    page.cmp_cost = gr.Markdown(elem_id="cmp-cost")
     with gr.Row():
         page.cmp_btn = gr.Button("Run comparison", variant="primary", elem_id="cmp-btn")
         page.cmp_cancel = gr.Button("Cancel", variant="stop", elem_id="cmp-cancel")
@@ -233,20 +240,23 @@ def _wire(demo: gr.Blocks, p, h: Handlers) -> None:
                 p.window, p.seed, p.ppl_tokens, p.new_tokens]
     train_controls = [p.train_tokens, p.lr, p.distill, p.stages, p.accel_tokens]
     everything = [p.state, p.status, p.summary, p.layer_fig, p.unit_fig, p.alloc_fig, p.alloc_md, p.arch_fig,
-                  p.traj_fig, p.metrics, p.gen_orig, p.gen_pruned, p.cost, p.loss_fig, p.train_cost]
+                  p.traj_fig, p.metrics, p.gen_orig, p.gen_pruned, p.cost, p.loss_fig, p.train_cost, p.n_steps]
     compared = [p.cmp_traj, p.cmp_widths, p.cmp_diff, p.cmp_table, p.cmp_note, p.cmp_files]
     demo.load(h.start_session, None, everything + compared, **HEAVY)
     demo.unload(h.close_session)
-    p.load_btn.click(gpu(h.load), [p.source], everything + compared, **HEAVY)
+    p.load_btn.click(gpu(h.load), [p.source], [*everything, *compared, p.source], **HEAVY)
     p.measure_btn.click(gpu(h.measure), [p.state, *controls], everything, **HEAVY)
     p.step_btn.click(gpu(h.step), [p.state, p.prompt, *controls], everything, **HEAVY)
     p.run_btn.click(gpu(h.run), [p.state, p.prompt, p.every, *controls], everything, **HEAVY)
     p.cancel_btn.click(h.cancel, [p.state], [p.status], concurrency_limit=None)
     p.undo_btn.click(h.undo, [p.state], everything, **HEAVY)
-    p.reset_btn.click(h.reset, [p.state], everything, **HEAVY)
+    p.reset_btn.click(lambda: gr.update(visible=True), None, [p.reset_row], queue=False)  # asks first
+    p.reset_no.click(lambda: gr.update(visible=False), None, [p.reset_row], queue=False)
+    p.reset_yes.click(lambda: gr.update(visible=False), None, [p.reset_row], queue=False).then(
+        h.reset, [p.state], everything, **HEAVY)
     p.eval_btn.click(gpu(h.evaluate), [p.state, p.prompt, *controls], everything, **HEAVY)
     p.baseline_btn.click(gpu(h.baseline), [p.state, *controls], everything, **HEAVY)
-    p.export_btn.click(h.export, [p.state], [p.status, p.zip_file, p.report_file], **HEAVY)
+    p.export_btn.click(h.export, [p.state, p.export_dtype], [p.status, p.zip_file, p.report_file], **HEAVY)
     p.train_btn.click(gpu_long(h.train), [p.state, p.prompt, *train_controls, *controls], everything, **HEAVY)
     p.accel_btn.click(gpu_long(h.accel), [p.state, p.prompt, *train_controls, *controls], everything, **HEAVY)
     p.zs_btn.click(gpu(h.zero_shot), [p.state, p.zs_tasks, p.zs_limit, p.zs_full, p.zs_orig, p.zs_base],
@@ -254,11 +264,27 @@ def _wire(demo: gr.Blocks, p, h: Handlers) -> None:
     p.cmp_btn.click(gpu_long(h.compare), [p.state, p.cmp_methods, p.cmp_zs_tasks, p.cmp_zs_limit, p.prompt, *controls],
                     [p.status, *compared], **HEAVY)
     p.cmp_cancel.click(h.cancel, [p.state], [p.status], concurrency_limit=None)
-    p.fill_custom.click(h.custom_table, [p.state], [p.custom], **LIGHT)
-    p.n_steps.release(h.steps_to_budget, [p.state, p.n_steps, p.target], [p.step], **LIGHT)
-    for c in (p.target, p.amplitude, p.step, p.n_windows, p.window):
-        c.release(h.preview, [p.state, *controls], [p.alloc_fig, p.alloc_md, p.cost], **LIGHT)
-    for c in (p.criterion, p.method, p.corpus, p.custom):
-        c.change(h.preview, [p.state, *controls], [p.alloc_fig, p.alloc_md, p.cost], **LIGHT)
+    p.fill_custom.click(h.custom_table, [p.state, *controls], [p.custom], **LIGHT)
+    _wire_schedule(p, h, controls)
+    p.cmp_methods.change(h.compare_cost, [p.state, p.cmp_methods, *controls], [p.cmp_cost], **LIGHT)
+    for c in (p.target, p.step, p.n_windows, p.window, p.ppl_tokens, p.method, p.criterion):
+        c.change(h.compare_cost, [p.state, p.cmp_methods, *controls], [p.cmp_cost], **LIGHT)
+    demo.load(h.compare_cost, [p.state, p.cmp_methods, *controls], [p.cmp_cost], **LIGHT)
     for c in (p.train_tokens, p.stages, p.accel_tokens, p.target, p.step, p.n_windows, p.window):
         c.release(h.train_cost, [p.state, *train_controls, *controls], [p.train_cost], **LIGHT)
+
+
+def _wire_schedule(p, h: Handlers, controls: list) -> None:
+    """The schedule panel: every edit is checked and marks the plot as recomputing (at once, outside the queue),
+    then the plan for exactly the settings on screen is drawn unless a newer edit superseded it."""
+    edit_out = [p.target, p.amplitude, p.step, p.n_windows, p.window, p.input_note, p.alloc_md, p.alloc_fig]
+    preview_out = [p.alloc_fig, p.alloc_md, p.cost, p.n_steps]
+    quick = dict(queue=False, show_progress="hidden")
+    for c in (p.target, p.amplitude, p.step, p.n_windows, p.window):
+        c.release(h.edited, [p.state, *controls], edit_out, **quick).then(
+            h.preview, [p.state, *controls], preview_out, show_progress="hidden", **LIGHT)
+    for c in (p.criterion, p.method, p.corpus, p.custom):
+        c.change(h.edited, [p.state, *controls], edit_out, **quick).then(
+            h.preview, [p.state, *controls], preview_out, show_progress="hidden", **LIGHT)
+    p.n_steps.release(h.steps_to_budget, [p.state, p.n_steps, *controls], [*edit_out, p.n_steps], **quick).then(
+        h.preview, [p.state, *controls], preview_out, show_progress="hidden", **LIGHT)

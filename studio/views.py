@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import visualizations as viz
+from pruner.methods import method_class
 
 from .session import StudioSession
 from .settings import StudioSettings
@@ -13,6 +14,7 @@ from .text import (
     COMPARE_ZERO_SHOT,
     LOADING,
     NO_EVAL,
+    PLAN_FOR,
 )
 from .workspace import SessionError
 
@@ -23,22 +25,40 @@ def loss_figure(s: StudioSession):
                           stage_starts=[i + 1 for i in log.starts], stage_labels=log.labels)
 
 
+def settings_label(s: StudioSettings) -> str:
+    """The settings a plan is for, in one line (what the plot and its note are labelled with)."""
+    p = s.prune
+    m = method_class(p.method)
+    own = [f"target {100 * p.target:g} %"]
+    if m.incremental and not m.baseline:
+        own += [f"A = {p.amplitude:g}", f"Δ = {100 * p.step:g} %"]
+    crit = p.criterion or "its own score"
+    return " · ".join([*own, p.method, crit, f"{s.calibration_label} {p.n_windows} × {p.window}, seed {p.seed}"])
+
+
 def allocation_figure(s: StudioSession, settings: StudioSettings | None):
-    """The allocated sparsity of the steps taken and of the plan to the target, and a note about the plan."""
+    """The allocated sparsity of the steps taken and of the plan to the target, a note about the plan (both
+    labelled with the settings they are for), and the number of planned steps (None: no plan)."""
+    settings = settings or s.settings
+    label = settings_label(settings)
     alloc, attn, mlp = s.schedule.sparsity_history()
+    n_planned = None
     try:
         p = s.schedule.preview(settings)
         alloc, attn, mlp = alloc + p.allocated, attn + p.attention, mlp + p.mlp
+        n_planned = len(p.params)
         exact = "the first is exactly the next step" if p.exact_first else "all estimated"
-        note = (f"Plan: **{s.steps_taken} taken + {len(p.params)} more step(s)** to "
+        note = (PLAN_FOR.format(label=label) + f": **{s.steps_taken} taken + {n_planned} more step(s)** to "
                 f"{(p.params[-1] if p.params else 0) / 1e6:.2f} M parameters ({exact})"
                 + ("" if p.reached or not p.params else " (target not reachable)")
                 + ("  \n" + "; ".join(p.notes) if p.notes else ""))
     except SessionError as exc:
         note = str(exc)
     labels = [str(k + 1) for k in range(len(attn))]
-    fig = viz.allocated_sparsity_heatmap(attn, mlp, labels, n_done=s.steps_taken, allocated=alloc)
-    return fig, note
+    fig = viz.allocated_sparsity_heatmap(attn, mlp, labels, n_done=s.steps_taken, allocated=alloc,
+                                         subtitle=label if n_planned else None)
+    s.panel.drawn(settings)
+    return fig, note, n_planned
 
 
 def unit_figure(s: StudioSession):
@@ -80,11 +100,12 @@ def page_views(page, s: StudioSession | None, settings: StudioSettings | None = 
     if s.work.closed:
         return {page.status: f"⚠️ This session was closed because {s.work.closed}; reload the page to start again."}
     labels, cols = s.schedule.importance_columns()
-    planned, plan_note = allocation_figure(s, settings)
+    planned, plan_note, n_planned = allocation_figure(s, settings)
     ev = s.quality.last_eval
-    return {
+    steps = {page.n_steps: n_planned} if n_planned else {}  # "number of steps" follows the plan on screen
+    return {**steps,
         page.summary: s.summary_markdown(),
-        page.layer_fig: viz.layer_importance_heatmap(cols, labels),
+        page.layer_fig: viz.layer_importance_heatmap(cols, labels, one_minus_cos=True),
         page.unit_fig: unit_figure(s),
         page.alloc_fig: planned,
         page.alloc_md: plan_note,

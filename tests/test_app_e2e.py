@@ -188,5 +188,129 @@ def test_compare_two_methods(studio_url):
         assert "original" in table and "adaptive" in table and "shortgpt" in table and "done" in table
         assert "256-token windows" in page.locator("#cmp-note").inner_text()  # the page's quick perplexity
         files = page.locator("#cmp-files").inner_text()
-        assert "adaptive-80" in files and "shortgpt-80" in files  # the page's default target, 80 %
+        assert "adaptive-80pct-0.80" in files and "shortgpt-80pct-0.80" in files  # the default target in % and as a fraction
         assert params_count(page) == p0  # the working model is untouched
+
+
+def type_into(page, elem_id: str, value: str) -> None:
+    """Type into a slider's number box and leave it (what a visitor does)."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.scroll_into_view_if_needed()
+    box.fill(value)
+    box.press("Tab")
+
+
+def plan_note(page) -> str:
+    return page.locator("#alloc-note").inner_text()
+
+
+def wait_plan_for(page, label: str, timeout: float = 60_000) -> None:
+    """Until the plot is drawn (not marked as recomputing) and its note names ``label``."""
+    page.wait_for_function(
+        "l => { const n = document.querySelector('#alloc-note'); const f = document.querySelector('#alloc-heatmap');"
+        " return n && f && n.innerText.includes('Plan for ' + l) && !f.classList.contains('stale'); }",
+        arg=label, timeout=timeout)
+
+
+def no_framework_error(page) -> None:
+    """No Gradio toast or error badge: every problem is said in the page's words."""
+    assert page.locator(".toast-body").count() == 0
+    body = page.locator("body").inner_text()
+    assert "less than minimum" not in body and "greater than maximum" not in body
+
+
+def test_fast_edits_end_with_the_preview_of_the_last_value(studio_url):
+    with studio_page(studio_url) as page:
+        page.click("#measure")
+        wait_status(page, "Measured")
+        for v in ("70", "50", "90", "45"):  # faster than a preview: each edit supersedes the one before
+            type_into(page, "target", v)
+        wait_plan_for(page, "target 45 %")
+        title = plot_data(page, "alloc-heatmap")["layout"]["title"]["text"]
+        assert "plan for target 45 %" in title
+        steps = int(page.locator("#n-steps input[type=number]").input_value())
+        assert f"+ {steps} more step(s)" in plan_note(page)  # the steps box follows the plan on screen
+        no_framework_error(page)
+
+
+def test_bad_targets_are_explained_and_steps_set_delta_within_range(studio_url):
+    with studio_page(studio_url) as page:
+        page.click("#measure")
+        wait_status(page, "Measured")
+        for typed, words in (("0", "would remove every parameter"), ("0.9", "looks like a fraction"),
+                             ("150", "can only shrink"), ("", "Type a target size")):
+            type_into(page, "target", typed)
+            page.wait_for_function("w => document.querySelector('#input-note').innerText.includes(w)", arg=words,
+                                   timeout=20_000)
+            assert "Kept 80 %" in page.locator("#input-note").inner_text()
+            page.wait_for_function("() => document.querySelector('#target input[type=number]').value === '80'",
+                                   timeout=20_000)
+        no_framework_error(page)
+        type_into(page, "target", "60")
+        wait_plan_for(page, "target 60 %")
+        type_into(page, "n-steps", "2")  # 2 steps to 60 % need more than Δ's maximum: clamped and said
+        page.wait_for_function("() => document.querySelector('#input-note').innerText.includes('outside the slider')",
+                               timeout=20_000)
+        wait_plan_for(page, "target 60 %")
+        delta = float(page.locator("#step input[type=number]").input_value())
+        assert delta == 10
+        page.wait_for_function("() => !document.querySelector('#alloc-note').innerText.includes('Computing')")
+        steps = int(page.locator("#n-steps input[type=number]").input_value())
+        assert f"+ {steps} more step(s)" in plan_note(page) and "Δ = 10 %" in plan_note(page)
+        no_framework_error(page)
+
+
+def test_cancel_during_a_run_reports_the_kept_steps_and_the_trajectory_has_them(studio_url):
+    with studio_page(studio_url) as page:
+        page.click("#run")
+        wait_status(page, "Step 2 done; quick evaluation", timeout=180_000)
+        page.click("#cancel")
+        wait_status(page, "This run kept", timeout=180_000)
+        status = page.locator("#status").inner_text()
+        kept = int(re.search(r"kept (\d+) step", status).group(1))
+        assert kept >= 2 and "unchanged" not in status
+        traj = plot_data(page, "trajectory")["data"][0]
+        assert len(traj["x"]) == kept + 1  # the original and every kept step
+        assert f"step {kept}" in page.locator("#metrics").inner_text()
+
+
+def contrast(page, selector: str) -> float:
+    """WCAG contrast ratio between an element's text colour and its background colour."""
+    return page.evaluate(
+        """sel => { const e = document.querySelector(sel); const cs = getComputedStyle(e);
+          const rgb = s => s.match(/[\\d.]+/g).slice(0, 3).map(Number);
+          const lum = c => { const [r, g, b] = c.map(v => { v /= 255;
+              return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+            return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+          const a = lum(rgb(cs.color)), b = lum(rgb(cs.backgroundColor));
+          return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05); }""", selector)
+
+
+def test_dark_mode_narrow_screen_and_reset_asks_first(studio_url, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.goto(studio_url + "?__theme=dark")
+        wait_status(page, "Ready")
+        assert page.evaluate("() => document.body.classList.contains('dark')")
+        page.click("#measure")
+        wait_status(page, "Measured")
+        assert contrast(page, "#status") >= 4.5  # readable in dark mode
+        layout = plot_data(page, "layer-heatmap")["layout"]
+        assert layout["paper_bgcolor"].replace(" ", "") == "rgba(0,0,0,0)"  # the page's background shows
+        page.screenshot(path=str(tmp_path / "dark.png"))
+
+        page.click("#reset")  # Reset asks first; "Keep my model" keeps it
+        page.wait_for_selector("#reset-confirm", state="visible")
+        page.click("#reset-no")
+        page.wait_for_selector("#reset-confirm", state="hidden")
+        assert page.locator("#status").inner_text().startswith("Measured")
+
+        phone = browser.new_page(viewport={"width": 400, "height": 800})
+        phone.goto(studio_url)
+        wait_status(phone, "Ready")
+        plot_y = phone.locator("#layer-heatmap").bounding_box()["y"]
+        assert plot_y < phone.locator("#measure").bounding_box()["y"]  # the plots come first on a phone
+        browser.close()

@@ -197,7 +197,7 @@ def test_export_zip_and_report_round_trip(tmp_path):
     s = tiny_session()
     s.schedule.step()
     s.quality.quick_eval("The")
-    z = s.export_zip(tmp_path)
+    z = s.export_zip(tmp_path, dtype="float32")  # exact
     with zipfile.ZipFile(z) as f:
         names = set(f.namelist())
         f.extractall(tmp_path / "x")
@@ -207,7 +207,9 @@ def test_export_zip_and_report_round_trip(tmp_path):
     assert layer_widths(model) == layer_widths(s.model)
     ids = torch.tensor([[5, 6, 7, 8]])
     torch.testing.assert_close(model(ids).logits, s.model(ids).logits)
+    assert z.name == "pruned-model-target-85pct-0.85-fp32.zip"  # the page's percent and the records' fraction
     report = json.loads(s.export_report(tmp_path).read_text())
+    assert report["target"] == {"percent": 85, "fraction": 0.85}
     assert len(report["record"]["steps"]) == 1 and report["trajectory"][1]["step"] == 1
     assert "wikitext2 test, 64-token windows" in report["quick_perplexity_settings"]
 
@@ -229,3 +231,17 @@ def test_zero_shot_table_for_pruned_and_original(tmp_path, monkeypatch):
     assert set(table["metric"].dropna()) <= {"acc", "acc_norm", "acc_norm/acc"}  # the last names the average
     with pytest.raises(SessionError, match="at least one task"):
         s.quality.zero_shot([], 4)
+
+
+def test_export_in_bfloat16_is_half_the_size_and_loads_back(tmp_path):
+    s = tiny_session()
+    s.schedule.step()
+    z16, z32 = s.export_zip(tmp_path / "a"), s.export_zip(tmp_path / "b", dtype="float32")
+    assert z16.name.endswith("-bf16.zip") and z16.stat().st_size < 0.7 * z32.stat().st_size
+    assert next(s.model.parameters()).dtype == torch.float32  # the working model is not cast
+    with zipfile.ZipFile(z16) as f:
+        f.extractall(tmp_path / "x")
+    model, _ = load_model(tmp_path / "x" / "pruned-model", device="cpu", progress=None)
+    assert layer_widths(model) == layer_widths(s.model)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    torch.testing.assert_close(model(ids).logits.float(), s.model(ids).logits, atol=0.05, rtol=0.05)

@@ -27,6 +27,14 @@ def test_layer_importance_heatmap_is_layers_by_steps():
         viz.layer_importance_heatmap(cols, ["only one"])
 
 
+def test_layer_importance_reads_as_one_minus_cos_for_a_class():
+    fig = viz.layer_importance_heatmap([[-0.98, -0.75, None]], one_minus_cos=True)
+    z = [r[0] for r in fig.data[0].z]
+    assert z[0] == pytest.approx(0.02) and z[1] == pytest.approx(0.25) and z[2] is None
+    assert "1 − cos" in fig.layout.title.text and "leaves its input unchanged" in fig.layout.title.text
+    assert fig.data[0].colorbar.title.text == "1 − cos"
+
+
 def test_empty_figures_say_what_to_do():
     assert len(viz.layer_importance_heatmap([]).data) == 0
     assert "Measure importance" in viz.layer_importance_heatmap([]).layout.annotations[0].text
@@ -54,7 +62,8 @@ def test_unit_importance_heatmap_groups_and_binned_channels():
     assert [list(r) for r in c.z] == viz.unit_score_matrix(channels, 4)
     assert list(g.x) == ["g0", "g1"] and list(c.x) == ["b1", "b2", "b3", "b4"] and list(g.y) == [0, 1]
     assert c.z[0][0] > c.z[0][-1]  # ranked high → low
-    assert fig.layout.xaxis.title.text == "KV" and "ranked high → low" in fig.layout.xaxis2.title.text
+    assert not fig.layout.xaxis.title.text and "ranked high → low" in fig.layout.xaxis2.title.text  # no overlap
+    assert "g0, g1, …: KV groups" in fig.layout.title.text
     assert "taylor" in fig.layout.title.text and "step 2" in fig.layout.title.text
     with pytest.raises(ValueError):
         viz.unit_importance_heatmap(groups, channels[:1])

@@ -25,13 +25,20 @@ def layer_importance_heatmap(
     columns: Sequence[Sequence[float]],
     labels: Sequence[str] | None = None,
     normalised: bool = False,
+    one_minus_cos: bool = False,
 ) -> go.Figure:
     """Layer importance as a heatmap of layers (y) × measurements (x).
 
     ``columns[k][l]`` is the importance of layer l measured before step k (``I_l = -mean cos(x_in, x_out)``,
     or the normalised ``Ĩ_l`` when ``normalised``). ``labels`` name the columns (default ``"step 1"`` ...).
+    ``one_minus_cos`` shows ``I`` as ``1 − cos = 1 + I`` (the same ranking): 0 for a layer that leaves its input
+    unchanged, which reads better in a class than values near −1.
     """
-    title = "Layer importance " + ("Ĩ (normalised, mean 0)" if normalised else "I = −mean cos(x_in, x_out)")
+    if one_minus_cos and not normalised:
+        columns = [[None if v is None else 1.0 + v for v in col] for col in columns]
+        title = "Layer importance 1 − cos(x_in, x_out)<br><sup>0 = the layer leaves its input unchanged</sup>"
+    else:
+        title = "Layer importance " + ("Ĩ (normalised, mean 0)" if normalised else "I = −mean cos(x_in, x_out)")
     if not columns:
         return empty_figure(title, "Press “Measure importance” to fill this map")
     labels = list(labels) if labels is not None else [f"step {k + 1}" for k in range(len(columns))]
@@ -50,7 +57,8 @@ def layer_importance_heatmap(
         z=z, x=labels, y=list(range(len(z))), colorscale="Viridis", zmax=zmax,
         zmin=float(values.min()) if zmax is not None else None,
         zmid=0 if normalised and zmax is None else None,
-        colorbar=dict(title=dict(text="Ĩ" if normalised else "I", side="right"), thickness=12),
+        colorbar=dict(title=dict(text="Ĩ" if normalised else ("1 − cos" if one_minus_cos else "I"), side="right"),
+                      thickness=12),
         hovertemplate="layer %{y}<br>%{x}<br>importance %{z:.4f}<extra></extra>",
     ))
     fig.update_yaxes(title_text="decoder layer", autorange="reversed", dtick=max(1, len(z) // 15))
@@ -100,7 +108,8 @@ def unit_importance_heatmap(
     the low-ranked bins are what the next step removes. An empty entry (a layer removed by depth pruning) is an
     empty row. ``criterion=None``: a measurement of the layers only (ShortGPT), which has no unit scores.
     """
-    title = f"Unit importance inside layers ({criterion}; score ÷ layer mean)" + (f"<br><sup>{note}</sup>" if note else "")
+    sub = " · ".join(x for x in (note, "g0, g1, …: KV groups; b1, b2, …: MLP channel bins") if x)
+    title = f"Unit importance inside layers ({criterion}; score ÷ layer mean)<br><sup>{sub}</sup>"
     if criterion is None:
         return empty_figure("Unit importance inside layers" + (f"<br><sup>{note}</sup>" if note else ""),
                             "This measurement scored whole layers only (ShortGPT's block influence): no unit scores")
@@ -124,7 +133,7 @@ def unit_importance_heatmap(
                              **common), 1, 2)
     fig.update_yaxes(autorange="reversed", dtick=max(1, len(layers) // 15))
     fig.update_yaxes(title_text="decoder layer", row=1, col=1)
-    fig.update_xaxes(title_text="KV", type="category", row=1, col=1)
+    fig.update_xaxes(type="category", row=1, col=1)  # no title of its own: "KV" ran into the MLP axis' title
     fig.update_xaxes(title_text=f"MLP channels ranked high → low, {n_bins} bins", type="category", row=1, col=2)
     return base_layout(fig, title, top=95)
 
@@ -135,12 +144,14 @@ def allocated_sparsity_heatmap(
     labels: Sequence[str] | None = None,
     n_done: int | None = None,
     allocated: Sequence[Sequence[float]] | None = None,
+    subtitle: str | None = None,
 ) -> go.Figure:
     """Sparsity per layer after each step: attention (share of KV groups removed) and MLP (channels removed).
 
     ``attention[k][l]`` / ``mlp[k][l]`` are the sparsities of layer l after step k, steps already taken first
     and previewed (planned) steps after them; ``n_done`` is the number of taken steps (a dashed line separates
-    them from the preview). ``allocated[k][l]`` (the rule's s_l) is shown on hover when given.
+    them from the preview). ``allocated[k][l]`` (the rule's s_l) is shown on hover when given; ``subtitle``
+    names the settings the plan is for.
     """
     title = "Allocated sparsity per layer and step"
     if not attention:
@@ -157,6 +168,8 @@ def allocated_sparsity_heatmap(
         title += f"<br><sup>steps 1–{n_done} taken, {n_done + 1}–{len(labels)} previewed (right of the dashed line)</sup>"
     elif n_done == 0:
         title += "<br><sup>preview: nothing cut yet</sup>"
+    if subtitle:
+        title += f"<br><sup>plan for {subtitle}</sup>"
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
                         subplot_titles=("attention", "MLP"))
     hover = "layer %{y}<br>step %{x}<br>removed %{z:.1%}" + ("<br>allocated s_l %{customdata:.3f}" if custom is not None else "")
@@ -171,4 +184,4 @@ def allocated_sparsity_heatmap(
     fig.update_yaxes(autorange="reversed", dtick=max(1, len(layers) // 15))
     fig.update_yaxes(title_text="decoder layer", row=1, col=1)
     fig.update_xaxes(title_text="step", type="category")
-    return base_layout(fig, title, top=95)
+    return base_layout(fig, title, top=115 if subtitle else 95)

@@ -21,8 +21,10 @@ def base_layout(fig: go.Figure, title: str, height: int = HEIGHT, top: int = 60)
         font=FONT,
         height=height,
         margin=dict(l=60, r=20, t=top, b=50),
-        plot_bgcolor="white",
-        paper_bgcolor="white",
+        # transparent: the page's light or dark background shows through (the studio's CSS colours the text)
+        plot_bgcolor="rgba(0,0,0,0)",
+        paper_bgcolor="rgba(0,0,0,0)",
+        modebar=dict(orientation="v", bgcolor="rgba(0,0,0,0)"),  # down the right edge, off the title
     )
     return fig
 
