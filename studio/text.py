@@ -78,9 +78,18 @@ METHOD_EXPLAIN = {
     "wanda-sp": ("Structured Wanda: a unit's |weights| × the norm of its input activations; every layer loses the "
                  "same share.",
                  "A uniform ratio (no layer importance) with a forward-only score, in one shot."),
+    "slicegpt": ("Folds the norms into the next layers, rotates the residual stream by a PCA of the calibration "
+                 "activations and cuts its least-used directions: every layer gets a narrower hidden width.",
+                 "Shrinks the embedding dimension instead of heads and channels; on tied-embedding models it must untie "
+                 "the head first, so it needs a deeper slice for the same size."),
+    "sensitivity": ("Measures each layer's loss increase when 25/50/75 % of its units (or the whole block) go, then "
+                    "gives each layer the sparsity that keeps the summed increase lowest at the target, in one step.",
+                    "An oracle beside the paper's cheap −cos heuristic: measured damage decides the shares, not "
+                    "layer importance."),
 }
 _OWN_SCORE = {"llm-pruner": "first-order Taylor", "flap": "fluctuation (WIFV)", "wanda-sp": "structured Wanda",
-              "shortgpt": "block influence of whole layers, no unit scores"}
+              "shortgpt": "block influence of whole layers, no unit scores",
+              "slicegpt": "PCA of the residual stream, no unit scores"}
 
 
 def baseline_note(method: str) -> str:

@@ -285,3 +285,16 @@ def test_the_uniform_baseline_keeps_the_radio_criterion(monkeypatch):
     s.configure(settings)  # the pruner's config now holds flap's own criterion
     list(s.quality.run_uniform_baseline(settings))
     assert seen == [("uniform", "magnitude")]
+
+
+def test_every_registered_method_has_its_explanation_colour_and_note():
+    """Adding a method under pruner/methods/ asks for its explanation and colour in the studio (and a baseline's
+    note names its own score): this fails until they are written."""
+    from pruner.config import BASELINES, METHODS
+    from studio import text
+    from visualizations.compare import METHOD_COLORS
+
+    assert set(METHODS) <= set(text.METHOD_EXPLAIN)
+    assert set(METHODS) <= set(METHOD_COLORS) and len(set(METHOD_COLORS.values())) == len(METHOD_COLORS)
+    for m in BASELINES:
+        assert m in text.baseline_note(m)

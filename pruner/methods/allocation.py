@@ -189,8 +189,8 @@ def plan_widths_by_score(
         budget = (1.0 - s) * (orig.num_kv_heads * G + orig.intermediate_size * C)
         kv, ch = cur.num_kv_heads, cur.intermediate_size
         params = kv * G + ch * C
-        gs = sorted(float(x) / G for x in group_scores[li])
-        cs = sorted(float(x) / C for x in channel_scores[li])
+        gs = sorted(x / G for x in _floats(group_scores[li]))  # one read per tensor, not per element
+        cs = sorted(x / C for x in _floats(channel_scores[li]))
         gi = ci = 0
         groups_open = True
         while params > budget:
@@ -211,3 +211,8 @@ def plan_widths_by_score(
             ch = max((ch // multiple) * multiple, floor_ch)
         widths.append(LayerWidths(kv * geo.n_rep, kv, min(ch, cur.intermediate_size)))
     return widths, floored
+
+
+def _floats(values) -> list[float]:
+    """A layer's scores as Python floats, read in one go (a tensor element at a time costs ~1 µs each)."""
+    return [float(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]

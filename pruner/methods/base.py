@@ -33,7 +33,8 @@ def restrict_stats(geo: Geometry, stats: dict, keep_groups: Sequence[int], keep_
 
 def top_units(scores: torch.Tensor, keep: int) -> list[int]:
     """Indices of the ``keep`` highest scores, ascending; ties go to the lower index."""
-    order = sorted(range(scores.numel()), key=lambda i: (-float(scores[i]), i))
+    vals = scores.tolist()  # one read, not one per element (the preview plans thousands of units)
+    order = sorted(range(len(vals)), key=lambda i: (-vals[i], i))
     return sorted(order[:keep])
 
 
