@@ -1,10 +1,13 @@
 """What a setting will cost before anything runs: importance per sub-step, a Train round, an Adapt-Accel run.
 
-A prior rate (measured on the project's 2-core CPU with the default model, scaled by model size) until the
-session has measured its own throughput.
+A prior rate on the CPU (measured on the project's 2-core CPU with the default model, scaled by model size) until
+the session has measured its own throughput. No GPU rate has been measured yet, so on a GPU a cost is unknown ("?")
+until the session has measured it.
 """
 
 from __future__ import annotations
+
+import math
 
 from pruner.config import BASELINES, PAPER_CALIBRATION
 from pruner.methods import method_class
@@ -25,12 +28,32 @@ LAYERS_ONLY = "layers"
 # FLAP's fluctuation and Wanda-sp are forward-only with input statistics like activation, and ShortGPT's layers-only
 # pass is a plain forward like magnitude: their priors are those rates (assumed, not measured) until the session
 # measures its own.
+# No GPU rate has been measured (no GPU was lent to this project's sessions): NaN, shown as "?", until the session
+# measures its own.
 _CPU = {"taylor": 256.0, "magnitude": 500.0, "activation": 480.0}
-_GPU = {"taylor": 20000.0, "magnitude": 50000.0, "activation": 50000.0}
+_GPU = dict.fromkeys(_CPU, math.nan)
 PRIOR_TOKENS_PER_S = {kind: {**r, "fluctuation": r["activation"], "wanda-sp": r["activation"],
                              LAYERS_ONLY: r["magnitude"]} for kind, r in (("cpu", _CPU), ("gpu", _GPU))}
-PRIOR_TRAIN_TOKENS_PER_S = {"cpu": 250.0, "gpu": 30000.0}
+PRIOR_TRAIN_TOKENS_PER_S = {"cpu": 250.0, "gpu": math.nan}
 PRIOR_MODEL_PARAMS = 134_515_008
+
+
+class Estimate(float):
+    """Seconds that may be unknown (NaN): formats as "?" and stays an Estimate through + − × ÷."""
+
+    def __format__(self, spec: str) -> str:
+        return "?" if math.isnan(self) else format(float(self), spec)
+
+    def _wrap(op):  # noqa: N805  (a helper of the class body)
+        return lambda a, b: Estimate(op(float(a), float(b)))
+
+    __add__ = _wrap(float.__add__)
+    __radd__ = _wrap(lambda a, b: b + a)
+    __sub__ = _wrap(float.__sub__)
+    __mul__ = _wrap(float.__mul__)
+    __rmul__ = _wrap(lambda a, b: b * a)
+    __truediv__ = _wrap(float.__truediv__)
+    del _wrap
 
 
 class Costs:
@@ -48,9 +71,10 @@ class Costs:
         rate = self.tokens_per_s.get(what)
         if rate is not None:
             return rate, f"measured in this session: {rate:.0f} tokens/s"
-        kind = "gpu" if self.work.device.type == "cuda" else "cpu"
+        if math.isnan(prior):
+            return prior, "unknown until this session has measured it (no GPU rate measured yet)"
         rate = prior * PRIOR_MODEL_PARAMS / max(self.work.original_total, 1)
-        return rate, f"first guess: a prior for {kind.upper()} scaled to this model, {rate:.0f} tokens/s"
+        return rate, f"first guess: a prior for the CPU scaled to this model, {rate:.0f} tokens/s"
 
     def _kind(self) -> str:
         return "gpu" if self.work.device.type == "cuda" else "cpu"
@@ -72,16 +96,16 @@ class Costs:
         what = self.criterion_of(s)
         priors = PRIOR_TOKENS_PER_S[self._kind()]
         rate, source = self._rate(what, priors[what])  # every criterion has a prior (a test checks it)
-        return self.calibration_tokens(s) / rate, source
+        return Estimate(self.calibration_tokens(s) / rate), source
 
     def train_seconds(self, tokens: int) -> tuple[float, str]:
         rate, source = self._rate("train", PRIOR_TRAIN_TOKENS_PER_S[self._kind()])
-        return tokens / rate, source
+        return Estimate(tokens / rate), source
 
     def ppl_seconds(self, s: StudioSettings) -> tuple[float, str]:
         """Estimated seconds of one quick perplexity of the working model, and where the rate comes from."""
         rate, source = self._rate(PERPLEXITY, PRIOR_TOKENS_PER_S[self._kind()]["magnitude"])
-        return int(s.quick_ppl.max_tokens or 0) / rate, source
+        return Estimate(int(s.quick_ppl.max_tokens or 0) / rate), source
 
     def prune_markdown(self, s: StudioSettings) -> str:
         sec, source = self.importance_seconds(s)
@@ -134,7 +158,7 @@ class Costs:
             n = max(1, round(share / max(ms.prune.step, 1e-6))) if method_class(m).incremental else 1
             imp, _ = self.importance_seconds(ms)
             rows.append((m, n, n * (imp + ppl)))
-        return sum(r[2] for r in rows), rows, source
+        return sum((r[2] for r in rows), Estimate(0.0)), rows, source
 
     def compare_markdown(self, s: StudioSettings, methods) -> str:
         """What the Compare tab's run will cost, before it runs."""

@@ -298,3 +298,21 @@ def test_every_registered_method_has_its_explanation_colour_and_note():
     assert set(METHODS) <= set(METHOD_COLORS) and len(set(METHOD_COLORS.values())) == len(METHOD_COLORS)
     for m in BASELINES:
         assert m in text.baseline_note(m)
+
+
+def test_on_a_gpu_a_cost_is_unknown_until_measured_not_an_invented_number():
+    import math
+    from types import SimpleNamespace
+
+    import torch
+
+    from studio.costs import Costs
+
+    work = SimpleNamespace(device=torch.device("cuda"), original_total=134_515_008)
+    costs, settings = Costs(work), tiny_settings()
+    sec, source = costs.importance_seconds(settings)
+    assert math.isnan(sec) and f"{sec:.0f}" == "?" and "unknown until this session has measured it" in source
+    assert f"{costs.train_seconds(4096)[0] * 2 + 1:.1f}" == "?"
+    costs.observe("taylor", 4096, 2.0)  # what the session measured replaces the unknown
+    sec, source = costs.importance_seconds(settings)
+    assert f"{sec:.0f}" == f"{4 * 32 / 2048.0:.0f}" and "measured in this session" in source
