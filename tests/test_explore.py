@@ -28,7 +28,7 @@ from pruner.importance.sensitivity import Sensitivity, lowest_units, mean_loss, 
 from pruner.methods.sensitivity import allocate_by_sensitivity, interpolate, lower_hull
 from pruner.model.depth import build_layer_removal
 from pruner.model.masking import LayerMask, compose, masked
-from pruner.model.structure import LayerCut, apply_patch, build_cut, layer_widths
+from pruner.model.structure import LayerCut, apply_patch, build_cut, geometry, layer_widths
 from pruner.testing import NEW_ARCHITECTURES, tiny_model
 
 SAMPLE = EvalSample(max_tokens=384, window=64)
@@ -187,7 +187,7 @@ def test_spearman_and_the_lowest_units():
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)  # 1 − 6·4 / (5·24)
     assert spearman([1, 1, 2], [3, 3, 3]) is None
-    geo = pruner.Pruner(tiny_model(), None, config()).geo
+    geo = geometry(tiny_model())
     g, c, share = lowest_units(geo, torch.tensor([5.0, 1.0, 9.0, 7.0]) * geo.params_per_group,
                                torch.arange(96, dtype=torch.float64) * geo.params_per_channel, 0.25)
     assert abs(share - 0.25) <= geo.params_per_group / 2 / (4 * geo.params_per_group + 96 * geo.params_per_channel)
