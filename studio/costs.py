@@ -74,7 +74,7 @@ class Costs:
         if math.isnan(prior):
             return prior, "unknown until this session has measured it (no GPU rate measured yet)"
         rate = prior * PRIOR_MODEL_PARAMS / max(self.work.original_total, 1)
-        return rate, f"first guess: a prior for the CPU scaled to this model, {rate:.0f} tokens/s"
+        return rate, f"first guess: a prior for CPU scaled to this model, {rate:.0f} tokens/s"
 
     def _kind(self) -> str:
         return "gpu" if self.work.device.type == "cuda" else "cpu"

@@ -196,7 +196,7 @@ def test_unknown_or_no_methods_are_refused():
     with pytest.raises(SessionError, match="at least one method"):
         run(s, [])
     with pytest.raises(SessionError, match="Unknown method"):
-        run(s, ["slicegpt"])
+        run(s, ["no-such-method"])
 
 
 # ---------------------------------------------------------------- the studio with the baselines

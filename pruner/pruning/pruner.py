@@ -384,29 +384,32 @@ class Pruner:
         target = self.target_params()  # validates before touching anything
         t0 = time.perf_counter()
         self.record.stopped = ""
+        slack = self.planner.tolerance
         try:
             for _ in range(self.config.max_steps):
                 if self.reached():
                     break
                 if should_stop is not None and should_stop():
                     raise Cancelled("cancelled")
+                # the coarsest notch the method moves by (a KV group; one slice of the residual stream for SliceGPT)
+                slack = max(self.planner.tolerance, self.planner.method.resolution(self.widths()))
                 yield self.step(None, should_stop=should_stop)
-            self.record.stopped = self._missed(target)
+            self.record.stopped = self._missed(target, slack)
         except Cancelled:
             self.record.stopped = "cancelled"
         finally:
             self.record.seconds_total += time.perf_counter() - t0
             self._finish_record()
 
-    def _missed(self, target: int) -> str:
+    def _missed(self, target: int, slack: int) -> str:
         """Why a run that ended without a cancel is not at its target ("" when it is): ``max_steps`` ran out
-        first, or a sub-step cut below the target by more than the tolerance or one KV group, whichever is larger
-        (a method of discrete fractions, ShortGPT's whole layers, lands where its layers allow)."""
+        first, or a sub-step cut below the target by more than ``slack`` (the tolerance or the method's coarsest
+        notch before the last step, whichever is larger; a method of discrete fractions, ShortGPT's whole layers,
+        lands where its layers allow)."""
         now, total0 = self.params_total(), self.origin.params["total"]
         if not self.reached():
             return (f"max_steps: {self.config.max_steps} sub-steps ran out at {now / total0:.1%} of the original, "
                     f"before the target ({target / total0:.1%}); raise max_steps or the per-step budget")
-        slack = max(self.planner.tolerance, self.geo.params_per_group)  # a KV group: the coarsest width unit
         if now < target - slack and self.planner.method.fractions(self.widths()) is None:
             return (f"missed: the last sub-step cut to {now / total0:.1%} of the original, below the target "
                     f"({target / total0:.1%}) by more than the tolerance; a smaller amplitude or per-step budget "
