@@ -6,16 +6,12 @@ import json
 
 import pytest
 
-from pruner.testing import tiny_model
 from tests.test_cli import run_cli
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory, tiny_tokenizer):
-    d = tmp_path_factory.mktemp("tiny") / "model"
-    tiny_model("llama").save_pretrained(d)
-    tiny_tokenizer.save_pretrained(d)
-    return d
+def tiny_folder(tiny_llama_folder):
+    return tiny_llama_folder  # the shared tiny Llama folder of conftest.py
 
 
 def test_explore_prints_the_table_and_writes_the_report(tiny_folder, tmp_path):
