@@ -23,6 +23,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+import torch
+
 from pruner.errors import AllocationError
 from pruner.model.structure import Geometry, LayerWidths
 
@@ -174,12 +176,14 @@ def plan_widths_by_score(
     channel_scores: Sequence,
     min_channels: int = 1,
     multiple: int = 1,
+    presorted: tuple[Sequence, Sequence] | None = None,
 ) -> tuple[list[LayerWidths], list[int]]:
     """Like :func:`plan_widths`, but each layer meets its parameter budget by removing its units of lowest
     score *per parameter*, KV groups and MLP channels ranked together (``PruneConfig(attention="score")``).
 
     The split between attention and MLP inside a layer then follows the measured importance instead of
-    being proportional. A KV group is only removed when that does not undershoot the layer's budget by more
+    being proportional. ``presorted``: the scores per parameter already sorted (:func:`ascending` of each layer's
+    groups and channels), when the caller keeps them. A KV group is only removed when that does not undershoot the layer's budget by more
     than half a group; at least one group and ``max(min_channels, multiple)`` channels stay.
     """
     floor_ch = max(min_channels, multiple, 1)
@@ -189,8 +193,10 @@ def plan_widths_by_score(
         budget = (1.0 - s) * (orig.num_kv_heads * G + orig.intermediate_size * C)
         kv, ch = cur.num_kv_heads, cur.intermediate_size
         params = kv * G + ch * C
-        gs = sorted(x / G for x in _floats(group_scores[li]))  # one read per tensor, not per element
-        cs = sorted(x / C for x in _floats(channel_scores[li]))
+        if presorted is not None:
+            gs, cs = presorted[0][li], presorted[1][li]
+        else:
+            gs, cs = ascending(group_scores[li], G), ascending(channel_scores[li], C)
         gi = ci = 0
         groups_open = True
         while params > budget:
@@ -213,6 +219,7 @@ def plan_widths_by_score(
     return widths, floored
 
 
-def _floats(values) -> list[float]:
-    """A layer's scores as Python floats, read in one go (a tensor element at a time costs ~1 µs each)."""
-    return [float(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
+def ascending(values, per: int) -> list[float]:
+    """A layer's scores per parameter (``score / per`` in float64, as Python would divide), ascending."""
+    t = torch.as_tensor(values, dtype=torch.float64).detach() / per
+    return torch.sort(t).values.tolist()

@@ -11,6 +11,7 @@ module here (plus its explanation and colour in the studio).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -19,7 +20,7 @@ import torch
 
 from pruner.errors import AllocationError, ConfigError
 from pruner.importance.sensitivity import Sensitivity
-from pruner.methods.allocation import Allocation, plan_widths, plan_widths_by_score
+from pruner.methods.allocation import Allocation, ascending, plan_widths, plan_widths_by_score
 from pruner.model.masking import LayerMask
 from pruner.model.structure import Geometry, LayerWidths, group_rows
 
@@ -31,11 +32,37 @@ def restrict_stats(geo: Geometry, stats: dict, keep_groups: Sequence[int], keep_
     return {k: (v[cols] if k.startswith("o_") else v[ch]) for k, v in stats.items()}
 
 
-def top_units(scores: torch.Tensor, keep: int) -> list[int]:
-    """Indices of the ``keep`` highest scores, ascending; ties go to the lower index."""
-    vals = scores.tolist()  # one read, not one per element (the preview plans thousands of units)
-    order = sorted(range(len(vals)), key=lambda i: (-vals[i], i))
-    return sorted(order[:keep])
+def top_units(scores: torch.Tensor, keep: int, order: list[int] | None = None) -> list[int]:
+    """Indices of the ``keep`` highest scores, ascending; ties go to the lower index. ``order``: the scores'
+    :func:`descending` order when already known."""
+    return sorted((descending(scores) if order is None else order)[:keep])
+
+
+def descending(scores) -> list[int]:
+    """Indices from the highest score down; equal scores keep the lower index first (a stable sort)."""
+    t = scores if isinstance(scores, torch.Tensor) else torch.tensor(scores, dtype=torch.float64)
+    return torch.sort(t, descending=True, stable=True).indices.tolist()
+
+
+def _batched(scores: Sequence, descending: bool = False, per: int = 1) -> list[list]:
+    """Every layer's scores sorted in one call (padded to the longest layer): the descending order of indices
+    (as :func:`descending`), or the ascending values per parameter (as :func:`pruner.methods.allocation.ascending`).
+    One sort of a [layers, units] tensor instead of one per layer: the preview sorts after every planned step."""
+    sizes = [len(t) for t in scores]
+    pad = -math.inf if descending else math.inf  # the padding sorts last either way
+    rows = torch.full((len(scores), max(sizes, default=0)), pad, dtype=torch.float64)
+    for i, t in enumerate(scores):
+        rows[i, : sizes[i]] = torch.as_tensor(t, dtype=torch.float64)
+    if descending:
+        out = torch.sort(rows, dim=1, descending=True, stable=True).indices.tolist()
+    else:
+        out = torch.sort(rows / per, dim=1).values.tolist()
+    return [row[:n] for row, n in zip(out, sizes, strict=True)]
+
+
+def _index(keep: Sequence[int]) -> torch.Tensor:
+    """Kept units as an index tensor (indexing with a Python list costs a conversion per element)."""
+    return torch.as_tensor(list(keep), dtype=torch.long)
 
 
 @dataclass
@@ -49,6 +76,23 @@ class UnitScores:
     layer_cos: list[float] | None = None
     stats: list[dict] | None = None  # per layer: criterion statistics per current input (fluctuation)
     sensitivity: Sensitivity | None = None  # per layer: the loss increase of pruning it alone (sensitivity)
+    # sorted views of the scores, made once: a preview plans the same scores dozens of times (bisection)
+    _sorted: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def orders(self) -> tuple[list[list[int]], list[list[int]]]:
+        """Per layer, the KV groups' and the channels' indices from the highest score down (see :func:`descending`)."""
+        if "order" not in self._sorted:
+            self._sorted["order"] = (_batched(self.group_scores, descending=True),
+                                     _batched(self.channel_scores, descending=True))
+        return self._sorted["order"]
+
+    def ascending_per_parameter(self, per_group: int, per_channel: int) -> tuple[list, list]:
+        """Per layer, the groups' and channels' scores per parameter, ascending (what the ``score`` policy walks)."""
+        key = ("ascending", per_group, per_channel)
+        if key not in self._sorted:
+            self._sorted[key] = (_batched(self.group_scores, per=per_group),
+                                 _batched(self.channel_scores, per=per_channel))
+        return self._sorted[key]
 
     @classmethod
     def of(cls, importance) -> UnitScores:
@@ -75,8 +119,8 @@ class UnitScores:
             stats = [restrict_stats(geo, st, g, c)
                      for st, g, c in zip(self.stats, keep_groups, keep_channels, strict=True)]
         return UnitScores(self.layer_importance_norm,
-                          [g[list(k)] for g, k in zip(self.group_scores, keep_groups, strict=True)],
-                          [c[list(k)] for c, k in zip(self.channel_scores, keep_channels, strict=True)],
+                          [g[_index(k)] for g, k in zip(self.group_scores, keep_groups, strict=True)],
+                          [c[_index(k)] for c, k in zip(self.channel_scores, keep_channels, strict=True)],
                           self.layer_cos, stats, self.sensitivity)
 
     def without_layers(self, remove: Sequence[int]) -> UnitScores:
@@ -274,8 +318,10 @@ class Method:
         """A planned step keeping, in every layer, its highest-scoring units up to the planned widths."""
         keep_g = keep_c = None
         if scores.has_units and units:
-            keep_g = [top_units(g, w.num_kv_heads) for g, w in zip(scores.group_scores, new, strict=True)]
-            keep_c = [top_units(ch, w.intermediate_size) for ch, w in zip(scores.channel_scores, new, strict=True)]
+            og, oc = scores.orders()
+            keep_g = [top_units(g, w.num_kv_heads, o) for g, w, o in zip(scores.group_scores, new, og, strict=True)]
+            keep_c = [top_units(ch, w.intermediate_size, o)
+                      for ch, w, o in zip(scores.channel_scores, new, oc, strict=True)]
         return PlannedStep(index, fraction, alloc, new, floored, self.params_of(new), keep_g, keep_c,
                            method=self.name, decision=decision or {})
 
@@ -289,7 +335,9 @@ class Method:
                 raise AllocationError("Measure importance first: the 'score' policy splits each layer's budget "
                                       "by the unit scores")
             return plan_widths_by_score(self.geo, self.original, widths, alloc.sparsity, scores.group_scores,
-                                        scores.channel_scores, c.min_channels, c.multiple)
+                                        scores.channel_scores, c.min_channels, c.multiple,
+                                        presorted=scores.ascending_per_parameter(self.geo.params_per_group,
+                                                                                 self.geo.params_per_channel))
         return plan_widths(self.geo, self.original, widths, alloc.sparsity, c.min_channels, c.multiple)
 
 
