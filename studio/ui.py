@@ -20,6 +20,7 @@ from .compare import DEFAULT_METHODS
 from .export import DEFAULT_DTYPE, DTYPES
 from .handlers import Handlers, SharedModel, model_choices
 from .inputs import BOUNDS, DELTA_STEP, FreeSlider
+from .memory_fit import fit_note
 from .pool import SessionPool
 from .quality import Quality
 from .settings import UPLOADED, StudioSettings
@@ -71,6 +72,7 @@ def _controls(page) -> None:
         page.source = gr.Dropdown(model_choices(), value="default", allow_custom_value=True, label="Model",
                                   info="“default” (SmolLM2-135M-Instruct), a fetched real model, or type a local "
                                        "folder, a pruned folder, a .gguf file or a hub id")
+        page.fit = gr.Markdown(elem_id="fit-note", elem_classes="explain")
         page.load_btn = gr.Button("Load model")
     with gr.Accordion("Calibration data", open=False):
         page.corpus = gr.Dropdown([*CORPORA, UPLOADED], value=D.prune.calibration, label="Corpus",
@@ -245,6 +247,8 @@ def _wire(demo: gr.Blocks, p, h: Handlers) -> None:
     demo.load(h.start_session, None, everything + compared, **HEAVY)
     demo.unload(h.close_session)
     p.load_btn.click(gpu(h.load), [p.source], [*everything, *compared, p.source], **HEAVY)
+    p.source.change(fit_note, [p.source], [p.fit], **LIGHT)  # the memory plan, before anything loads
+    demo.load(fit_note, [p.source], [p.fit], **LIGHT)
     p.measure_btn.click(gpu(h.measure), [p.state, *controls], everything, **HEAVY)
     p.step_btn.click(gpu(h.step), [p.state, p.prompt, *controls], everything, **HEAVY)
     p.run_btn.click(gpu(h.run), [p.state, p.prompt, p.every, *controls], everything, **HEAVY)
