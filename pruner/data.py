@@ -132,6 +132,45 @@ def _tokenizer_key(tokenizer) -> tuple:
 _TOKEN_CACHE: dict[tuple, torch.Tensor] = {}
 
 
+CHUNK_CHARS = 65_536  # text tokenized at a time: a whole corpus at once held ~0.27 GB of tokenizer output
+_JUNCTION = 256  # characters each side of a cut that must tokenize the same cut or whole
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
+
+
+def _safe_cut(tokenizer, text: str, near: int) -> int | None:
+    """A position at or after ``near``, just after a line break, where cutting the text changes no token: the
+    characters around it tokenize the same in two pieces as in one. None if none is found in a few tries (a
+    tokenizer that marks the start of every text, e.g. SentencePiece's prefix space: the text is then read whole)."""
+    for _ in range(8):
+        i = text.find("\n", near)
+        if i < 0 or i + 1 >= len(text):
+            return None
+        cut = i + 1
+        left, right = text[max(0, cut - _JUNCTION) : cut], text[cut : cut + _JUNCTION]
+        if _encode(tokenizer, left + right) == _encode(tokenizer, left) + _encode(tokenizer, right):
+            return cut
+        near = cut + 1
+    return None
+
+
+def token_ids(tokenizer, text: str) -> torch.Tensor:
+    """The token ids of ``text`` (no special tokens) as a 1-D LongTensor, tokenized in pieces of about
+    :data:`CHUNK_CHARS` characters cut only where cutting changes no token (see :func:`_safe_cut`), so the ids are
+    those of the whole text while the tokenizer's per-token bookkeeping never exists for all of it at once."""
+    parts, start = [], 0
+    while len(text) - start > 2 * CHUNK_CHARS:
+        cut = _safe_cut(tokenizer, text, start + CHUNK_CHARS)
+        if cut is None:
+            break
+        parts.append(torch.tensor(_encode(tokenizer, text[start:cut]), dtype=torch.long))
+        start = cut
+    parts.append(torch.tensor(_encode(tokenizer, text[start:]), dtype=torch.long))
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
 def tokenize_corpus(tokenizer, source: str, split: str = "test", detokenize: bool = False, text: str | None = None) -> torch.Tensor:
     """Token ids (1-D LongTensor, no special tokens) of a whole corpus; cached per tokenizer and corpus."""
     if text is not None:
@@ -145,8 +184,7 @@ def tokenize_corpus(tokenizer, source: str, split: str = "test", detokenize: boo
         if key in _TOKEN_CACHE:
             return _TOKEN_CACHE[key]
         text = load_text(source, split, detokenize)
-    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
-    out = torch.tensor(ids, dtype=torch.long)
+    out = token_ids(tokenizer, text)
     if len(_TOKEN_CACHE) >= 16:  # bounded: users' texts come and go
         _TOKEN_CACHE.pop(next(iter(_TOKEN_CACHE)))
     _TOKEN_CACHE[key] = out
