@@ -143,6 +143,18 @@ class Exploration:
                 self._explorer.remember(imp, levels)
         return self._explorer
 
+    def _share(self, ex: Explorer) -> None:
+        """The schedule panel's plan needs the importance its method measures: when the explorer has just that one
+        (same model, calibration sample and criterion), the panel uses it instead of asking to measure again."""
+        m = self.work.pruner.planner.method
+        want = (m.measured_criterion, m.sensitivity_levels)
+        if self.schedule.has_current_importance() or not ex.has_measurement(*want):
+            return
+        imp = ex.measurement()
+        got = (imp.criterion, tuple(imp.sensitivity.levels) if imp.sensitivity is not None else None)
+        if got == want:
+            self.schedule.adopt(imp)
+
     def model_words(self) -> str:
         w = self.work
         return f"{w.params():,} parameters, {w.steps_taken} step(s) taken"
@@ -190,17 +202,12 @@ class Exploration:
         """Seconds, number of points and the estimate in words (which measurements it includes). Runs one plain
         forward pass over the evaluation sample the first time (what every estimate is scaled from)."""
         self.work.configure(settings)  # the calibration the measurements would use (the model is not touched)
-        self._check_scan(request)
         with self.work.task():
             ex = self.explorer()
             grid = self.grid(settings, request)
             sec = self._seconds(ex, grid, request.scan)
             missing = self._missing(ex, grid, request.scan)
         return sec, len(grid), self._estimate_words(sec, len(grid), request.scan, missing)
-
-    def _check_scan(self, request: SweepRequest) -> None:
-        if request.scan and self.work.pruner.config.criterion is None:
-            raise SessionError(text.SCAN_NEEDS_CRITERION)
 
     def _estimate_words(self, sec: float, n: int, scan: bool, missing) -> str:
         what = [f"{n} point(s)"] if n else []
@@ -226,7 +233,6 @@ class Exploration:
         finished points."""
         work = self.work
         work.configure(settings)
-        self._check_scan(request)
         with work.task():
             ex = self.explorer()
             grid = self.grid(settings, request)
@@ -250,9 +256,14 @@ class Exploration:
                     self.report = ex.sensitivity(should_stop=work.should_stop)
                     self.report_on = on
             except Cancelled:
+                self._share(ex)
+                if not grid:
+                    yield text.SCAN_CANCELLED
+                    return
                 self.stopped = "cancelled"
                 yield text.EXPLORE_CANCELLED.format(k=len(self.points), n=len(grid))
                 return
+            self._share(ex)
             yield text.EXPLORE_DONE.format(k=len(self.points), scan=" and the sensitivity scan" if request.scan else "")
 
     @staticmethod
@@ -271,6 +282,7 @@ class Exploration:
             try:
                 w = ex.what_if(config=settings.prune, should_stop=work.should_stop)
                 base = ex.baseline(work.should_stop)
+                self._share(ex)
             except Cancelled as exc:
                 raise SessionError(text.WHATIF_CANCELLED) from exc
             except PrunerError as exc:

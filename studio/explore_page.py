@@ -7,8 +7,8 @@ from __future__ import annotations
 import gradio as gr
 
 import visualizations as viz
-from visualizations.explore import level_label
 from pruner.evaluation.perplexity import format_perplexity
+from visualizations.explore import level_label
 
 from . import text
 from .explore import SweepRequest, point_label
@@ -38,7 +38,7 @@ def sensitivity_views(page, s) -> dict:
     t = r.table
     rho = "; ".join(f"{level_label(float(k))}: {'—' if v is None else f'{v:+.2f}'}"
                     for k, v in r.correlation.items())
-    note = text.SCAN_CAPTION.format(model=s.explore.report_on[1], corpus=s.settings.calibration_label, tokens=t.tokens,
+    note = text.SCAN_CAPTION.format(model=s.explore.report_on[1], criterion=t.units.get("criterion", "—"), corpus=s.settings.calibration_label, tokens=t.tokens,
                                     base=t.base_loss, seconds=t.seconds, rho=rho)
     if s.explore.report_on[0] != s.work.version:
         note += "  \n" + text.EXPLORE_STALE.format(model=s.explore.model_words())

@@ -177,13 +177,14 @@ undo history untouched. The number is a *prediction*: a one-shot estimate with t
 incremental run re-measures between sub-steps and can do better. Calibration, criterion and (unless you list
 values here) Δ come from the schedule panel on the left. **Importance**: a sweep uses the importance the panel
 measured for the model now; if there is none (or a method scores with its own criterion), the sweep measures it
-first — the estimate says so and includes its time."""
+first — the estimate says so and includes its time — and the schedule panel then uses that measurement too."""
 
 EXPLAIN_SENSITIVITY = """**Sensitivity — the oracle beside the heuristic.** For every layer and level (25 / 50 / 75 % of its
 prunable parameters, lowest-score units first, and the whole block skipped), the increase of the calibration
 loss when *only that layer* is pruned (masked). Beside it, the paper's cheap layer importance 1 − cos. Spearman's
 ρ near +1: the layers the heuristic calls important are the ones whose pruning costs most; near 0 or negative:
-the heuristic and the measurement disagree. The scan ranks units by the schedule panel's unit criterion."""
+the heuristic and the measurement disagree. The scan ranks units by the schedule panel's criterion (a baseline's
+own score when a baseline is chosen there)."""
 
 EXPLORE_TARGETS_INFO = "in % of the original parameters, comma-separated (e.g. 90, 80, 70)"
 EXPLORE_AMPLITUDES_INFO = "comma-separated, 0–0.1 (only adaptive uses A)"
@@ -212,10 +213,9 @@ EXPLORE_USED = ("Sent **{label}** to the schedule panel: the sliders moved and t
                 "these settings.")
 PREDICTED_ON = "predicted perplexity: {sample}"
 SCAN_STARTED = "Sensitivity scan: {layers} layers × {levels} levels (a forward pass each) …"
-SCAN_NEEDS_CRITERION = ("The sensitivity scan ranks a layer's units by the unit criterion: pick an allocation on the "
-                        "left that uses it (adaptive, uniform, custom or sensitivity), then scan.")
+SCAN_CANCELLED = "Sensitivity scan cancelled: no table was kept. The model is unchanged."
 SCAN_NONE = "No sensitivity scan yet: tick “sensitivity scan” and run."
-SCAN_CAPTION = ("Measured on the model with {model}: calibration {corpus}, {tokens:,} tokens, base loss "
+SCAN_CAPTION = ("Measured on the model with {model}: units ranked by {criterion}; calibration {corpus}, {tokens:,} tokens, base loss "
                 "{base:.4f}, {seconds:.1f} s. **Spearman ρ** with the layer importance per level: {rho}.")
 WHATIF_NONE = ("**What-if perplexity**: press the button for the predicted perplexity of the plan on screen "
                "(nothing is cut).")
