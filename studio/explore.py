@@ -117,6 +117,7 @@ class Exploration:
         self.baseline: dict | None = None  # the model as it is on the sample (when the sweep ran)
         self.report: SensitivityReport | None = None
         self.report_on: tuple[int, str] | None = None
+        self.notes: list[str] = []  # what the explorer adds about the sample (beyond what a prediction is)
 
     def close(self) -> None:
         """Let go of the explorer (it holds the session's pruner and model)."""
@@ -243,6 +244,7 @@ class Exploration:
             if grid:
                 self.points, self.grid_size, self.stopped, self.swept_on = [], len(grid), "", on
                 self.baseline = ex.baseline()
+                self.notes = ex.notes(settings.prune)[1:]
             missing = self._missing(ex, grid, request.scan)
             yield text.EXPLORE_STARTED.format(n=len(grid), seconds=sec) + (
                 text.EXPLORE_MEASURING if missing else "")
@@ -335,6 +337,7 @@ class Exploration:
         out = text.EXPLORE_CAPTION.format(k=len(self.points), n=self.grid_size, model=words,
                                           sample=self.sample_words(),
                                           baseline=format_perplexity(self.baseline) if self.baseline else "—")
+        out += "".join(f"  \nℹ️ {n}" for n in self.notes)
         if self.stopped:
             out += "  \n" + text.EXPLORE_KEPT.format(k=len(self.points), n=self.grid_size)
         if version != self.work.version:

@@ -74,6 +74,8 @@ class ExploreHandlers:
             _, _, words = s.explore.estimate(settings, request)
         except SessionError as exc:
             return {p.exp_note: f"⚠️ {exc}", p.exp_estimate: ""}
+        except Exception as exc:  # noqa: BLE001 - said in the page's words, the traceback in the log
+            return {p.exp_note: fail(exc), p.exp_estimate: ""}
         return {p.exp_note: "", p.exp_estimate: words}
 
     @streamed(views_on_error=False)
@@ -129,7 +131,7 @@ class ExploreHandlers:
         yield {p.whatif_md: text.WHATIF_RUNNING.format(label=label)}
         try:
             w, base = s.explore.what_if(settings)
-        except SessionError as exc:
+        except Exception as exc:  # noqa: BLE001 - said in the page's words, the traceback in the log
             yield {p.whatif_md: fail(exc)}
             return
         yield {p.whatif_md: text.WHATIF_RESULT.format(label=label, ppl=format_perplexity(w.perplexity),
