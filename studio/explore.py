@@ -92,11 +92,12 @@ def point_label(settings: dict) -> str:
     return " · ".join(out)
 
 
-def curve_name(settings: dict) -> str:
-    """The curve a point belongs to: its method and the settings other than the target."""
+def curve_name(settings: dict, amplitude: bool = True) -> str:
+    """The curve a point belongs to: its method and the settings other than the target (and A, unless
+    ``amplitude`` is False: the lines of predicted perplexity against A)."""
     tunes = method_class(settings["method"]).tunes
-    own = [f"A {settings['amplitude']:g}" if "amplitude" in tunes else "", f"Δ {100 * settings['step']:g} %"
-           if "step" in tunes else ""]
+    own = [f"A {settings['amplitude']:g}" if amplitude and "amplitude" in tunes else "",
+           f"Δ {100 * settings['step']:g} %" if "step" in tunes else ""]
     return " · ".join([settings["method"], *[o for o in own if o]])
 
 
@@ -293,8 +294,13 @@ class Exploration:
 
     # ------------------------------------------------------------------ what the tab shows
     def plot_points(self) -> list[dict]:
+        def amplitude(s: dict):
+            return s["amplitude"] if "amplitude" in method_class(s["method"]).tunes else None
+
         return [{"method": p.settings["method"], "params": p.params, "perplexity": p.perplexity,
-                 "label": point_label(p.settings), "curve": curve_name(p.settings)} for p in self.points]
+                 "target": p.settings["target"], "amplitude": amplitude(p.settings), "label": point_label(p.settings),
+                 "curve": curve_name(p.settings), "family": curve_name(p.settings, amplitude=False)}
+                for p in self.points]
 
     def choices(self) -> list[tuple[str, int]]:
         """The points a visitor can send to the schedule panel (those with a result)."""

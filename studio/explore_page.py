@@ -26,6 +26,7 @@ def explore_views(page, s) -> dict:
     base = e.baseline["perplexity"] if e.baseline and e.points else None
     choices = e.choices()
     out = {page.exp_curves: viz.sweep_curves(pts, label, base), page.exp_pareto: viz.sweep_pareto(pts, label),
+           page.exp_by_a: viz.sweep_amplitude(pts, label),
            page.exp_table: e.table(), page.exp_caption: e.caption(),
            page.exp_pick: gr.update(choices=choices, value=choices[0][1] if choices else None)}
     return {**out, **sensitivity_views(page, s)}
@@ -38,8 +39,9 @@ def sensitivity_views(page, s) -> dict:
     t = r.table
     rho = "; ".join(f"{level_label(float(k))}: {'—' if v is None else f'{v:+.2f}'}"
                     for k, v in r.correlation.items())
-    note = text.SCAN_CAPTION.format(model=s.explore.report_on[1], criterion=t.units.get("criterion", "—"), corpus=s.settings.calibration_label, tokens=t.tokens,
-                                    base=t.base_loss, seconds=t.seconds, rho=rho)
+    note = text.SCAN_CAPTION.format(model=s.explore.report_on[1], criterion=t.units.get("criterion", "—"),
+                                    corpus=s.settings.calibration_label, tokens=t.tokens, base=t.base_loss,
+                                    seconds=t.seconds, rho=rho)
     if s.explore.report_on[0] != s.work.version:
         note += "  \n" + text.EXPLORE_STALE.format(model=s.explore.model_words())
     return {page.exp_sens: viz.sensitivity_figure(t.increase, t.levels, r.layer_importance, r.correlation),

@@ -215,8 +215,8 @@ PREDICTED_ON = "predicted perplexity: {sample}"
 SCAN_STARTED = "Sensitivity scan: {layers} layers × {levels} levels (a forward pass each) …"
 SCAN_CANCELLED = "Sensitivity scan cancelled: no table was kept. The model is unchanged."
 SCAN_NONE = "No sensitivity scan yet: tick “sensitivity scan” and run."
-SCAN_CAPTION = ("Measured on the model with {model}: units ranked by {criterion}; calibration {corpus}, {tokens:,} tokens, base loss "
-                "{base:.4f}, {seconds:.1f} s. **Spearman ρ** with the layer importance per level: {rho}.")
+SCAN_CAPTION = ("Measured on the model with {model}: units ranked by {criterion}; calibration {corpus}, {tokens:,} "
+                "tokens, base loss {base:.4f}, {seconds:.1f} s. **Spearman ρ** with the layer importance per level: {rho}.")
 WHATIF_NONE = ("**What-if perplexity**: press the button for the predicted perplexity of the plan on screen "
                "(nothing is cut).")
 WHATIF_RESULT = ("**What-if for {label}**: predicted perplexity **{ppl}** at {fraction:.1%} of the parameters "

@@ -274,9 +274,12 @@ def _explore_tab(page) -> None:
         page.exp_curves = gr.Plot(elem_id="exp-curves", show_label=False)
         page.exp_pareto = gr.Plot(elem_id="exp-pareto", show_label=False)
     with gr.Row():
-        page.exp_pick = gr.Dropdown([], label="sweep point", elem_id="exp-pick", scale=3)
-        page.exp_use = gr.Button("Use these settings", elem_id="exp-use", scale=1)
-    page.exp_table = gr.Dataframe(label="sweep points", interactive=False, elem_id="exp-table")
+        page.exp_by_a = gr.Plot(elem_id="exp-amplitude", show_label=False)
+        with gr.Column():
+            with gr.Row():
+                page.exp_pick = gr.Dropdown([], label="sweep point", elem_id="exp-pick", scale=3)
+                page.exp_use = gr.Button("Use these settings", elem_id="exp-use", scale=1)
+            page.exp_table = gr.Dataframe(label="sweep points", interactive=False, elem_id="exp-table")
     page.exp_sens = gr.Plot(elem_id="exp-sensitivity", show_label=False)
     page.exp_sens_note = gr.Markdown(text.SCAN_NONE, elem_id="exp-sens-note")
     gr.Markdown(text.EXPLAIN_SENSITIVITY, elem_classes="explain")
@@ -344,7 +347,8 @@ def _wire_explore(p, main: Handlers, h: ExploreHandlers, controls: list) -> None
     the What-if button beside the allocation preview."""
     request = [p.state, p.exp_methods, p.exp_targets, p.exp_amps, p.exp_steps, p.exp_scan, p.exp_tokens, p.exp_window,
                *controls]
-    shown = [p.exp_curves, p.exp_pareto, p.exp_table, p.exp_caption, p.exp_pick, p.exp_sens, p.exp_sens_note]
+    shown = [p.exp_curves, p.exp_pareto, p.exp_by_a, p.exp_table, p.exp_caption, p.exp_pick, p.exp_sens,
+             p.exp_sens_note]
     estimate_out = [p.exp_note, p.exp_estimate]
     p.explore_tab.select(h.show, [p.state], shown, **LIGHT).then(h.estimate, request, estimate_out, **HEAVY)
     for c in (p.exp_methods, p.exp_scan, p.exp_window):

@@ -18,8 +18,8 @@ from studio.workspace import SessionError
 from tests.test_session import same_state, state, tiny_model, tiny_settings, tiny_tokenizer
 from tests.test_studio_panel import NAMES, controls
 
-EXP = ("exp_note", "exp_estimate", "exp_curves", "exp_pareto", "exp_table", "exp_caption", "exp_pick", "exp_sens",
-       "exp_sens_note", "whatif_md", "method")
+EXP = ("exp_note", "exp_estimate", "exp_curves", "exp_pareto", "exp_by_a", "exp_table", "exp_caption", "exp_pick",
+       "exp_sens", "exp_sens_note", "whatif_md", "method")
 SMALL = SweepRequest(("adaptive", "flap"), (0.9, 0.8), (0.0, 0.05))
 
 
@@ -136,6 +136,9 @@ def test_the_tab_handlers_estimate_sweep_and_send_a_point_to_the_schedule_panel(
     assert names == ["adaptive · A 0 · Δ 5 %", "adaptive · A 0.05 · Δ 5 %", "flap"]
     assert "wikitext2 valid" in last["exp_curves"].layout.title.text
     assert last["exp_pareto"].data[-1].name == "Pareto front"
+    amp = last["exp_by_a"].data  # A at each fixed target: adaptive only (FLAP ignores A)
+    assert [t.name for t in amp] == ["adaptive · Δ 5 % · target 90 %", "adaptive · Δ 5 % · target 80 %"]
+    assert all(list(t.x) == [0, 0.05] for t in amp)
     choices = last["exp_pick"]["choices"]
     assert len(choices) == 6
     flap = next(i for label, i in choices if "flap · target 80 %" in label)
@@ -191,4 +194,5 @@ def test_the_pareto_front_and_the_sweep_figures():
     assert list(curves.data[0].x) == [80e-6, 100e-6]  # sorted by size; the point without a result left out
     assert curves.layout.yaxis.type == "log" and curves.layout.shapes  # the model now as a line
     assert "Run a sweep" in viz.sweep_curves([]).layout.annotations[0].text
+    assert "Sweep two or more amplitudes" in viz.sweep_amplitude(pts).layout.annotations[0].text  # no A anywhere
     assert "Tick “sensitivity scan”" in viz.sensitivity_figure(None).layout.annotations[0].text

@@ -99,6 +99,33 @@ def sweep_pareto(points: Sequence[Mapping], ppl_label: str = "") -> go.Figure:
     return base_layout(fig, title)
 
 
+def sweep_amplitude(points: Sequence[Mapping], ppl_label: str = "") -> go.Figure:
+    """Predicted perplexity against the amplitude A at each fixed target: one line per ``family`` (a method and
+    its settings other than A and the target) and target; a point whose ``amplitude`` is None (its method ignores
+    A) is left out."""
+    title = _title("Predicted perplexity vs amplitude A, per target", ppl_label)
+    done = [p for p in _done(points) if p.get("amplitude") is not None]
+    lines: dict[str, list[Mapping]] = {}
+    for p in done:
+        lines.setdefault(f"{p.get('family', p['method'])} · target {100 * p['target']:g} %", []).append(p)
+    if not any(len(v) > 1 for v in lines.values()):
+        return empty_figure(title, "Sweep two or more amplitudes to compare A at a fixed target")
+    fig = go.Figure()
+    methods = list(dict.fromkeys(p["method"] for p in done))
+    for k, (name, pts) in enumerate(lines.items()):
+        pts = sorted(pts, key=lambda p: p["amplitude"])
+        fig.add_trace(go.Scatter(
+            x=[p["amplitude"] for p in pts], y=[p["perplexity"] for p in pts], name=name, mode="lines+markers",
+            line=dict(color=method_color(pts[0]["method"], methods.index(pts[0]["method"])), width=2),
+            marker=dict(symbol=("circle", "square", "diamond", "triangle-up", "x")[k % 5], size=8),
+            text=[p.get("label", name) for p in pts],
+            hovertemplate="%{text}<br>A = %{x:g}<br>predicted perplexity %{y:.2f}<extra></extra>"))
+    fig.update_xaxes(title_text="amplitude A")
+    fig.update_yaxes(title_text="predicted perplexity (log)", type="log")
+    fig.update_layout(legend=dict(orientation="h", y=-0.2))
+    return base_layout(fig, title)
+
+
 def level_label(level: float) -> str:
     return "whole block" if level >= 1 else f"{100 * level:g} %"
 
