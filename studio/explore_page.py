@@ -14,7 +14,7 @@ from . import text
 from .explore import SweepRequest, point_label
 from .handlers import fail, settings_from, streamed
 from .inputs import InputProblem
-from .views import settings_label
+from .views import page_views, settings_label
 from .workspace import SessionError
 
 
@@ -98,7 +98,8 @@ class ExploreHandlers:
         except SessionError as exc:
             yield {p.exp_note: f"⚠️ {exc}", p.status: f"⚠️ {exc}"}
             return
-        yield {p.status: message, **explore_views(p, s)}
+        # the schedule panel may now hold the importance the sweep measured: its figures and plan are redrawn
+        yield {p.status: message, **page_views(p, s, settings), **explore_views(p, s)}
 
     def show(self, s):
         """The tab drawn from the session (when it is opened: the model may have changed since the sweep)."""
@@ -138,4 +139,5 @@ class ExploreHandlers:
             return
         yield {p.whatif_md: text.WHATIF_RESULT.format(label=label, ppl=format_perplexity(w.perplexity),
                                                       fraction=w.fraction, steps=w.steps,
-                                                      base=format_perplexity(base), note=w.note)}
+                                                      base=format_perplexity(base), note=w.note),
+               **page_views(p, s, settings)}  # a what-if may have measured the importance the plan on screen needs

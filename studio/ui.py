@@ -316,7 +316,7 @@ def _wire(demo: gr.Blocks, p, h: Handlers) -> None:
     p.cmp_cancel.click(h.cancel, [p.state], [p.status], concurrency_limit=None)
     p.fill_custom.click(h.custom_table, [p.state, *controls], [p.custom], **LIGHT)
     _wire_schedule(p, h, controls)
-    _wire_explore(p, h, ExploreHandlers(p), controls)
+    _wire_explore(p, h, ExploreHandlers(p), controls, everything)
     p.cmp_methods.change(h.compare_cost, [p.state, p.cmp_methods, *controls], [p.cmp_cost], **LIGHT)
     for c in (p.target, p.step, p.n_windows, p.window, p.ppl_tokens, p.method, p.criterion):
         c.change(h.compare_cost, [p.state, p.cmp_methods, *controls], [p.cmp_cost], **LIGHT)
@@ -341,10 +341,11 @@ def _wire_schedule(p, h: Handlers, controls: list) -> None:
         h.preview, [p.state, *controls], preview_out, show_progress="hidden", **LIGHT)
 
 
-def _wire_explore(p, main: Handlers, h: ExploreHandlers, controls: list) -> None:
+def _wire_explore(p, main: Handlers, h: ExploreHandlers, controls: list, everything: list) -> None:
     """The Explore tab: the estimate before running (on opening the tab and on every change of its controls), the
     streamed sweep and its Cancel, "use these settings" into the schedule panel (whose preview then redraws), and
-    the What-if button beside the allocation preview."""
+    the What-if button beside the allocation preview. A sweep or a what-if may measure the importance the panel's
+    plan needs: they end by redrawing the page (``everything``)."""
     request = [p.state, p.exp_methods, p.exp_targets, p.exp_amps, p.exp_steps, p.exp_scan, p.exp_tokens, p.exp_window,
                *controls]
     shown = [p.exp_curves, p.exp_pareto, p.exp_by_a, p.exp_table, p.exp_caption, p.exp_pick, p.exp_sens,
@@ -357,7 +358,8 @@ def _wire_explore(p, main: Handlers, h: ExploreHandlers, controls: list) -> None
         c.blur(h.estimate, request, estimate_out, **HEAVY)
         c.submit(h.estimate, request, estimate_out, **HEAVY)
     p.exp_tokens.release(h.estimate, request, estimate_out, **HEAVY)
-    p.exp_btn.click(gpu(h.run), request, [p.status, *estimate_out, *shown], **HEAVY)
+    run_out = [*estimate_out, *shown, *everything]  # everything holds the status box
+    p.exp_btn.click(gpu(h.run), request, run_out, **HEAVY)
     p.exp_cancel.click(main.cancel, [p.state], [p.status], concurrency_limit=None)
     edit_out = [p.target, p.amplitude, p.step, p.n_windows, p.window, p.input_note, p.alloc_md, p.alloc_fig]
     p.exp_use.click(h.use, [p.state, p.exp_pick], [p.target, p.amplitude, p.step, p.method, p.exp_note],
@@ -365,4 +367,4 @@ def _wire_explore(p, main: Handlers, h: ExploreHandlers, controls: list) -> None
         main.edited, [p.state, *controls], edit_out, queue=False, show_progress="hidden").then(
         main.preview, [p.state, *controls], [p.alloc_fig, p.alloc_md, p.cost, p.n_steps],
         show_progress="hidden", **LIGHT)
-    p.whatif_btn.click(gpu(h.what_if), [p.state, *controls], [p.status, p.whatif_md], **HEAVY)
+    p.whatif_btn.click(gpu(h.what_if), [p.state, *controls], [*everything, p.whatif_md], **HEAVY)

@@ -132,6 +132,7 @@ def test_the_tab_handlers_estimate_sweep_and_send_a_point_to_the_schedule_panel(
     updates = list(h.run(s, *tab_values(), *controls(s)))
     last = updates[-1]
     assert last["status"].startswith("Sweep done")
+    assert "Plan for **target 85 %" in last["alloc_md"]  # the panel's plan, from the importance the sweep measured
     names = [t.name for t in last["exp_curves"].data]
     assert names == ["adaptive · A 0 · Δ 5 %", "adaptive · A 0.05 · Δ 5 %", "flap"]
     assert "wikitext2 valid" in last["exp_curves"].layout.title.text

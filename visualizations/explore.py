@@ -74,7 +74,7 @@ def sweep_curves(points: Sequence[Mapping], ppl_label: str = "", baseline: float
 def sweep_pareto(points: Sequence[Mapping], ppl_label: str = "") -> go.Figure:
     """Every point with a result, one colour per method, and the Pareto front (fewest parameters for the lowest
     predicted perplexity) drawn through the points on it."""
-    title = _title("Pareto view: the points no other point beats on both size and perplexity", ppl_label)
+    title = _title("Pareto view: size against predicted perplexity", ppl_label)
     done = _done(points)
     if not done:
         return empty_figure(title, "Run a sweep to see which settings are on the Pareto front")
@@ -147,7 +147,7 @@ def sensitivity_figure(increase: Sequence[Sequence[float]] | None, levels: Seque
                         subplot_titles=("loss increase when only this layer is pruned", "1 − cos(x_in, x_out)"))
     fig.add_trace(go.Heatmap(
         z=[list(r) for r in increase], x=[level_label(v) for v in levels], y=layers, colorscale="Reds",
-        colorbar=dict(title=dict(text="Δ loss", side="right"), thickness=12, x=0.62),
+        colorbar=dict(title=dict(text="Δ loss", side="right"), thickness=12),
         hovertemplate="layer %{y}<br>%{x} pruned<br>loss +%{z:.4f}<extra></extra>"), row=1, col=1)
     fig.add_trace(go.Bar(
         x=[1.0 + v for v in importance], y=layers[:len(importance)], orientation="h", marker_color="#3b6fb6",
