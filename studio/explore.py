@@ -21,7 +21,16 @@ from dataclasses import dataclass, replace
 from pruner import Cancelled, PrunerError
 from pruner.config import METHODS
 from pruner.evaluation.perplexity import format_perplexity
-from pruner.explore import EvalSample, Explorer, SensitivityReport, SweepPoint, WhatIf, iter_sweep, sweep_grid
+from pruner.explore import (
+    EvalSample,
+    Explorer,
+    SensitivityReport,
+    SweepPoint,
+    WhatIf,
+    estimate_seconds,
+    iter_sweep,
+    sweep_grid,
+)
 from pruner.importance.measure import criterion_for
 from pruner.importance.sensitivity import LEVELS
 from pruner.methods import method_class
@@ -187,8 +196,6 @@ class Exploration:
 
     def _seconds(self, ex: Explorer, grid: list, scan: bool) -> float:
         """The sweep's estimate (:func:`pruner.explore.estimate_seconds`) and the scan's forward passes."""
-        from pruner.explore import estimate_seconds
-
         total = estimate_seconds(ex, grid) if grid else 0.0
         if scan and not ex.has_measurement(self.work.pruner.config.criterion, LEVELS):
             b = ex.baseline()
