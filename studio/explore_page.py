@@ -107,6 +107,15 @@ class ExploreHandlers:
             return gr.skip()
         return explore_views(self.page, s)
 
+    def pick_row(self, s, evt: gr.SelectData):
+        """A click on a row of the table picks that point (one with a result) for "use these settings"."""
+        if s is None or s.work.closed or evt is None or evt.index is None:
+            return gr.skip()
+        row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
+        if not 0 <= int(row) < len(s.explore.points) or s.explore.points[int(row)].perplexity is None:
+            return gr.skip()
+        return gr.update(value=int(row))
+
     def use(self, s, index):
         """"Use these settings": the point's target (%), A, Δ (%) and method into the schedule panel's controls
         (the chain after this redraws the preview for them)."""

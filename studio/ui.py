@@ -277,7 +277,8 @@ def _explore_tab(page) -> None:
         page.exp_by_a = gr.Plot(elem_id="exp-amplitude", show_label=False)
         with gr.Column():
             with gr.Row():
-                page.exp_pick = gr.Dropdown([], label="sweep point", elem_id="exp-pick", scale=3)
+                page.exp_pick = gr.Dropdown([], label="sweep point (or click a row of the table)", elem_id="exp-pick",
+                                    scale=3)
                 page.exp_use = gr.Button("Use these settings", elem_id="exp-use", scale=1)
             page.exp_table = gr.Dataframe(label="sweep points", interactive=False, elem_id="exp-table")
     page.exp_sens = gr.Plot(elem_id="exp-sensitivity", show_label=False)
@@ -361,6 +362,7 @@ def _wire_explore(p, main: Handlers, h: ExploreHandlers, controls: list, everyth
     run_out = [*estimate_out, *shown, *everything]  # everything holds the status box
     p.exp_btn.click(gpu(h.run), request, run_out, **HEAVY)
     p.exp_cancel.click(main.cancel, [p.state], [p.status], concurrency_limit=None)
+    p.exp_table.select(h.pick_row, [p.state], [p.exp_pick], queue=False)
     edit_out = [p.target, p.amplitude, p.step, p.n_windows, p.window, p.input_note, p.alloc_md, p.alloc_fig]
     p.exp_use.click(h.use, [p.state, p.exp_pick], [p.target, p.amplitude, p.step, p.method, p.exp_note],
                     queue=False).then(

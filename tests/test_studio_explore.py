@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import gradio as gr
 import pytest
 
 import visualizations as viz
@@ -143,6 +144,8 @@ def test_the_tab_handlers_estimate_sweep_and_send_a_point_to_the_schedule_panel(
     choices = last["exp_pick"]["choices"]
     assert len(choices) == 6
     flap = next(i for label, i in choices if "flap · target 80 %" in label)
+    assert h.pick_row(s, SimpleNamespace(index=[flap, 2]))["value"] == flap  # a click on the row picks it
+    assert h.pick_row(s, SimpleNamespace(index=[99, 0])) == gr.skip()
     out = h.use(s, flap)
     assert (out["target"]["value"], out["method"]["value"]) == (80, "flap")
     assert out["amplitude"]["value"] == s.settings.prune.amplitude and out["step"]["value"] == 5
