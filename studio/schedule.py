@@ -98,6 +98,14 @@ class ScheduleControl:
         with self.work.task():
             return self._measure()
 
+    def adopt(self, imp: Importance) -> bool:
+        """Take an importance measured elsewhere on the current model, on the next step's calibration sample with
+        the current settings (the explorer's, :mod:`studio.explore`), unless one is held already; True if taken."""
+        if self.has_current_importance():
+            return False
+        self.importance, self._key = imp, self._current_key()
+        return True
+
     def _measure(self) -> Importance:
         if self.has_current_importance():
             return self.importance

@@ -11,6 +11,7 @@ time, undo and reset) and the parts that read it, each in its own module::
     for update in s.schedule.run_to_target(): print(update.message)
     for update in s.training.run_accel(): ...
     for update in s.compare.run(["adaptive", "flap", "shortgpt"]): ...   # each on a copy of the original
+    for message in s.explore.run(settings, SweepRequest(...)): ...        # predicted perplexity, nothing cut
     s.export_zip()
 
 Steps are atomic (the pruner builds the new modules before swapping them in), so a cancel or an error leaves
@@ -28,6 +29,7 @@ from pruner import load_model
 from . import export
 from .compare import Comparison
 from .costs import PERPLEXITY, Costs
+from .explore import Exploration
 from .panel import SchedulePanel
 from .quality import Quality
 from .schedule import ScheduleControl
@@ -49,6 +51,7 @@ class StudioSession:
         self.training = Training(self.work, self.quality, self.schedule, self.costs)
         self.compare = Comparison(self.work, self.quality)
         self.panel = SchedulePanel(self.work.settings)
+        self.explore = Exploration(self.work, self.schedule)  # sweeps and what-ifs: nothing cut
 
     @classmethod
     def load(cls, source: str = "default", device=None, settings: StudioSettings | None = None) -> StudioSession:
@@ -68,6 +71,7 @@ class StudioSession:
         comparison's downloads."""
         self.work.close(reason)
         self.compare.close()
+        self.explore.close()
         self.quality.baseline_model = None
         self.training._packed = None
 

@@ -167,3 +167,59 @@ COMPARE_COST = ("**Estimate**: {n} method(s) to {target:g} % ≈ **{minutes:.1f}
                 "sub-step measures importance and a quick perplexity; rates: {source}).")
 EXPORT_DTYPE_INFO = ("bfloat16: half the size of float32 with its range (the default); float16: half the size, "
                      "for GPUs without bfloat16; float32: exact, twice the size")
+
+# ---------------------------------------------------------------------- the Explore tab (studio/explore.py)
+EXPLAIN_EXPLORE = """**Explore: what a schedule will cost, before anything is cut.** Every point of a sweep is the plan the
+schedule panel would make for those settings (the same planner), evaluated **as if** its final widths had been
+cut: the removed KV groups and MLP channels are masked for one perplexity pass (ShortGPT's layers skipped, FLAP's
+bias compensation applied), then the masks are removed. **The model is never changed** — no step, no copy, the
+undo history untouched. The number is a *prediction*: a one-shot estimate with today's importance; a real
+incremental run re-measures between sub-steps and can do better. Calibration, criterion and (unless you list
+values here) Δ come from the schedule panel on the left. **Importance**: a sweep uses the importance the panel
+measured for the model now; if there is none (or a method scores with its own criterion), the sweep measures it
+first — the estimate says so and includes its time — and the schedule panel then uses that measurement too."""
+
+EXPLAIN_SENSITIVITY = """**Sensitivity — the oracle beside the heuristic.** For every layer and level (25 / 50 / 75 % of its
+prunable parameters, lowest-score units first, and the whole block skipped), the increase of the calibration
+loss when *only that layer* is pruned (masked). Beside it, the paper's cheap layer importance 1 − cos. Spearman's
+ρ near +1: the layers the heuristic calls important are the ones whose pruning costs most; near 0 or negative:
+the heuristic and the measurement disagree. The scan ranks units by the schedule panel's criterion (a baseline's
+own score when a baseline is chosen there)."""
+
+EXPLORE_TARGETS_INFO = "in % of the original parameters, comma-separated (e.g. 90, 80, 70)"
+EXPLORE_AMPLITUDES_INFO = "comma-separated, 0–0.1 (only adaptive uses A)"
+EXPLORE_STEPS_INFO = "Δ in %, comma-separated; empty: the schedule panel's Δ (only the sub-step methods use Δ)"
+EXPLORE_NOTHING = "Tick at least one method, or the sensitivity scan."
+EXPLORE_NO_TARGET = "Type at least one target size (in %, e.g. 90, 80, 70)."
+EXPLORE_NOT_A_NUMBER = "Every {label} must be a number; “{value}” is not."
+EXPLORE_ESTIMATE = ("**Estimate**: {what} ≈ **{seconds:.0f} s** ({minutes:.1f} min); predicted perplexity on {sample}")
+EXPLORE_MEASURES = "; includes measuring {what} first (no importance for it on this model yet)."
+EXPLORE_MEASURED = "; the importance it needs is measured already."
+EXPLORE_TOO_LARGE = ("⚠️ A sweep estimated at {seconds:.0f} s is more than this page runs at once ({limit:.0f} min): "
+                     "untick methods, list fewer targets or amplitudes, or lower the evaluation tokens.")
+EXPLORE_STARTED = "Sweep of {n} point(s), ≈ {seconds:.0f} s …"
+EXPLORE_MEASURING = " (measuring importance first)"
+EXPLORE_POINT = "Sweep {k}/{n}: {label}: {result}."
+EXPLORE_CANCELLED = "Sweep cancelled: {k} of {n} point(s) finished and kept. The model is unchanged."
+EXPLORE_DONE = "Sweep done: {k} point(s){scan}. The model is unchanged."
+EXPLORE_KEPT = "Cancelled: {k} of {n} point(s) finished; they are kept."
+EXPLORE_STALE = ("⚠️ The model has changed since this sweep (now {model}): its predictions are for the model it ran "
+                 "on; sweep again for the model now.")
+EXPLORE_NO_RESULTS = "No sweep yet: choose methods and sizes, check the estimate, press **Run sweep**."
+EXPLORE_CAPTION = ("{k} of {n} point(s), swept on the model with {model}. **Predicted perplexity** on {sample} (the "
+                   "model as it was then: {baseline}); a one-shot estimate with that model's importance.")
+EXPLORE_PICK = "Pick a sweep point (one with a result) first."
+EXPLORE_USED = ("Sent **{label}** to the schedule panel: the sliders moved and the allocation preview redraws for "
+                "these settings.")
+PREDICTED_ON = "predicted perplexity: {sample}"
+SCAN_STARTED = "Sensitivity scan: {layers} layers × {levels} levels (a forward pass each) …"
+SCAN_CANCELLED = "Sensitivity scan cancelled: no table was kept. The model is unchanged."
+SCAN_NONE = "No sensitivity scan yet: tick “sensitivity scan” and run."
+SCAN_CAPTION = ("Measured on the model with {model}: units ranked by {criterion}; calibration {corpus}, {tokens:,} "
+                "tokens, base loss {base:.4f}, {seconds:.1f} s. **Spearman ρ** with the layer importance per level: {rho}.")
+WHATIF_NONE = ("**What-if perplexity**: press the button for the predicted perplexity of the plan on screen "
+               "(nothing is cut).")
+WHATIF_RESULT = ("**What-if for {label}**: predicted perplexity **{ppl}** at {fraction:.1%} of the parameters "
+                 "({steps} planned sub-step(s)); the model now: {base}. {note}.")
+WHATIF_CANCELLED = "Cancelled: nothing was predicted; the model is unchanged."
+WHATIF_RUNNING = "⏳ Predicting the perplexity of the plan for {label} (masked, nothing cut) …"

@@ -17,6 +17,9 @@ from pruner.data import CORPORA, CORPUS_DESCRIPTIONS
 
 from . import text
 from .compare import DEFAULT_METHODS
+from .explore import DEFAULT_METHODS as EXPLORE_METHODS
+from .explore import SweepRequest
+from .explore_page import ExploreHandlers
 from .export import DEFAULT_DTYPE, DTYPES
 from .handlers import Handlers, SharedModel, model_choices
 from .inputs import BOUNDS, DELTA_STEP, FreeSlider
@@ -167,6 +170,10 @@ def _tabs(page) -> None:
                 with gr.Column():
                     page.alloc_fig = gr.Plot(elem_id="alloc-heatmap", show_label=False)
                     page.alloc_md = gr.Markdown(elem_id="alloc-note")
+                    with gr.Row():
+                        page.whatif_btn = gr.Button("What-if perplexity", size="sm", elem_id="whatif-btn",
+                                                    min_width=60, scale=0)
+                        page.whatif_md = gr.Markdown(text.WHATIF_NONE, elem_id="whatif-note")
                     gr.Markdown(text.EXPLAIN_ALLOC, elem_classes="explain")
                 with gr.Column():
                     page.traj_fig = gr.Plot(elem_id="trajectory", show_label=False)
@@ -199,6 +206,8 @@ def _tabs(page) -> None:
             page.zs_table = gr.Dataframe(label="results", interactive=False, elem_id="zs-table")
         with gr.Tab("Compare methods"):
             _compare_tab(page)
+        with gr.Tab("Explore", elem_id="explore-tab") as page.explore_tab:
+            _explore_tab(page)
         with gr.Tab("Export"):
             gr.Markdown(text.EXPLAIN_EXPORT)
             page.export_dtype = gr.Radio(list(DTYPES), value=DEFAULT_DTYPE, label="weights", elem_id="export-dtype",
@@ -237,6 +246,48 @@ def _compare_tab(page) -> None:
         gr.Markdown(text.methods_markdown(), elem_id="cmp-explain")
 
 
+def _explore_tab(page) -> None:
+    """Sweeps of predicted perplexity (nothing cut), the Pareto view, the sensitivity scan, "use these settings"."""
+    r = SweepRequest()
+    gr.Markdown(text.EXPLAIN_EXPLORE, elem_classes="explain")
+    with gr.Row():
+        page.exp_methods = gr.CheckboxGroup(list(METHODS), value=list(EXPLORE_METHODS), label="methods",
+                                            elem_id="exp-methods")
+        with gr.Column(min_width=260):
+            page.exp_targets = gr.Textbox(", ".join(f"{100 * t:g}" for t in r.targets), label="target sizes (%)",
+                                          info=text.EXPLORE_TARGETS_INFO, elem_id="exp-targets")
+            page.exp_amps = gr.Textbox(", ".join(f"{a:g}" for a in r.amplitudes), label="amplitudes A",
+                                       info=text.EXPLORE_AMPLITUDES_INFO, elem_id="exp-amps")
+            page.exp_steps = gr.Textbox("", label="budgets per step Δ (%)", info=text.EXPLORE_STEPS_INFO,
+                                        elem_id="exp-steps")
+        with gr.Column(min_width=220):
+            page.exp_tokens = gr.Slider(512, 8192, 4096, step=512, label="evaluation tokens",
+                                        info="WikiText-2 validation (not the calibration text)", elem_id="exp-tokens")
+            page.exp_window = gr.Radio([128, 256, 512], value=128, label="evaluation window (tokens)",
+                                       elem_id="exp-window")
+            page.exp_scan = gr.Checkbox(False, label="sensitivity scan (every layer × 4 levels)", elem_id="exp-scan")
+    page.exp_note = gr.Markdown(elem_id="exp-note", elem_classes="input-note")
+    page.exp_estimate = gr.Markdown(elem_id="exp-estimate")
+    with gr.Row():
+        page.exp_btn = gr.Button("Run sweep", variant="primary", elem_id="exp-btn")
+        page.exp_cancel = gr.Button("Cancel", variant="stop", elem_id="exp-cancel")
+    page.exp_caption = gr.Markdown(text.EXPLORE_NO_RESULTS, elem_id="exp-caption", elem_classes="explain")
+    with gr.Row():
+        page.exp_curves = gr.Plot(elem_id="exp-curves", show_label=False)
+        page.exp_pareto = gr.Plot(elem_id="exp-pareto", show_label=False)
+    with gr.Row():
+        page.exp_by_a = gr.Plot(elem_id="exp-amplitude", show_label=False)
+        with gr.Column():
+            with gr.Row():
+                page.exp_pick = gr.Dropdown([], label="sweep point (or click a row of the table)", elem_id="exp-pick",
+                                    scale=3)
+                page.exp_use = gr.Button("Use these settings", elem_id="exp-use", scale=1)
+            page.exp_table = gr.Dataframe(label="sweep points", interactive=False, elem_id="exp-table")
+    page.exp_sens = gr.Plot(elem_id="exp-sensitivity", show_label=False)
+    page.exp_sens_note = gr.Markdown(text.SCAN_NONE, elem_id="exp-sens-note")
+    gr.Markdown(text.EXPLAIN_SENSITIVITY, elem_classes="explain")
+
+
 def _wire(demo: gr.Blocks, p, h: Handlers) -> None:
     controls = [p.target, p.amplitude, p.step, p.criterion, p.method, p.custom, p.corpus, p.upload, p.n_windows,
                 p.window, p.seed, p.ppl_tokens, p.new_tokens]
@@ -270,6 +321,7 @@ def _wire(demo: gr.Blocks, p, h: Handlers) -> None:
     p.cmp_cancel.click(h.cancel, [p.state], [p.status], concurrency_limit=None)
     p.fill_custom.click(h.custom_table, [p.state, *controls], [p.custom], **LIGHT)
     _wire_schedule(p, h, controls)
+    _wire_explore(p, h, ExploreHandlers(p), controls, everything)
     p.cmp_methods.change(h.compare_cost, [p.state, p.cmp_methods, *controls], [p.cmp_cost], **LIGHT)
     for c in (p.target, p.step, p.n_windows, p.window, p.ppl_tokens, p.method, p.criterion):
         c.change(h.compare_cost, [p.state, p.cmp_methods, *controls], [p.cmp_cost], **LIGHT)
@@ -292,3 +344,33 @@ def _wire_schedule(p, h: Handlers, controls: list) -> None:
             h.preview, [p.state, *controls], preview_out, show_progress="hidden", **LIGHT)
     p.n_steps.release(h.steps_to_budget, [p.state, p.n_steps, *controls], [*edit_out, p.n_steps], **quick).then(
         h.preview, [p.state, *controls], preview_out, show_progress="hidden", **LIGHT)
+
+
+def _wire_explore(p, main: Handlers, h: ExploreHandlers, controls: list, everything: list) -> None:
+    """The Explore tab: the estimate before running (on opening the tab and on every change of its controls), the
+    streamed sweep and its Cancel, "use these settings" into the schedule panel (whose preview then redraws), and
+    the What-if button beside the allocation preview. A sweep or a what-if may measure the importance the panel's
+    plan needs: they end by redrawing the page (``everything``)."""
+    request = [p.state, p.exp_methods, p.exp_targets, p.exp_amps, p.exp_steps, p.exp_scan, p.exp_tokens, p.exp_window,
+               *controls]
+    shown = [p.exp_curves, p.exp_pareto, p.exp_by_a, p.exp_table, p.exp_caption, p.exp_pick, p.exp_sens,
+             p.exp_sens_note]
+    estimate_out = [p.exp_note, p.exp_estimate]
+    p.explore_tab.select(h.show, [p.state], shown, **LIGHT).then(h.estimate, request, estimate_out, **HEAVY)
+    for c in (p.exp_methods, p.exp_scan, p.exp_window):
+        c.change(h.estimate, request, estimate_out, **HEAVY)
+    for c in (p.exp_targets, p.exp_amps, p.exp_steps):
+        c.blur(h.estimate, request, estimate_out, **HEAVY)
+        c.submit(h.estimate, request, estimate_out, **HEAVY)
+    p.exp_tokens.release(h.estimate, request, estimate_out, **HEAVY)
+    run_out = [*estimate_out, *shown, *everything]  # everything holds the status box
+    p.exp_btn.click(gpu(h.run), request, run_out, **HEAVY)
+    p.exp_cancel.click(main.cancel, [p.state], [p.status], concurrency_limit=None)
+    p.exp_table.select(h.pick_row, [p.state], [p.exp_pick], queue=False)
+    edit_out = [p.target, p.amplitude, p.step, p.n_windows, p.window, p.input_note, p.alloc_md, p.alloc_fig]
+    p.exp_use.click(h.use, [p.state, p.exp_pick], [p.target, p.amplitude, p.step, p.method, p.exp_note],
+                    queue=False).then(
+        main.edited, [p.state, *controls], edit_out, queue=False, show_progress="hidden").then(
+        main.preview, [p.state, *controls], [p.alloc_fig, p.alloc_md, p.cost, p.n_steps],
+        show_progress="hidden", **LIGHT)
+    p.whatif_btn.click(gpu(h.what_if), [p.state, *controls], [*everything, p.whatif_md], **HEAVY)

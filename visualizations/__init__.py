@@ -2,6 +2,7 @@
 
 from .charts import accuracy_bars, architecture_figure, loss_curve, trajectory_figure
 from .compare import kept_share, method_width_difference, method_widths, methods_trajectory
+from .explore import pareto_front, sensitivity_figure, sweep_amplitude, sweep_curves, sweep_pareto
 from .heatmaps import (
     allocated_sparsity_heatmap,
     bin_scores,
@@ -13,5 +14,6 @@ from .heatmaps import (
 __all__ = [
     "accuracy_bars", "allocated_sparsity_heatmap", "architecture_figure", "bin_scores", "kept_share",
     "layer_importance_heatmap", "loss_curve", "method_width_difference", "method_widths", "methods_trajectory",
+    "pareto_front", "sensitivity_figure", "sweep_amplitude", "sweep_curves", "sweep_pareto",
     "trajectory_figure", "unit_importance_heatmap", "unit_score_matrix",
 ]
