@@ -43,6 +43,7 @@ from pruner.io.formats import (
 from pruner.io.outputs import check_output_folder, replace_folder
 from pruner.io.shipped import SHIPPED, is_fetched, not_fetched_error
 from pruner.io.shipped import model_dir as shipped_dir
+from pruner.io.variants import cached_in
 from pruner.model.adapters import adapter_for, adapter_for_config
 from pruner.model.rotation import residual_width
 from pruner.model.skeleton import finish, layer_biases, skeleton
@@ -127,11 +128,11 @@ def _load(source, device, dtype, progress):
     dt = _resolve_dtype(dtype, dev)
     src = str(source)
     if src == "default":
-        path = default_model_dir(progress)
+        path = cached_in(default_model_dir(progress), dt, progress)  # a half dtype maps its own copy
     elif src in SHIPPED and not Path(src).exists():  # a real model fetched from PyPI (adapt-pruner fetch NAME)
         if not is_fetched(src):
             raise not_fetched_error(src)
-        path = shipped_dir(src)
+        path = cached_in(shipped_dir(src), dt, progress)
     else:
         path = Path(src).expanduser()
     refuse_pickles(path)  # a pickle file, or a folder with only pickles: never unpickled here
