@@ -59,17 +59,18 @@ CUDA_CONTEXT_BYTES = 2**29  # assumed: the CUDA context and kernels' workspaces,
 GB = 10**9
 
 #: Named shapes, written into the project: the shipped models as ``load_model`` loads them (the Qwen2.5-Coder GGUF
-#: loads with an untied head), and larger ones to plan for. ``stored``: the dtype of the weight file.
+#: loads with an untied head), and larger ones to plan for. ``stored``: the dtype of the weight file; ``cached``: the
+#: project's own cache (float32, and for a half dtype a copy in that dtype, :mod:`pruner.io.variants`).
 NAMED_SHAPES: dict[str, dict] = {
     "default": dict(title="SmolLM2-135M-Instruct", model_type="llama", hidden_size=576, intermediate_size=1536,
                     num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
-                    tie_word_embeddings=True, stored="float32"),
+                    tie_word_embeddings=True, stored="cached"),
     "qwen2.5-0.5b": dict(title="Qwen2.5-Coder-0.5B-Instruct (shipped GGUF, untied head)", model_type="qwen2",
                          hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=False, stored="float32"),
+                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=False, stored="cached"),
     "gemma3-270m": dict(title="Gemma-3-270M", model_type="gemma3_text", hidden_size=640, intermediate_size=2048,
                         num_hidden_layers=18, num_attention_heads=4, num_key_value_heads=1, head_dim=256,
-                        vocab_size=262144, tie_word_embeddings=True, stored="float32"),
+                        vocab_size=262144, tie_word_embeddings=True, stored="cached"),
     "qwen2.5-1.5b": dict(title="Qwen2.5-1.5B", model_type="qwen2", hidden_size=1536, intermediate_size=8960,
                          num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
                          tie_word_embeddings=True, stored="bfloat16"),
@@ -263,7 +264,9 @@ def _baseline(shape: ModelShape, dev: torch.device, working: bool) -> dict[str, 
 def _load(shape: ModelShape, dt: torch.dtype, dev: torch.device) -> Phase:
     b = dt.itemsize
     parts = {**_baseline(shape, dev, working=False), "weights": shape.params_total * b}
-    stored = _resolve_dtype(shape.stored_dtype, dev) if shape.stored_dtype else dt
+    cached = shape.stored_dtype == "cached"  # float32, or a copy in the run's half dtype (pruner.io.variants)
+    stored = dt if not shape.stored_dtype or cached and dt != torch.float32 else \
+        _resolve_dtype("float32" if cached else shape.stored_dtype, dev)
     converting = shape.params_total * stored.itemsize if stored != dt else 0  # the file's pages stay mapped
     host = 0
     if dev.type == "cuda":  # loaded on the host first, then moved
