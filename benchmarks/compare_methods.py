@@ -35,7 +35,8 @@ import pruner
 from pruner.evaluation import PAPER_TASKS, average
 from pruner.model.rotation import residual_width
 
-METHODS = ("adaptive", "uniform", "llm-pruner", "flap", "shortgpt", "wanda-sp", "slicegpt")
+METHODS = ("adaptive", "uniform", "llm-pruner", "flap", "shortgpt", "wanda-sp", "slicegpt")  # the default run
+SHOWN = tuple(pruner.config.METHODS)  # the report: every method a result file may hold, in the library's order
 TARGETS = (0.9, 0.8, 0.7)
 PPL_WINDOWS = (128, 512)
 PPL_TOKENS = 32_768
@@ -151,7 +152,7 @@ def table(prune: dict, zeroshot: dict | None, speed: dict | None) -> str:
     rows = ["| target | method | parameters | % of original | layers | WikiText-2 ppl (128) | ppl (512) | "
             "zero-shot avg (7 tasks) | decode tok/s | prefill tok/s | prune wall (s) |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    order = {m: i for i, m in enumerate(("dense", *METHODS))}
+    order = {m: i for i, m in enumerate(("dense", *SHOWN))}
     for r in sorted(prune["runs"], key=lambda r: (-r["target"], order.get(r["method"], 99))):
         key = "dense" if r["method"] == "dense" else Path(r["folder"]).name
         value, stderr = _seven((zeroshot or {}).get(key))
@@ -173,22 +174,22 @@ def figure(prune: dict, zeroshot: dict | None, path: Path) -> None:
     fig = make_subplots(rows=1, cols=2, subplot_titles=("WikiText-2 test perplexity (512-token windows, log)",
                                                         "zero-shot average, the paper's 7 tasks (sizes evaluated)"))
     dense = next(r for r in prune["runs"] if r["method"] == "dense")
-    colours = dict(zip(METHODS, ("#d62728", "#7f7f7f", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e",
-                                    "#8c564b"), strict=True))
-    for method in METHODS:
+    from visualizations.compare import method_color  # the studio's colour of each method
+
+    for i, method in enumerate(SHOWN):
         runs = sorted((r for r in prune["runs"] if r["method"] == method), key=lambda r: -r["params"])
         if not runs:
             continue
         x = [dense["params"] / 1e6] + [r["params"] / 1e6 for r in runs]
         fig.add_trace(go.Scatter(x=x, y=[dense["perplexity"]["512"]["perplexity"]] +
                                  [r["perplexity"]["512"]["perplexity"] for r in runs], name=method,
-                                 mode="lines+markers", legendgroup=method, line_color=colours[method]), 1, 1)
+                                 mode="lines+markers", legendgroup=method, line_color=method_color(method, i)), 1, 1)
         if zeroshot:
             zs = [_seven(zeroshot.get("dense"))[0]] + [_seven(zeroshot.get(Path(r["folder"]).name))[0] for r in runs]
             have = [(px, v) for px, v in zip(x, zs, strict=True) if v is not None]  # sizes not evaluated: left out
             fig.add_trace(go.Scatter(x=[px for px, _ in have], y=[v for _, v in have], name=method,
                                      mode="lines+markers", legendgroup=method, showlegend=False,
-                                     line_color=colours[method]), 1, 2)
+                                     line_color=method_color(method, i)), 1, 2)
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_xaxes(title_text="parameters (M)", autorange="reversed")
     fig.update_layout(width=1200, height=480, template="plotly_white",
