@@ -23,6 +23,8 @@ from .inputs import BOUNDS, DELTA_STEP, FreeSlider
 from .pool import SessionPool
 from .quality import Quality
 from .settings import UPLOADED, StudioSettings
+from .tour import STEPS, position
+from .tour_handlers import TourHandlers
 
 try:  # ZeroGPU Spaces: GPU work must run inside functions decorated with spaces.GPU
     import spaces
@@ -178,6 +180,8 @@ def _tabs(page) -> None:
                     page.loss_fig = gr.Plot(elem_id="loss-curve", show_label=False)
                 with gr.Column():
                     gr.Markdown(text.EXPLAIN_TRAIN, elem_classes="explain")
+        with gr.Tab("Learn", elem_id="learn-tab") as page.learn_tab:
+            _learn_tab(page)
         with gr.Tab("Architecture"):
             page.arch_fig = gr.Plot(elem_id="arch", show_label=False)
             gr.Markdown(text.EXPLAIN_ARCH, elem_classes="explain")
@@ -205,6 +209,23 @@ def _tabs(page) -> None:
             with gr.Row():
                 page.zip_file = gr.File(label="pruned model (zip)", interactive=False)
                 page.report_file = gr.File(label="report (JSON)", interactive=False)
+
+
+def _learn_tab(page) -> None:
+    """The guided tour: step k of n, its explanation, one action and one picture, Back / Next."""
+    first = STEPS[0]
+    page.tour_k = gr.State(0)
+    gr.Markdown(text.TOUR_INTRO, elem_classes="explain")
+    page.tour_pos = gr.Markdown(position(0), elem_id="tour-pos")
+    page.tour_text = gr.Markdown(first.explain, elem_id="tour-text")
+    with gr.Row():
+        page.tour_layer = gr.Dropdown([], label="layer", visible=False, elem_id="tour-layer", scale=0, min_width=120)
+        page.tour_btn = gr.Button(first.action, variant="primary", elem_id="tour-act")
+    page.tour_fig = gr.Plot(elem_id="tour-fig", show_label=False)
+    page.tour_note = gr.Markdown(text.TOUR_PRESS.format(action=first.action), elem_id="tour-note")
+    with gr.Row():
+        page.tour_back = gr.Button("← Back", interactive=False, elem_id="tour-back", size="sm")
+        page.tour_next = gr.Button("Next →", elem_id="tour-next", size="sm")
 
 
 def _compare_tab(page) -> None:
@@ -266,12 +287,22 @@ def _wire(demo: gr.Blocks, p, h: Handlers) -> None:
     p.cmp_cancel.click(h.cancel, [p.state], [p.status], concurrency_limit=None)
     p.fill_custom.click(h.custom_table, [p.state, *controls], [p.custom], **LIGHT)
     _wire_schedule(p, h, controls)
+    _wire_tour(p, TourHandlers(p), everything, controls)
     p.cmp_methods.change(h.compare_cost, [p.state, p.cmp_methods, *controls], [p.cmp_cost], **LIGHT)
     for c in (p.target, p.step, p.n_windows, p.window, p.ppl_tokens, p.method, p.criterion):
         c.change(h.compare_cost, [p.state, p.cmp_methods, *controls], [p.cmp_cost], **LIGHT)
     demo.load(h.compare_cost, [p.state, p.cmp_methods, *controls], [p.cmp_cost], **LIGHT)
-    for c in (p.train_tokens, p.stages, p.accel_tokens, p.target, p.step, p.n_windows, p.window):
-        c.release(h.train_cost, [p.state, *train_controls, *controls], [p.train_cost], **LIGHT)
+    for c in (*train_controls, *controls):  # every setting the estimate reads, however it changed (typed, dragged, set)
+        c.change(h.train_cost, [p.state, *train_controls, *controls], [p.train_cost], **LIGHT)
+
+
+def _wire_tour(p, t: TourHandlers, everything: list, controls: list) -> None:
+    """Back / Next (light), the step's action (model work: measuring, planning, pruning)."""
+    p.learn_tab.select(t.go, [p.state, p.tour_k], t.outputs(), **LIGHT)  # the step again, for the model as it is now
+    p.tour_back.click(t.back, [p.state, p.tour_k], t.outputs(), **LIGHT)
+    p.tour_next.click(t.next, [p.state, p.tour_k], t.outputs(), **LIGHT)
+    p.tour_btn.click(gpu(t.act), [p.state, p.tour_k, p.tour_layer, p.prompt, *controls],
+                     [*everything, p.tour_fig, p.tour_note], **HEAVY)
 
 
 def _wire_schedule(p, h: Handlers, controls: list) -> None:

@@ -9,9 +9,11 @@ from .heatmaps import (
     unit_importance_heatmap,
     unit_score_matrix,
 )
+from .teaching import amplitude_effect, importance_bars, layer_units, score_per_parameter
 
 __all__ = [
     "accuracy_bars", "allocated_sparsity_heatmap", "architecture_figure", "bin_scores", "kept_share",
     "layer_importance_heatmap", "loss_curve", "method_width_difference", "method_widths", "methods_trajectory",
     "trajectory_figure", "unit_importance_heatmap", "unit_score_matrix",
+    "amplitude_effect", "importance_bars", "layer_units", "score_per_parameter",
 ]
