@@ -124,7 +124,7 @@ def units_of_layer(s: StudioSession, layer: int):
     note = (f"Layer **{layer}** has {len(g)} KV groups of {n_rep} query head(s) each and {len(c)} MLP channels. "
             f"KV group {lowest} scores lowest (grey); among the channels the right end of the ranking goes first. "
             f"A group weighs {s.pruner.geo.params_per_group:,} parameters, a channel {s.pruner.geo.params_per_channel:,}.")
-    return viz.layer_units(layer, g, c, n_rep), note
+    return viz.layer_units(layer, g, c, n_rep, imp.criterion or "unit"), note
 
 
 # ---------------------------------------------------------------------- step 4
@@ -155,7 +155,8 @@ def score_policy(s: StudioSession, settings: StudioSettings):
     G, C = geo.params_per_group, geo.params_per_channel
     rank = sorted(range(len(layers)), key=lambda i: -imp.layer_importance[i])  # most important first
     losing = [i for i in rank if nxt[i]["num_kv_heads"] < cur[i].num_kv_heads]
-    i = losing[0] if losing else rank[0]
+    cutting = [i for i in rank if nxt[i] != cur[i].to_dict()]  # a layer the next step cuts at all
+    i = (losing or cutting or rank)[0]
     n_g, n_c = cur[i].num_kv_heads - nxt[i]["num_kv_heads"], cur[i].intermediate_size - nxt[i]["intermediate_size"]
     alloc = plan.allocated[0][layers[i]]
     budget = (1 - alloc) * (origin[i].num_kv_heads * G + origin[i].intermediate_size * C)
@@ -164,13 +165,16 @@ def score_policy(s: StudioSession, settings: StudioSettings):
     units = [("group", v / G, G, k < n_g) for k, v in enumerate(gs)]
     units += [("channel", v / C, C, k < n_c) for k, v in enumerate(cs)]
     place = rank.index(i) + 1
-    where = _removed_groups(s, plan)
-    elsewhere = sorted({layers[j] for j, _ in where})
-    note = (f"Layer **{layers[i]}** is the {_ordinal(place)} most important of {len(layers)} (1 − cos = "
+    first: dict[int, int] = {}
+    for j, k in _removed_groups(s, plan):
+        first.setdefault(layers[j], s.steps_taken + k + 1)
+    elsewhere = [f"{layer} (first at step {step})" for layer, step in sorted(first.items())]
+    note = (f"Layer **{layers[i]}** is the {_ordinal(place)}most important of {len(layers)} (1 − cos = "
             f"{1 + imp.layer_importance[i]:.3f}). Its allocation after the next step is s = {alloc:.1%}, a budget of "
             f"{to_remove:,.0f} parameters this step: the plan removes **{n_g} KV group(s)** and **{n_c} channel(s)**.")
     if not losing:
-        note += " No layer loses a KV group in the next step."
+        note += (" No layer loses a KV group in the next step; this is the most important layer the step cuts."
+                 if cutting else " The next step cuts no layer.")
     note += (f" Over the whole plan ({len(plan.params)} steps) KV groups go from layer(s) "
              f"{', '.join(map(str, elsewhere))}." if elsewhere else " The plan to the target removes no KV group;"
              " lower the target on the left to see one go.")
@@ -182,7 +186,10 @@ def score_policy(s: StudioSession, settings: StudioSettings):
 
 
 def _ordinal(n: int) -> str:
-    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+    """"" for 1 (the most important), else "2nd ", "3rd ", "11th " …"""
+    if n == 1:
+        return ""
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')} "
 
 
 # ---------------------------------------------------------------------- step 5

@@ -63,7 +63,8 @@ def amplitude_effect(layers: Sequence[int], low: Sequence[float], high: Sequence
     return base_layout(fig, title, height=max(340, 160 + 22 * len(layers)), top=85)
 
 
-def layer_units(layer: int, group_scores: Sequence[float], channel_scores: Sequence[float], n_rep: int) -> go.Figure:
+def layer_units(layer: int, group_scores: Sequence[float], channel_scores: Sequence[float], n_rep: int,
+                criterion: str = "taylor") -> go.Figure:
     """The units of one layer and their scores: every KV group with the query heads that share it (left) and every
     MLP channel, ranked high → low (right). The lowest of each kind go first."""
     title = (f"The units of layer {layer}: {len(group_scores)} KV groups, {len(channel_scores)} MLP channels"
@@ -84,10 +85,11 @@ def layer_units(layer: int, group_scores: Sequence[float], channel_scores: Seque
     fig.add_trace(go.Bar(x=list(range(1, len(c) + 1)), y=c, marker_color=MLP_COLOR, marker_line_width=0,
                          showlegend=False, hovertemplate="rank %{x}<br>score %{y:.3g}<extra></extra>"), 1, 2)
     fig.update_layout(bargap=0.15)
-    fig.update_yaxes(title_text="Taylor score Σ|W ⊙ ∂L/∂W|", row=1, col=1)
+    fig.update_yaxes(title_text=f"{criterion} score", row=1, col=1)
     fig.update_xaxes(type="category", row=1, col=1)
     fig.update_xaxes(title_text="channel rank (the right end goes first)", row=1, col=2)
-    return base_layout(fig, title, top=85)
+    fig.update_annotations(yshift=6)  # the panels' titles clear of the subtitle
+    return base_layout(fig, title, top=110)
 
 
 def score_per_parameter(layer: int, units: Sequence[tuple[str, float, int, bool]], to_remove: float,
@@ -99,20 +101,18 @@ def score_per_parameter(layer: int, units: Sequence[tuple[str, float, int, bool]
     if not units:
         return empty_figure(title, "Press the button above to rank the units")
     order = sorted(units, key=lambda u: u[1])
-    positive = [u[1] for u in order if u[1] > 0]
-    floor = min(positive) / 2 if positive else 1e-12  # a zero score still shows on the log axis
     left = np.cumsum([0] + [u[2] for u in order[:-1]])
     fig = go.Figure()
-    for kind, color, name in (("group", ATTN_COLOR, "KV group (with its query heads)"), ("channel", MLP_COLOR,
-                                                                                           "MLP channel")):
+    for kind, color, light, name in (("group", ATTN_COLOR, "#bccde6", "KV group (with its query heads)"),
+                                     ("channel", MLP_COLOR, "#f2d3b3", "MLP channel")):
         for removed in (True, False):
             sel = [(x, u) for x, u in zip(left, order, strict=True) if u[0] == kind and u[3] == removed]
             if not sel:
                 continue
             fig.add_trace(go.Bar(
-                x=[x + u[2] / 2 for x, u in sel], y=[max(u[1], floor) for _, u in sel], width=[u[2] for _, u in sel],
+                x=[x + u[2] / 2 for x, u in sel], y=[u[1] for _, u in sel], width=[u[2] for _, u in sel],
                 customdata=[u[2] for _, u in sel],
-                marker=dict(color=color, opacity=1.0 if removed else 0.35, line=dict(width=0)),
+                marker=dict(color=color if removed else light, line=dict(width=0)),
                 name=f"{name}: {'removed' if removed else 'kept'}",
                 hovertemplate=f"{name}<br>score per parameter %{{y:.3g}}<br>%{{customdata:,}} parameters<extra></extra>"))
     fig.add_vline(x=float(to_remove), line=dict(color="#333", dash="dash", width=2))
@@ -120,5 +120,5 @@ def score_per_parameter(layer: int, units: Sequence[tuple[str, float, int, bool]
                        showarrow=False, xanchor="left", yanchor="bottom", font=dict(size=11))
     fig.update_layout(bargap=0, legend=dict(orientation="h", y=-0.22))
     fig.update_xaxes(title_text="parameters, cumulative (lowest score per parameter first)", rangemode="tozero")
-    fig.update_yaxes(title_text="score per parameter (log)", type="log")
+    fig.update_yaxes(title_text="score per parameter", rangemode="tozero", exponentformat="power")
     return base_layout(fig, title, top=80)
