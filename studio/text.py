@@ -86,7 +86,7 @@ TOUR_STEPS = (
      "useful group can have a low score *per parameter* and fall under the budget — in an important layer too, "
      "whose budget is small but not zero. Important layers still lose **fewer parameters**; what they lose may be "
      "attention. Press the button: the plan on screen, its next step, in the most important layer that loses a KV "
-     "group (or the most important layer, when none does).",
+     "group (when none does: the most important layer the step cuts).",
      "Rank the units on the plan"),
     ("What the trajectory shows",
      "**This step prunes the session's model**: two steps with the settings on the left, each followed by the quick "
