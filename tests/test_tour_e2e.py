@@ -3,16 +3,11 @@ browser shows: whole slider labels, uncut plot titles on a narrow screen, the Tr
 
 from __future__ import annotations
 
-from tests.test_app_e2e import (  # noqa: F401 - studio_url is a fixture
-    ARGS,
-    CHROMIUM,
-    plot_data,
-    pytestmark,
-    studio_page,
-    studio_url,
-    type_into,
-    wait_status,
-)
+from tests import test_app_e2e as e2e
+from tests.test_app_e2e import ARGS, CHROMIUM, plot_data, studio_page, type_into, wait_status
+
+pytestmark = e2e.pytestmark  # browser tests, skipped without Chromium
+studio_url = e2e.studio_url  # the same fixture: the studio on the tiny model
 
 
 def wait_note(page, words: str, timeout: float = 120_000) -> None:

@@ -11,7 +11,15 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .style import ADAPTIVE_COLOR, ATTN_COLOR, MLP_COLOR, REMOVED_COLOR, UNIFORM_COLOR, base_layout, empty_figure
+from .style import (
+    ADAPTIVE_COLOR,
+    ATTN_COLOR,
+    MLP_COLOR,
+    REMOVED_COLOR,
+    UNIFORM_COLOR,
+    base_layout,
+    empty_figure,
+)
 
 LESS_COLOR = "#2e6fb5"  # a layer pruned less (blue), beside ADAPTIVE_COLOR for more (red)
 
