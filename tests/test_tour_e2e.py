@@ -136,3 +136,13 @@ def test_the_train_cost_follows_a_typed_training_or_schedule_value(studio_url):
         type_into(page, "target", "60")
         page.wait_for_function("b => !document.querySelector('#train-cost').innerText.endsWith(b)",
                                arg=before, timeout=20_000)
+        page.click("#measure")  # redrawing the page after an action keeps the training values on screen
+        wait_status(page, "Measured")
+        page.wait_for_timeout(1500)
+        assert "32 optimiser steps" in cost.inner_text() and "8 stages" in cost.inner_text()
+        accel = cost.inner_text().split("Adapt-Accel")[-1]
+        page.click("#step-btn")  # a smaller model: the Adapt-Accel estimate is redone with the values on screen
+        wait_status(page, "Step 1 done", timeout=120_000)
+        page.wait_for_function("b => !document.querySelector('#train-cost').innerText.endsWith(b)", arg=accel,
+                               timeout=20_000)
+        assert "32 optimiser steps" in cost.inner_text() and "8 stages" in cost.inner_text()
