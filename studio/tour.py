@@ -199,14 +199,21 @@ def prune_and_evaluate(s: StudioSession, settings: StudioSettings, prompt: str,
     status line before and after each. The picture is :func:`trajectory` afterwards."""
     if s.pruner.reached(settings.prune):
         raise TourPrerequisite(text.TOUR_AT_TARGET)
+    start = s.steps_taken
     for k in range(n):
         if s.pruner.reached(settings.prune):
             yield f"The target is reached after {k} step(s)."
             return
         yield f"Tour step 5: pruning step {s.steps_taken + 1} ({k + 1} of {n}) …"
-        rec = s.schedule.step(settings)
-        yield f"Step {rec.index + 1} cut to {rec.params_total / 1e6:.2f} M parameters; quick evaluation …"
-        s.quality.quick_eval(prompt, settings)
+        try:
+            rec = s.schedule.step(settings)
+            yield f"Step {rec.index + 1} cut to {rec.params_total / 1e6:.2f} M parameters; quick evaluation …"
+            s.quality.quick_eval(prompt, settings)
+        except SessionError:
+            if not s.work.cancelled:
+                raise
+            yield s.schedule.kept_message(f"during tour step 5's step {start + k + 1}", start)  # what was kept
+            return
     yield (f"Tour step 5 done: {n} step(s) pruned, the model has {s.work.params() / 1e6:.2f} M parameters "
            f"({s.work.params() / s.work.original_total:.1%} of the original).")
 

@@ -76,10 +76,11 @@ class TourHandlers:
                 fig, note = tour.score_policy(s, settings)
                 yield {p.tour_fig: fig, p.tour_note: note}
             else:
+                msg = ""
                 for msg in tour.prune_and_evaluate(s, settings, prompt):
-                    yield {p.status: msg, p.tour_note: msg, **page_views(p, s, settings)}
+                    yield {p.status: msg, p.tour_note: msg}
                 fig, note = tour.trajectory(s)
-                yield {p.tour_fig: fig, p.tour_note: note, **page_views(p, s, settings)}
+                yield {p.tour_fig: fig, p.tour_note: f"{msg}  \n{note}", **page_views(p, s, settings)}
         except tour.TourPrerequisite as exc:
             yield {p.tour_note: str(exc)}
         except Exception as exc:  # noqa: BLE001 - shown to the user

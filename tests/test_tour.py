@@ -106,6 +106,21 @@ def test_step_5_prunes_two_steps_and_the_trajectory_has_them():
     assert "2 step(s) on the trajectory" in note
 
 
+def test_a_cancel_during_step_5_says_which_steps_were_kept(monkeypatch):
+    from studio.quality import EvaluationCancelled
+
+    s = tiny_session()
+
+    def cancelled(prompt, settings=None):
+        s.work.cancel()  # Cancel pressed during the first step's quick evaluation
+        raise EvaluationCancelled("cancelled")
+
+    monkeypatch.setattr(s.quality, "quick_eval", cancelled)
+    messages = list(tour.prune_and_evaluate(s, LOW, "The"))
+    assert s.steps_taken == 1 and "This run kept 1 step(s) (step 1)" in messages[-1]
+    assert "tour step 5" in messages[-1]
+
+
 def test_the_tour_survives_other_actions():
     s = tiny_session()
     tour.measure_importance(s, LOW)
