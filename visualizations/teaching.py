@@ -79,7 +79,8 @@ def layer_units(layer: int, group_scores: Sequence[float], channel_scores: Seque
              "<br><sup>a KV group = one key/value head + its query heads; an MLP channel = a row of gate and up, "
              "a column of down</sup>")
     if not len(group_scores):
-        return empty_figure(title, "Press the button above to score the units")
+        return empty_figure("The units of a layer: KV groups and MLP channels",
+                            "Pick a layer and press the button above")
     g = [float(x) for x in group_scores]
     c = sorted((float(x) for x in channel_scores), reverse=True)
     names = [f"KV {k}<br>q {k * n_rep}–{(k + 1) * n_rep - 1}" if n_rep > 1 else f"KV {k}<br>q {k}"
@@ -107,7 +108,7 @@ def score_per_parameter(layer: int, units: Sequence[tuple[str, float, int, bool]
     "channel", score per parameter, parameters, removed in the plan)."""
     title = f"Layer {layer}: its units ranked by score per parameter" + (f"<br><sup>{note}</sup>" if note else "")
     if not units:
-        return empty_figure(title, "Press the button above to rank the units")
+        return empty_figure("A layer's units ranked by score per parameter", "Press the button above to rank the units")
     order = sorted(units, key=lambda u: u[1])
     left = np.cumsum([0] + [u[2] for u in order[:-1]])
     fig = go.Figure()
