@@ -116,6 +116,15 @@ def test_slider_labels_whole_and_plot_titles_uncut_on_a_narrow_screen(studio_url
             assert page.evaluate(TITLES_CUT) == [], width  # the unit heatmap's title was cut at 400 px
             if width == 400:
                 page.locator("#unit-heatmap").screenshot(path="/tmp/unit_heatmap_400.png")
+                page.get_by_role("tab", name="Learn").click()  # the tour's pictures too
+                for step in range(1, 4):
+                    if step > 1:
+                        page.click("#tour-next")
+                        goto_step(page, step)
+                    page.click("#tour-act")
+                    wait_note(page, ("Measured on", "Both plans reach", "KV groups of")[step - 1])
+                    page.wait_for_timeout(500)
+                    assert page.evaluate(TITLES_CUT) == [], step
         browser.close()
 
 
