@@ -38,6 +38,16 @@ PRIOR_TRAIN_TOKENS_PER_S = {"cpu": 250.0, "gpu": math.nan}
 PRIOR_MODEL_PARAMS = 134_515_008
 
 
+#: Quick perplexities of a Train round: before, after, and the quick evaluation's at the end.
+TRAIN_PPL = 3
+
+
+def accel_perplexities(stages: int) -> int:
+    """Quick perplexities of an Adapt-Accel run: at the start, after every stage's pruning and training, and the
+    quick evaluation's at the end."""
+    return 1 + 2 * stages + 1
+
+
 class Estimate(float):
     """Seconds that may be unknown (NaN): formats as "?" and stays an Estimate through + − × ÷."""
 
@@ -127,21 +137,25 @@ class Costs:
             return f"⚠️ {exc}"
         sec, source = self.train_seconds(n_train * per)
         ppl, ppl_source = self.ppl_seconds(s)
+        imp, _ = self.importance_seconds(s)  # afterwards, for the heatmaps of the changed model
         n_accel = sum(cfg.steps_for(round(x * int(s.accel_tokens))) for x in shares)
         accel_train, _ = self.train_seconds(n_accel * per)
         out = (f"**Train**: {n_train} optimiser steps of {cfg.batch_size} × {cfg.seq_len} tokens ≈ {sec:.0f} s "
-               f"({source}) + the quick perplexity before and after ≈ 2 × {ppl:.0f} s ({ppl_source}): "
-               f"≈ **{sec + 2 * ppl:.0f} s** in all.  \n")
+               f"({source}) + {TRAIN_PPL} quick perplexities (before, after, and the evaluation's) ≈ {TRAIN_PPL} × "
+               f"{ppl:.0f} s ({ppl_source}) + an importance measurement for the heatmaps ≈ {imp:.0f} s: "
+               f"≈ **{sec + TRAIN_PPL * ppl + imp:.0f} s** in all.  \n")
         to_remove = work.params() - s.prune.target * work.original_total
         if to_remove <= 0:
             return out + "**Adapt-Accel**: the model is already at or below the target; lower the target."
         geo = work.pruner.geo
         prunable0 = sum(geo.layer_prunable_params(w) for w in work.pruner.origin.widths)
         n_sub = int(to_remove / prunable0 / max(s.prune.step, 1e-6)) + int(s.stages)
-        imp, _ = self.importance_seconds(s)
+        n_ppl = accel_perplexities(int(s.stages))
+        total = (n_sub + 1) * imp + accel_train + n_ppl * ppl
         return out + (f"**Adapt-Accel**: {int(s.stages)} stages, about {n_sub} pruning sub-steps (≈ {n_sub * imp:.0f} s) "
-                      f"and {n_accel} optimiser steps (≈ {accel_train:.0f} s), plus a quick perplexity after every "
-                      f"prune and train: ≈ **{(n_sub * imp + accel_train) / 60:.1f} min** in all.")
+                      f"and {n_accel} optimiser steps (≈ {accel_train:.0f} s), {n_ppl} quick perplexities (at the "
+                      f"start, after every prune and train, and the evaluation's; ≈ {n_ppl * ppl:.0f} s) and an "
+                      f"importance measurement for the heatmaps: ≈ **{total / 60:.1f} min** in all.")
 
     def compare_seconds(self, s: StudioSettings, methods) -> tuple[float, list[tuple[str, int, float]], str]:
         """Estimated seconds of a comparison of ``methods`` to the target of ``s``: per method its sub-steps (a

@@ -18,7 +18,7 @@ from pruner import PrunerError, load_model
 from pruner.data import CALIBRATION_CHARS, CalibrationText
 
 from . import text as page_text
-from .inputs import BOUNDS, DELTA_STEP, InputProblem, check
+from .inputs import BOUNDS, DELTA_STEP, InputProblem, check, custom_sparsity
 from .pool import SessionPool
 from .quality import EvaluationCancelled
 from .session import StudioSession
@@ -54,12 +54,10 @@ def settings_from(target, amplitude, step, criterion, method, custom, corpus, up
             raise SessionError(f"The uploaded file is not readable UTF-8 text ({exc})") from exc
         if not text.text.strip():
             raise SessionError(f"The uploaded file '{text.name}' holds no text")
-    values = None
-    if custom is not None and len(custom):
-        try:
-            values = [float(v) / 100 for v in custom.iloc[:, -1]]
-        except (TypeError, ValueError) as exc:
-            raise SessionError("The custom table must hold numbers (final sparsity in %)") from exc
+    try:
+        values = custom_sparsity(custom, method)
+    except InputProblem as exc:
+        raise SessionError(str(exc)) from exc
     seed = int(seed or 0)
     prune = dict(target=target / 100, amplitude=amplitude, step=step / 100, criterion=criterion, method=method,
                  custom=values, n_windows=int(n_windows), window=int(window), seed=seed)

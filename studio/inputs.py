@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from pruner.methods import method_class
+
 from . import text
 
 
@@ -93,3 +95,23 @@ def check(name: str, value, last_good: float | None = None) -> float:
     if b.integer and v != int(v):
         raise InputProblem(text.INPUT_WHOLE.format(label=b.label, value=f"{v:g}") + kept)
     return int(v) if b.integer else v
+
+
+def custom_sparsity(table, method: str) -> list[float] | None:
+    """The custom table's last column (final sparsity in %) as fractions, or None when it is empty; a problem said
+    in the page's words: an empty table while the allocation needs it, a cell that is not a number or not a share
+    below 100 %."""
+    if table is None or not len(table):
+        if method_class(method).uses_custom:
+            raise InputProblem(text.CUSTOM_EMPTY)
+        return None
+    out = []
+    for layer, v in enumerate(table.iloc[:, -1]):
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            x = math.nan
+        if not 0 <= x < 100:  # NaN too
+            raise InputProblem(text.CUSTOM_CELL.format(layer=layer, value=v))
+        out.append(x / 100)
+    return out

@@ -117,6 +117,17 @@ class ScheduleControl:
         self.costs.observe(imp.criterion or LAYERS_ONLY, imp.tokens, imp.seconds)
         return imp
 
+    def measure_changed(self) -> Importance | None:
+        """Inside the caller's task, after training or Adapt-Accel changed the model: measure its importance so
+        that the heatmaps show the units of the model as it is now (the next step reuses it). None when a cancel
+        stopped the measurement (the heatmap then asks for a measurement)."""
+        try:
+            return self._measure()
+        except SessionError:
+            if self.work.cancelled:
+                return None
+            raise
+
     def importance_columns(self, normalised: bool = False) -> tuple[list[str], list[list[float]]]:
         """Layer importance per measurement, for the layers × steps heatmap: the importance each step used, then
         the pending measurement of the current model (if any)."""

@@ -49,6 +49,65 @@ EXPLAIN_EXPORT = ("Download the pruned model (a folder that `pruner.load_model` 
 EXPLAIN_ACCEL_TARGET = ("Adapt-Accel prunes from the current size to the **target** above, with the schedule's "
                         "amplitude, criterion and calibration.")
 
+# ---------------------------------------------------------------------- the guided tour (the Learn tab)
+
+TOUR_INTRO = ("**Learn: the idea in five steps, on the model loaded on the left.** Each step has one button and one "
+              "picture; the schedule settings on the left (target, Δ, calibration) are the ones used. Steps 1–4 "
+              "change nothing; step 5 prunes the session's model (Undo and Reset on the left take it back).")
+
+#: (title, explanation, the button's label) of every step, in order.
+TOUR_STEPS = (
+    ("What layer importance measures",
+     "A decoder layer takes a hidden state x_in and hands on x_out (after both residual adds). If x_out points the "
+     "same way as x_in, the layer hardly did anything. The studio measures **1 − cos(x_in, x_out)**, averaged over "
+     "all calibration tokens: **0 = the layer does nothing** to its input, larger = it changes it more and matters "
+     "more. (The paper writes I_l = −cos; it ranks the layers the same way.) Press the button: the red bar is the "
+     "most important layer, the blue one the least.",
+     "Measure layer importance"),
+    ("How A shifts sparsity",
+     "Every step adds Δ to each layer's sparsity and moves it by −A·Ĩ_l: s_l ← clip(s_l + Δ − A·Ĩ_l, 0, s_max), where "
+     "Ĩ is the importance normalised to mean 0 and range [−1, 1]. **A = 0 prunes every layer alike** (uniform). A "
+     "larger A takes more from unimportant layers and spares the important ones. Press the button to plan the "
+     "same target twice — once with A = 0, once with a large A — and compare the final sparsity per layer. "
+     "Nothing is cut: these are the library's own plans. (The default A = 0.02 shifts only a little; the effect "
+     "grows with A and with the number of steps.)",
+     "Plan with A = 0 and a large A"),
+    ("What a unit is",
+     "Inside a layer the pruner removes whole **units**, so the smaller layer is still an ordinary layer. In "
+     "attention a unit is a **KV group**: one key/value head together with the query heads that share it "
+     "(grouped-query attention). In the MLP a unit is one **channel**: a row of gate_proj and up_proj and the "
+     "matching column of down_proj. Each unit gets a score — first-order Taylor Σ|W ⊙ ∂L/∂W|, how much the loss "
+     "would feel its weights gone — and the lowest-scoring units go first. Pick a layer and press the button.",
+     "Show the units of this layer"),
+    ("Why attention may go from an important layer",
+     "A layer's sparsity sets its **budget**: how many parameters it gives up this step. The *score* policy meets "
+     "the budget by removing the units with the **lowest score per parameter**, KV groups and MLP channels ranked "
+     "together. A KV group holds many parameters (several heads' rows in q, k, v and columns in o), so even a "
+     "useful group can have a low score *per parameter* and fall under the budget — in an important layer too, "
+     "whose budget is small but not zero. Important layers still lose **fewer parameters**; what they lose may be "
+     "attention. Press the button: the plan on screen, its next step, in the most important layer that loses a KV "
+     "group (when none does: the most important layer the step cuts).",
+     "Rank the units on the plan"),
+    ("What the trajectory shows",
+     "**This step prunes the session's model**: two steps with the settings on the left, each followed by the quick "
+     "evaluation (Undo on the left takes a step back, Reset returns to the original). The trajectory plots "
+     "perplexity (log scale) against parameters, the original on the left: every point is one step. A flat stretch "
+     "means the step removed units the model did not need; a steep rise means it cut into something that mattered. "
+     "**Uniform baseline** (left) overlays A = 0 on the same plot, and **Train** shows how much training wins "
+     "back.",
+     "Prune two steps and evaluate"),
+)
+TOUR_POSITION = "**Step {k} of {n}: {title}**"
+TOUR_PRESS = "Press “{action}”."
+TOUR_NEEDS_IMPORTANCE = ("⚠️ This step needs the importance of the model as it is now ({why}). Go to **step 1** and "
+                         "press “Measure layer importance” (or **Measure importance** on the left), then come back.")
+TOUR_NO_MEASUREMENT = "nothing has been measured yet"
+TOUR_MODEL_CHANGED = "the model or the calibration settings changed since the last measurement"
+TOUR_LAYERS_ONLY = ("⚠️ The allocation on the left ({method}) measures whole layers only, without unit scores: choose "
+                    "adaptive, then measure again (step 1).")
+TOUR_BASELINE_PLAN = "The allocation on the left is a one-shot baseline ({method}); this plan uses adaptive instead."
+TOUR_AT_TARGET = "⚠️ The model is already at the target: lower the target on the left to prune further."
+
 PROMPT = "The capital of France is"
 READY = "Ready. Press **Measure importance** to begin."
 LOADING = "Loading the model …"
@@ -147,6 +206,9 @@ INPUT_RANGE = "The {label} must lie between {low} and {high}; {value} is outside
 INPUT_WHOLE = "The {label} must be a whole number, not {value}."
 STEPS_CLAMPED = ("{n} step(s) would need Δ = {want:.2f} %, outside the slider's {low:g}–{high:g} %: Δ is set to "
                  "{delta:g} %, and the plan shows how many steps that takes.")
+CUSTOM_EMPTY = ("The custom allocation needs a final sparsity for every layer: open “Custom schedule (final sparsity per "
+                "layer)”, press “Fill from the adaptive plan” and edit the last column (in %).")
+CUSTOM_CELL = "Layer {layer}'s final sparsity in the custom table must be a number from 0 to below 100 (%), not {value!s}."
 PLAN_COMPUTING = "⏳ Computing the plan for {label} …"
 PLAN_FOR = "Plan for **{label}**"
 

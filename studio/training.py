@@ -144,6 +144,7 @@ class Training:
                 after = self.quality.ppl(work.model)["perplexity"]
                 self.recovery.append(RecoveryPoint(self.log.labels[-1], work.params(), before, after, done.tokens))
                 ev = self.quality.evaluate_now(prompt, track=False) if prompt else None
+                yield from self._measure_for_heatmaps()
                 how = "cancelled after" if done.cancelled else "done:"
                 yield Progress(f"Training {how} {done.steps} step(s), {done.tokens:,} tokens, "
                                f"{done.tokens_per_s:.0f} tokens/s; perplexity {before:.2f} → {after:.2f} "
@@ -224,10 +225,19 @@ class Training:
             if state["finished"]:
                 work.adopt(work.pruner.sparsity)
                 ev = self.quality.evaluate_now(prompt, track=False) if prompt else None
+                yield from self._measure_for_heatmaps()
                 last = self.recovery[-1] if self.recovery else None
                 yield Progress(f"Adapt-Accel done: {work.params() / 1e6:.2f} M parameters"
                                + (f", perplexity {last.perplexity_after:.2f}" if last else "") + ".",
                                evaluation=ev, done=True)
+
+    def _measure_for_heatmaps(self) -> Iterator[Progress]:
+        """The importance of the changed model, so that the unit heatmap shows the units it has now."""
+        s = self.work.settings
+        sec, _ = self.costs.importance_seconds(s)
+        yield Progress(f"Measuring the importance of the changed model for the heatmaps "
+                       f"({self.costs.calibration_tokens(s):,} tokens, ≈ {sec:.0f} s) …")
+        self.schedule.measure_changed()
 
     def _on_accel_event(self, ev, state: dict, tokens: int) -> Progress | None:
         """Book one Adapt-Accel event into the session and say what the page shows for it."""

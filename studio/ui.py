@@ -27,6 +27,8 @@ from .memory_fit import fit_note
 from .pool import SessionPool
 from .quality import Quality
 from .settings import UPLOADED, StudioSettings
+from .tour import STEPS, position
+from .tour_handlers import TourHandlers
 
 try:  # ZeroGPU Spaces: GPU work must run inside functions decorated with spaces.GPU
     import spaces
@@ -187,6 +189,8 @@ def _tabs(page) -> None:
                     page.loss_fig = gr.Plot(elem_id="loss-curve", show_label=False)
                 with gr.Column():
                     gr.Markdown(text.EXPLAIN_TRAIN, elem_classes="explain")
+        with gr.Tab("Learn", elem_id="learn-tab") as page.learn_tab:
+            _learn_tab(page)
         with gr.Tab("Architecture"):
             page.arch_fig = gr.Plot(elem_id="arch", show_label=False)
             gr.Markdown(text.EXPLAIN_ARCH, elem_classes="explain")
@@ -216,6 +220,23 @@ def _tabs(page) -> None:
             with gr.Row():
                 page.zip_file = gr.File(label="pruned model (zip)", interactive=False)
                 page.report_file = gr.File(label="report (JSON)", interactive=False)
+
+
+def _learn_tab(page) -> None:
+    """The guided tour: step k of n, its explanation, one action and one picture, Back / Next."""
+    first = STEPS[0]
+    page.tour_k = gr.State(0)
+    gr.Markdown(text.TOUR_INTRO, elem_classes="explain")
+    page.tour_pos = gr.Markdown(position(0), elem_id="tour-pos")
+    page.tour_text = gr.Markdown(first.explain, elem_id="tour-text")
+    with gr.Row():
+        page.tour_layer = gr.Dropdown([], label="layer", visible=False, elem_id="tour-layer", scale=0, min_width=120)
+        page.tour_btn = gr.Button(first.action, variant="primary", elem_id="tour-act")
+    page.tour_fig = gr.Plot(elem_id="tour-fig", show_label=False)
+    page.tour_note = gr.Markdown(text.TOUR_PRESS.format(action=first.action), elem_id="tour-note")
+    with gr.Row():
+        page.tour_back = gr.Button("← Back", interactive=False, elem_id="tour-back", size="sm")
+        page.tour_next = gr.Button("Next →", elem_id="tour-next", size="sm")
 
 
 def _compare_tab(page) -> None:
@@ -295,25 +316,27 @@ def _wire(demo: gr.Blocks, p, h: Handlers) -> None:
     everything = [p.state, p.status, p.summary, p.layer_fig, p.unit_fig, p.alloc_fig, p.alloc_md, p.arch_fig,
                   p.traj_fig, p.metrics, p.gen_orig, p.gen_pruned, p.cost, p.loss_fig, p.train_cost, p.n_steps]
     compared = [p.cmp_traj, p.cmp_widths, p.cmp_diff, p.cmp_table, p.cmp_note, p.cmp_files]
-    demo.load(h.start_session, None, everything + compared, **HEAVY)
+    changed = [demo.load(h.start_session, None, everything + compared, **HEAVY)]  # what can change the model's size
     demo.unload(h.close_session)
-    p.load_btn.click(gpu(h.load), [p.source], [*everything, *compared, p.source], **HEAVY)
+    changed.append(p.load_btn.click(gpu(h.load), [p.source], [*everything, *compared, p.source], **HEAVY))
     p.source.change(fit_note, [p.source], [p.fit], **LIGHT)  # the memory plan, before anything loads
     demo.load(fit_note, [p.source], [p.fit], **LIGHT)
     p.measure_btn.click(gpu(h.measure), [p.state, *controls], everything, **HEAVY)
-    p.step_btn.click(gpu(h.step), [p.state, p.prompt, *controls], everything, **HEAVY)
-    p.run_btn.click(gpu(h.run), [p.state, p.prompt, p.every, *controls], everything, **HEAVY)
+    changed.append(p.step_btn.click(gpu(h.step), [p.state, p.prompt, *controls], everything, **HEAVY))
+    changed.append(p.run_btn.click(gpu(h.run), [p.state, p.prompt, p.every, *controls], everything, **HEAVY))
     p.cancel_btn.click(h.cancel, [p.state], [p.status], concurrency_limit=None)
-    p.undo_btn.click(h.undo, [p.state], everything, **HEAVY)
+    changed.append(p.undo_btn.click(h.undo, [p.state], everything, **HEAVY))
     p.reset_btn.click(lambda: gr.update(visible=True), None, [p.reset_row], queue=False)  # asks first
     p.reset_no.click(lambda: gr.update(visible=False), None, [p.reset_row], queue=False)
-    p.reset_yes.click(lambda: gr.update(visible=False), None, [p.reset_row], queue=False).then(
-        h.reset, [p.state], everything, **HEAVY)
+    changed.append(p.reset_yes.click(lambda: gr.update(visible=False), None, [p.reset_row], queue=False).then(
+        h.reset, [p.state], everything, **HEAVY))
     p.eval_btn.click(gpu(h.evaluate), [p.state, p.prompt, *controls], everything, **HEAVY)
     p.baseline_btn.click(gpu(h.baseline), [p.state, *controls], everything, **HEAVY)
     p.export_btn.click(h.export, [p.state, p.export_dtype], [p.status, p.zip_file, p.report_file], **HEAVY)
-    p.train_btn.click(gpu_long(h.train), [p.state, p.prompt, *train_controls, *controls], everything, **HEAVY)
-    p.accel_btn.click(gpu_long(h.accel), [p.state, p.prompt, *train_controls, *controls], everything, **HEAVY)
+    changed.append(p.train_btn.click(gpu_long(h.train), [p.state, p.prompt, *train_controls, *controls], everything,
+                                     **HEAVY))
+    changed.append(p.accel_btn.click(gpu_long(h.accel), [p.state, p.prompt, *train_controls, *controls], everything,
+                                     **HEAVY))
     p.zs_btn.click(gpu(h.zero_shot), [p.state, p.zs_tasks, p.zs_limit, p.zs_full, p.zs_orig, p.zs_base],
                    [p.status, p.zs_table, p.zs_fig], **HEAVY)
     p.cmp_btn.click(gpu_long(h.compare), [p.state, p.cmp_methods, p.cmp_zs_tasks, p.cmp_zs_limit, p.prompt, *controls],
@@ -322,12 +345,26 @@ def _wire(demo: gr.Blocks, p, h: Handlers) -> None:
     p.fill_custom.click(h.custom_table, [p.state, *controls], [p.custom], **LIGHT)
     _wire_schedule(p, h, controls)
     _wire_explore(p, h, ExploreHandlers(p), controls, everything)
+    changed.append(_wire_tour(p, TourHandlers(p), everything, controls))
     p.cmp_methods.change(h.compare_cost, [p.state, p.cmp_methods, *controls], [p.cmp_cost], **LIGHT)
     for c in (p.target, p.step, p.n_windows, p.window, p.ppl_tokens, p.method, p.criterion):
         c.change(h.compare_cost, [p.state, p.cmp_methods, *controls], [p.cmp_cost], **LIGHT)
     demo.load(h.compare_cost, [p.state, p.cmp_methods, *controls], [p.cmp_cost], **LIGHT)
-    for c in (p.train_tokens, p.stages, p.accel_tokens, p.target, p.step, p.n_windows, p.window):
-        c.release(h.train_cost, [p.state, *train_controls, *controls], [p.train_cost], **LIGHT)
+    # the Train / Adapt-Accel estimate: from every setting it reads, however it changed (typed, dragged, set), and
+    # again after anything that changes the model's size (the views leave it alone: they lack the training values)
+    for c in (*train_controls, *controls):
+        c.change(h.train_cost, [p.state, *train_controls, *controls], [p.train_cost], **LIGHT)
+    for event in changed:
+        event.then(h.train_cost, [p.state, *train_controls, *controls], [p.train_cost], **LIGHT)
+
+
+def _wire_tour(p, t: TourHandlers, everything: list, controls: list):
+    """Back / Next (light), the step's action (model work: measuring, planning, pruning)."""
+    p.learn_tab.select(t.go, [p.state, p.tour_k], t.outputs(), **LIGHT)  # the step again, for the model as it is now
+    p.tour_back.click(t.back, [p.state, p.tour_k], t.outputs(), **LIGHT)
+    p.tour_next.click(t.next, [p.state, p.tour_k], t.outputs(), **LIGHT)
+    return p.tour_btn.click(gpu(t.act), [p.state, p.tour_k, p.tour_layer, p.prompt, *controls],
+                            [*everything, p.tour_fig, p.tour_note], **HEAVY)
 
 
 def _wire_schedule(p, h: Handlers, controls: list) -> None:

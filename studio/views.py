@@ -112,7 +112,6 @@ def page_views(page, s: StudioSession | None, settings: StudioSettings | None = 
         page.arch_fig: architecture(s),
         page.traj_fig: trajectory_figure(s),
         page.loss_fig: loss_figure(s),
-        page.train_cost: s.costs.train_markdown(settings or s.settings),
         page.metrics: ev.summary() if ev else NO_EVAL,
         page.gen_orig: ev.original_generation if ev else "",
         page.gen_pruned: ev.generation if ev else "",

@@ -86,7 +86,9 @@ def test_run_accel_streams_stages_and_grows_the_heatmap_columns():
     assert all(p.perplexity_after < p.perplexity_before for p in s.training.recovery)  # training recovers every stage
     assert s.training.accel_start is not None and s.training.accel_start.params == total0
     labels, cols = s.schedule.importance_columns()
-    assert len(cols) == s.steps_taken >= 2 and any("stage 1" in x for x in labels) and "stage 2" in labels[-1]
+    # every sub-step's measurement, then the changed model's own (measured at the end, for the unit heatmap)
+    assert len(cols) == s.steps_taken + 1 and s.steps_taken >= 2 and any("stage 1" in x for x in labels)
+    assert "stage 2" in labels[-2] and labels[-1] == f"step {s.steps_taken + 1} (next)"
     assert [r.index for r in s.pruner.record.steps] == list(range(s.steps_taken))
     alloc, attn, mlp = s.schedule.sparsity_history()
     assert len(alloc) == len(attn) == len(mlp) == s.steps_taken

@@ -116,9 +116,11 @@ def test_settings_from_refuses_out_of_range_values_in_the_pages_words():
 def test_the_train_cost_counts_the_perplexity_before_and_after_and_learns_its_rate():
     s = tiny_session()
     md = s.costs.train_markdown(s.settings)
-    assert "the quick perplexity before and after ≈ 2 ×" in md and "first guess" in md.split("before and after")[1]
+    # before, after and the quick evaluation's at the end (tests/test_tour.py checks the sums)
+    assert "3 quick perplexities (before, after, and the evaluation's) ≈ 3 ×" in md
+    assert "first guess" in md.split("before, after")[1]
     s.quality.ppl(s.model)  # one quick perplexity: the session's own rate from now on
-    after = s.costs.train_markdown(s.settings).split("before and after")[1]
+    after = s.costs.train_markdown(s.settings).split("before, after")[1]
     assert "measured in this session" in after.split("in all")[0]
 
 

@@ -10,10 +10,12 @@ from .heatmaps import (
     unit_importance_heatmap,
     unit_score_matrix,
 )
+from .teaching import amplitude_effect, importance_bars, layer_units, score_per_parameter
 
 __all__ = [
     "accuracy_bars", "allocated_sparsity_heatmap", "architecture_figure", "bin_scores", "kept_share",
     "layer_importance_heatmap", "loss_curve", "method_width_difference", "method_widths", "methods_trajectory",
     "pareto_front", "sensitivity_figure", "sweep_amplitude", "sweep_curves", "sweep_pareto",
     "trajectory_figure", "unit_importance_heatmap", "unit_score_matrix",
+    "amplitude_effect", "importance_bars", "layer_units", "score_per_parameter",
 ]

@@ -17,6 +17,7 @@ from .style import (
     UNIFORM_COLOR,
     base_layout,
     empty_figure,
+    wrap,
 )
 
 
@@ -80,7 +81,7 @@ def trajectory_figure(
     as attributes or keys. Adapt-Accel stages are drawn as one saw-tooth line from ``accel_start``
     ``(params, perplexity)``: up when a stage prunes, down when it trains; plain rounds as a drop at their size.
     """
-    title = "Trajectory: perplexity vs parameters" + (f"<br><sup>{ppl_label}</sup>" if ppl_label else "")
+    title = "Trajectory: perplexity vs parameters" + (f"<br><sup>{wrap(ppl_label)}</sup>" if ppl_label else "")
     recovery = [r if isinstance(r, Mapping) else vars(r) for r in (recovery or [])]
     if not params and not recovery:
         return empty_figure(title, "Take a prune step to start the trajectory")
@@ -129,7 +130,7 @@ def trajectory_figure(
     fig.update_xaxes(title_text="parameters (millions)", autorange="reversed", gridcolor="#eee")
     fig.update_yaxes(title_text="perplexity (log scale)", type="log", gridcolor="#eee")
     fig.update_layout(legend=dict(orientation="h", y=-0.2))
-    return base_layout(fig, title, top=80)
+    return base_layout(fig, title, top=68 + 12 * title.count("<br>"))
 
 
 def loss_curve(steps: Sequence[int], losses: Sequence[float], label: str = "training loss",

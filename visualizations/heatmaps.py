@@ -11,7 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .style import base_layout, empty_figure
+from .style import base_layout, empty_figure, wrap
 
 
 def _transpose(columns: Sequence[Sequence[float]]) -> list[list[float | None]]:
@@ -108,8 +108,10 @@ def unit_importance_heatmap(
     the low-ranked bins are what the next step removes. An empty entry (a layer removed by depth pruning) is an
     empty row. ``criterion=None``: a measurement of the layers only (ShortGPT), which has no unit scores.
     """
-    sub = " · ".join(x for x in (note, "g0, g1, …: KV groups; b1, b2, …: MLP channel bins") if x)
-    title = f"Unit importance inside layers ({criterion}; score ÷ layer mean)<br><sup>{sub}</sup>"
+    # short lines: Plotly does not wrap a title, and a long one was cut in a narrow plot
+    first = f"{criterion} score ÷ the layer's mean" + (f" · {note}" if note else "")
+    title = (f"Unit importance inside layers<br><sup>{first}<br>g0, g1, …: KV groups · b1, b2, …: MLP channel "
+             "bins</sup>")
     if criterion is None:
         return empty_figure("Unit importance inside layers" + (f"<br><sup>{note}</sup>" if note else ""),
                             "This measurement scored whole layers only (ShortGPT's block influence): no unit scores")
@@ -135,7 +137,7 @@ def unit_importance_heatmap(
     fig.update_yaxes(title_text="decoder layer", row=1, col=1)
     fig.update_xaxes(type="category", row=1, col=1)  # no title of its own: "KV" ran into the MLP axis' title
     fig.update_xaxes(title_text=f"MLP channels ranked high → low, {n_bins} bins", type="category", row=1, col=2)
-    return base_layout(fig, title, top=95)
+    return base_layout(fig, title, top=100)
 
 
 def allocated_sparsity_heatmap(
@@ -169,7 +171,7 @@ def allocated_sparsity_heatmap(
     elif n_done == 0:
         title += "<br><sup>preview: nothing cut yet</sup>"
     if subtitle:
-        title += f"<br><sup>plan for {subtitle}</sup>"
+        title += f"<br><sup>{wrap('plan for ' + subtitle)}</sup>"
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
                         subplot_titles=("attention", "MLP"))
     hover = "layer %{y}<br>step %{x}<br>removed %{z:.1%}" + ("<br>allocated s_l %{customdata:.3f}" if custom is not None else "")
@@ -184,4 +186,4 @@ def allocated_sparsity_heatmap(
     fig.update_yaxes(autorange="reversed", dtick=max(1, len(layers) // 15))
     fig.update_yaxes(title_text="decoder layer", row=1, col=1)
     fig.update_xaxes(title_text="step", type="category")
-    return base_layout(fig, title, top=115 if subtitle else 95)
+    return base_layout(fig, title, top=max(95, 87 + 14 * title.count("<br>")))

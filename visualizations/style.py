@@ -14,6 +14,22 @@ UNIFORM_COLOR = "#7f8c8d"
 RECOVERY_COLOR = "#27ae60"
 
 
+def wrap(text: str, width: int = 52, seps: tuple[str, ...] = (" · ", ", ")) -> str:
+    """A one-line subtitle broken into lines of about ``width`` characters at its separators (Plotly does not wrap
+    a title; a long one is cut in a narrow plot)."""
+    for sep in seps:
+        if sep in text:
+            lines, cur = [], ""
+            for part in text.split(sep):
+                if cur and len(cur) + len(sep) + len(part) > width:
+                    lines.append(cur + sep.rstrip())
+                    cur = part
+                else:
+                    cur = f"{cur}{sep}{part}" if cur else part
+            return "<br>".join([*lines, cur])
+    return text
+
+
 def base_layout(fig: go.Figure, title: str, height: int = HEIGHT, top: int = 60) -> go.Figure:
     """Apply the common title, font, margins and background."""
     fig.update_layout(
