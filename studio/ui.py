@@ -15,7 +15,7 @@ import gradio as gr
 from pruner.config import CRITERIA, METHODS
 from pruner.data import CORPORA, CORPUS_DESCRIPTIONS
 
-from . import text
+from . import history_tab, text
 from .compare import DEFAULT_METHODS
 from .export import DEFAULT_DTYPE, DTYPES
 from .handlers import Handlers, SharedModel, model_choices
@@ -197,6 +197,8 @@ def _tabs(page) -> None:
             page.zs_table = gr.Dataframe(label="results", interactive=False, elem_id="zs-table")
         with gr.Tab("Compare methods"):
             _compare_tab(page)
+        with gr.Tab("History", elem_id="history-tab") as page.hist_tab:
+            history_tab.layout(page)
         with gr.Tab("Export"):
             gr.Markdown(text.EXPLAIN_EXPORT)
             page.export_dtype = gr.Radio(list(DTYPES), value=DEFAULT_DTYPE, label="weights", elem_id="export-dtype",
@@ -265,7 +267,8 @@ def _wire(demo: gr.Blocks, p, h: Handlers) -> None:
                     [p.status, *compared], **HEAVY)
     p.cmp_cancel.click(h.cancel, [p.state], [p.status], concurrency_limit=None)
     p.fill_custom.click(h.custom_table, [p.state, *controls], [p.custom], **LIGHT)
-    _wire_schedule(p, h, controls)
+    redraw = _wire_schedule(p, h, controls)
+    history_tab.wire(demo, p, controls, train_controls, everything, compared, redraw, LIGHT, HEAVY)
     p.cmp_methods.change(h.compare_cost, [p.state, p.cmp_methods, *controls], [p.cmp_cost], **LIGHT)
     for c in (p.target, p.step, p.n_windows, p.window, p.ppl_tokens, p.method, p.criterion):
         c.change(h.compare_cost, [p.state, p.cmp_methods, *controls], [p.cmp_cost], **LIGHT)
@@ -274,9 +277,10 @@ def _wire(demo: gr.Blocks, p, h: Handlers) -> None:
         c.release(h.train_cost, [p.state, *train_controls, *controls], [p.train_cost], **LIGHT)
 
 
-def _wire_schedule(p, h: Handlers, controls: list) -> None:
+def _wire_schedule(p, h: Handlers, controls: list):
     """The schedule panel: every edit is checked and marks the plot as recomputing (at once, outside the queue),
-    then the plan for exactly the settings on screen is drawn unless a newer edit superseded it."""
+    then the plan for exactly the settings on screen is drawn unless a newer edit superseded it. Returns
+    ``redraw(event)``, which chains the same check and preview after another event that moved the controls."""
     edit_out = [p.target, p.amplitude, p.step, p.n_windows, p.window, p.input_note, p.alloc_md, p.alloc_fig]
     preview_out = [p.alloc_fig, p.alloc_md, p.cost, p.n_steps]
     quick = dict(queue=False, show_progress="hidden")
@@ -288,3 +292,9 @@ def _wire_schedule(p, h: Handlers, controls: list) -> None:
             h.preview, [p.state, *controls], preview_out, show_progress="hidden", **LIGHT)
     p.n_steps.release(h.steps_to_budget, [p.state, p.n_steps, *controls], [*edit_out, p.n_steps], **quick).then(
         h.preview, [p.state, *controls], preview_out, show_progress="hidden", **LIGHT)
+
+    def redraw(event):
+        return event.then(h.edited, [p.state, *controls], edit_out, **quick).then(
+            h.preview, [p.state, *controls], preview_out, show_progress="hidden", **LIGHT)
+
+    return redraw
