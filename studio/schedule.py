@@ -235,11 +235,16 @@ class ScheduleControl:
                 work.pruner.target_params()
             except PrunerError as exc:
                 raise SessionError(str(exc)) from exc
-            start = work.steps_taken
+            start, recorded = work.steps_taken, False
             try:
-                yield from self._run_steps(start, prompt, evaluate_every)
+                for u in self._run_steps(start, prompt, evaluate_every):
+                    if u.done:  # recorded before the last word, so that the page's history has it with that word
+                        record_steps(work, work.settings, work.pruner.record.steps[start:], "run to target")
+                        recorded = True
+                    yield u
             finally:  # one experiment for the steps this run kept, whatever ended it
-                record_steps(work, work.settings, work.pruner.record.steps[start:], "run to target")
+                if not recorded:
+                    record_steps(work, work.settings, work.pruner.record.steps[start:], "run to target")
 
     def _run_steps(self, start: int, prompt: str | None, evaluate_every: int) -> Iterator[Progress]:
         work = self.work

@@ -201,3 +201,13 @@ def test_bad_files_leave_the_session_exactly_as_it_was(pruned, tmp_path):
                  s.work.version)
         assert same_state(before[0], after[0]) and before[1:] == after[1:], name
     assert not s.busy
+
+
+def test_a_cancelled_run_is_recorded_with_the_steps_it_kept():
+    s = tiny_session(target=0.6)
+    for u in s.schedule.run_to_target(prompt="The"):
+        if u.record is not None and u.evaluation is not None:
+            s.cancel()
+    (run,) = s.history.experiments
+    assert run.notes == "run to target: step 1" and run.params == s.work.params() < s.work.original_total
+    assert run.measured == s.quality.last_eval.perplexity
