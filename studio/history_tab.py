@@ -202,6 +202,12 @@ class HistoryHandlers:
         return {p.hist_detail: describe(e), p.hist_widths: run_widths(e.widths, original, label(
             s.work.history.experiments.index(e), e))}
 
+    def pick_row(self, s, evt: gr.SelectData):
+        """A click on a row of the table selects its run."""
+        runs = s.work.history.experiments if s is not None else []
+        row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
+        return gr.update(value=runs[row].id) if isinstance(row, int) and 0 <= row < len(runs) else gr.skip()
+
     def load_settings(self, s, run_id):
         """Move the controls to a run's settings (the schedule preview then redraws for them)."""
         p = self.page
@@ -280,6 +286,7 @@ def wire(demo, p, controls: list, train_controls: list, everything: list, compar
     moved = [c for c in [*controls, *train_controls] if c is not p.state]
     p.hist_tab.select(hh.refresh, [p.state], hist, **light)
     p.status.change(hh.refresh, [p.state], hist, show_progress="hidden", **light)
+    p.hist_table.select(hh.pick_row, [p.state], [p.hist_pick], **light)
     p.hist_pick.change(hh.show, [p.state, p.hist_pick], [p.hist_detail, p.hist_widths], **light)
     redraw(p.hist_load.click(hh.load_settings, [p.state, p.hist_pick], [*moved, p.hist_note, p.status], **light))
     p.hist_export.click(hh.export, [p.state], [p.hist_files, p.hist_note], **light)

@@ -41,10 +41,11 @@ def test_a_step_is_in_the_history_and_load_its_settings_moves_the_sliders(studio
         type_into(page, "amplitude", "0")
         wait_plan_for(page, "target 45 %")
 
-        page.locator("#hist-pick input").click()
-        page.get_by_role("option").first.click()
+        # a click on a row of the table selects its run
+        page.locator("#hist-table [data-testid=cell-0-1]").click()
         page.wait_for_function("() => document.querySelector('#hist-detail').innerText.includes('one step')",
                                timeout=30_000)
+        assert page.locator("#hist-pick input").input_value().startswith("#1 · prune · adaptive")
         widths = plot_data(page, "hist-widths")["data"]
         assert len(widths[0]["y"]) == 3  # one bar per layer of the tiny model
         page.click("#hist-load")
