@@ -211,3 +211,19 @@ def test_a_cancelled_run_is_recorded_with_the_steps_it_kept():
     (run,) = s.history.experiments
     assert run.notes == "run to target: step 1" and run.params == s.work.params() < s.work.original_total
     assert run.measured == s.quality.last_eval.perplexity
+
+
+def test_the_history_figures_draw_every_measured_run_and_a_runs_widths(pruned):
+    from studio.history_tab import table
+    from visualizations.history import run_widths, runs_scatter
+
+    rows = pruned.history.rows()
+    fig = runs_scatter(rows + [{**rows[0], "id": "x", "measured_ppl": None}])
+    assert [t.name for t in fig.data] == ["prune · adaptive"] and len(fig.data[0].x) == 2
+    assert fig.data[0].y == tuple(e.measured_ppl for e in pruned.history.experiments)
+    assert "1 run(s) without a measured perplexity" in fig.layout.title.text
+    run = pruned.history.experiments[-1]
+    widths = run_widths(run.widths, pruned.schedule.layer_map().original).data
+    assert list(widths[2].x) == [w["intermediate_size"] for w in run.widths]  # MLP channels kept, per layer
+    t = table(pruned.history)
+    assert list(t["id"]) == [e.id for e in pruned.history.experiments] and list(t["target %"]) == [80.0, 80.0]

@@ -42,7 +42,9 @@ def runs_scatter(rows: Sequence[Mapping], ppl_label: str = "") -> go.Figure:
                         symbol=KIND_SYMBOLS.get(kind, "square"), line=dict(width=1, color="#333")),
             hovertemplate=f"run #%{{customdata[1]}} · {kind} · {method}<br>%{{x:.3f}} M parameters, perplexity "
                           "%{y:.2f}<br>%{customdata[2]}<extra></extra>"))
-    fig.update_xaxes(title_text="parameters (M)", autorange="reversed")
+    xs = [r["params"] / 1e6 for _, r in shown]
+    pad = max((max(xs) - min(xs)) * 0.08, max(xs) * 0.03)
+    fig.update_xaxes(title_text="parameters (M)", range=[max(xs) + pad, min(xs) - pad])  # falling to the right
     fig.update_yaxes(title_text="quick perplexity", type="log")
     fig.update_layout(legend=dict(orientation="h", y=-0.2))
     n_missing = len(rows) - len(shown)
