@@ -59,3 +59,30 @@ def test_a_step_is_in_the_history_and_load_its_settings_moves_the_sliders(studio
         wait_status(page, "Saved the session", timeout=60_000)
         saved = page.locator("#sess-file a").first.get_attribute("href")
         assert saved and "studio-session-" in saved
+
+
+def test_a_session_file_with_its_model_loads_into_the_page(studio_url, tmp_path):
+    from tests.test_app_e2e import params_count
+    from tests.test_session import tiny_session
+
+    s = tiny_session(target=0.85, window=64)  # the page's startup model, pruned one step elsewhere
+    s.schedule.step()
+    s.quality.quick_eval("The")
+    path = s.save_session(tmp_path, with_model=True)
+    with studio_page(studio_url) as page:
+        p0 = params_count(page)
+        page.get_by_role("tab", name="History").click()
+        page.set_input_files("#sess-upload input[type=file]", str(path))
+        wait_status(page, "Loaded the session file", timeout=60_000)
+        assert params_count(page) == s.work.params() < p0
+        assert "1 step(s) taken" in page.locator("#summary").inner_text()
+        page.wait_for_function("() => document.querySelector('#hist-table').innerText.includes('one step: step 1')",
+                               timeout=30_000)
+        assert target_value(page) == "85"
+        page.get_by_text("Calibration data").click()
+        assert page.locator("#window input[type=number]").input_value() == "64"
+        assert plot_data(page, "layer-heatmap")["data"][0]["x"] == ["step 1"]  # the loaded record's measurement
+        page.click("#measure")  # the loaded model measures and plans on in the page
+        wait_status(page, "Measured")
+        wait_plan_for(page, "target 85 %")
+        assert plot_data(page, "layer-heatmap")["data"][0]["x"] == ["step 1", "step 2 (next)"]
