@@ -12,6 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from pruner import format_perplexity
 from pruner.data import CORPORA
 from pruner.explore import Experiment
 from visualizations.history import run_widths, runs_scatter
@@ -112,17 +113,27 @@ def describe(e: Experiment) -> str:
                         f"{studio.get('stages')} stages, {studio.get('accel_tokens'):,} tokens"))
     for what, d in (("measured", e.measured), ("predicted", e.predicted)):
         if d:
-            how = ", ".join(f"{k} {d[k]}" for k in ("dataset", "split", "window", "tokens") if d.get(k) is not None)
-            lines.append(f"{what} perplexity **{d['perplexity']:.2f}** ({how})")
+            lines.append(f"{what} perplexity **{d['perplexity']:.2f}** ({yardstick(d) or 'settings not recorded'})")
     return "  \n".join(lines)
+
+
+def yardstick(d: dict) -> str:
+    """What a perplexity was measured on ("wikitext2 test, 256-token windows, no BOS, 2,048 tokens"), from its
+    result dict; "" when the dict does not say."""
+    try:
+        text = format_perplexity(d)
+    except (KeyError, TypeError, ValueError):
+        return ""
+    return text[text.find("(") + 1:text.rfind(")")] if "(" in text else ""
 
 
 def views(page, s) -> dict:
     """The table, the scatter and the run picker from the session's history."""
     h = s.work.history
     s.history_shown = _key(h)
-    ppl = {e.measured.get("dataset") for e in h.experiments if e.measured}
-    note = f"quick perplexity: {s.settings.quick_ppl.describe()}" if ppl else ""
+    how = {yardstick(e.measured) for e in h.experiments if e.measured}
+    note = ("" if not how else f"quick perplexity: {how.pop()}" if len(how) == 1 else
+            "quick perplexity measured with different settings: each run's details name them")
     choices = [(label(i, e), e.id) for i, e in enumerate(h.experiments)]
     return {page.hist_fig: runs_scatter(h.rows(), note), page.hist_table: table(h),
             page.hist_pick: gr.update(choices=choices)}

@@ -214,7 +214,7 @@ def test_a_cancelled_run_is_recorded_with_the_steps_it_kept():
 
 
 def test_the_history_figures_draw_every_measured_run_and_a_runs_widths(pruned):
-    from studio.history_tab import table
+    from studio.history_tab import describe, table
     from visualizations.history import run_widths, runs_scatter
 
     rows = pruned.history.rows()
@@ -225,5 +225,6 @@ def test_the_history_figures_draw_every_measured_run_and_a_runs_widths(pruned):
     run = pruned.history.experiments[-1]
     widths = run_widths(run.widths, pruned.schedule.layer_map().original).data
     assert list(widths[2].x) == [w["intermediate_size"] for w in run.widths]  # MLP channels kept, per layer
+    assert f"measured perplexity **{run.measured_ppl:.2f}** (wikitext2 test, 64-token windows, no BOS" in describe(run)
     t = table(pruned.history)
     assert list(t["id"]) == [e.id for e in pruned.history.experiments] and list(t["target %"]) == [80.0, 80.0]
