@@ -160,7 +160,7 @@ def control_values(page, settings: StudioSettings) -> tuple[dict, list[str]]:
         try:
             out[comp] = check(name, round(v, 6))
         except InputProblem as exc:
-            notes.append(str(exc).split(". Kept")[0])
+            notes.append(str(exc))
     out.update({p.criterion: settings.criterion_choice, p.method: pc.method, p.seed: pc.seed,
                 p.new_tokens: settings.max_new_tokens, p.train_tokens: settings.train_tokens,
                 p.lr: lr_text(settings.train.lr),

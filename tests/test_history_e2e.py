@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_app_e2e import CHROMIUM, plot_data, studio_page, studio_url, type_into, wait_plan_for, wait_status
+from tests.test_app_e2e import (
+    CHROMIUM,
+    plot_data,
+    studio_page,
+    studio_url,
+    type_into,
+    wait_plan_for,
+    wait_status,
+)
 
 pytestmark = [
     pytest.mark.browser,

@@ -10,7 +10,6 @@ import zipfile
 import pytest
 import torch
 
-from pruner.explore import History
 from studio import SessionError
 from studio.history import read_history, settings_dict, settings_from_dict, settings_of
 from tests.test_session import same_state, state, tiny_session, tiny_settings
@@ -182,8 +181,6 @@ def test_bad_files_leave_the_session_exactly_as_it_was(pruned, tmp_path):
         for m in src.infolist():
             z.writestr(m, src.read(m)[:100] if m.filename.endswith("model.safetensors") else src.read(m))
     bad["cut.zip"] = "cannot be loaded"
-    other = tiny_session()
-    other.work.original.config.vocab_size  # noqa: B018 - the same tiny model; a different one below
     from pruner.testing import tiny_model as arch_model
     from pruner.testing import tiny_tokenizer
     from studio import StudioSession
