@@ -32,6 +32,7 @@ from pruner.pruning.pruner import Pruner
 
 from . import export
 from .events import Progress
+from .history import record_copy
 from .layers import LayerMap
 from .pool import release_memory
 from .quality import Quality, TrajectoryPoint
@@ -192,6 +193,7 @@ class Comparison:
         res.zip_path = str(export.zip_model(model, work.tokenizer, self.out_dir, name, p.record,
                                             {"comparison": self.report_of(res), "settings": s.public()}))
         res.status = "done"
+        record_copy(work, s, p.record, res.widths, res.perplexity, f"comparison: {method}")
         yield Progress(f"Comparison {which}: {method} done.", kind="compare")
 
     def _measure(self, model, res: MethodResult, s: StudioSettings, prompt: str, ppl: dict | None = None):

@@ -16,6 +16,7 @@ from pruner import Cancelled, PrunerError, format_perplexity
 from pruner.pruning.pruner import Pruner
 
 from .events import Progress
+from .history import copy_widths, record_copy
 from .settings import StudioSettings
 from .text import EVAL_CANCELLED, NO_GENERATION, PROMPT_CAPPED
 from .workspace import SessionError, Workspace
@@ -82,7 +83,7 @@ class Quality:
         self._yardstick_listeners.append(fn)
 
     def _changed(self, change: str) -> None:
-        if change == "reset":
+        if change in ("reset", "load"):  # nothing measured on the model before holds
             self.clear()
         elif change == "undo":
             self.trajectory = [p for p in self.trajectory if p.step <= self.work.steps_taken]
@@ -191,6 +192,7 @@ class Quality:
                         note)
         self._check_yardstick(work.settings)
         self.last_eval = ev
+        work.evaluated(ppl)  # the last run recorded on this model gets its quick perplexity
         if not track:
             return ev
         if not self.trajectory:
@@ -229,6 +231,8 @@ class Quality:
                 msg = "cancelled" if pruner.record.stopped else "done"
                 if not pruner.record.stopped:  # kept for the zero-shot comparison (dense vs pruned vs uniform)
                     self.baseline_model = model.eval()
+                    record_copy(work, s, pruner.record, copy_widths(pruner), ppl if len(points) > 1 else None,
+                                "uniform baseline (Studio tab)")
                 yield Progress(f"Uniform baseline {msg}: {len(points) - 1} step(s).", done=True)
             except (PrunerError, Cancelled) as exc:
                 raise SessionError(f"Uniform baseline stopped: {exc}") from exc

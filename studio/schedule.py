@@ -17,6 +17,7 @@ from pruner.pruning.pruner import StepRecord
 
 from .costs import LAYERS_ONLY, Costs
 from .events import Progress
+from .history import record_steps
 from .layers import LayerMap
 from .quality import EvaluationCancelled
 from .settings import StudioSettings
@@ -68,7 +69,7 @@ class ScheduleControl:
         work.on_change(self._changed)
 
     def _changed(self, change: str) -> None:
-        if change == "reset":
+        if change in ("reset", "load"):
             self.tags.clear()
         n = self.work.steps_taken
         self.tags = {i: t for i, t in self.tags.items() if i < n}
@@ -227,7 +228,9 @@ class ScheduleControl:
             if self.work.pruner.reached():
                 raise SessionError(f"The model is already at or below the target ({self.work.pruner.config.target:.0%}"
                                    " of the original); lower the target to prune further")
-            return self._step()
+            rec = self._step()
+            record_steps(self.work, self.work.settings, [rec], "one step")  # its quick perplexity joins it later
+            return rec
 
     def _step(self) -> StepRecord:
         imp = self._measure()
@@ -251,33 +254,45 @@ class ScheduleControl:
                 work.pruner.target_params()
             except PrunerError as exc:
                 raise SessionError(str(exc)) from exc
-            start = work.steps_taken
-            for k in range(work.pruner.config.max_steps):
-                if work.pruner.reached():
-                    break
-                sec, _ = self.costs.importance_seconds(work.settings)
-                yield Progress(f"Step {work.steps_taken + 1}: measuring importance on "
-                               f"{self.costs.calibration_tokens(work.settings):,} tokens (≈ {sec:.0f} s) …")
-                try:
-                    rec = self._step()
-                except SessionError:
-                    if work.cancelled:
-                        when = f"while measuring and cutting step {work.steps_taken + 1} (it was not cut)"
-                        yield Progress(self.kept_message(when, start), done=True)
-                        return
-                    raise
-                ev, stopped = None, False
-                last = work.pruner.reached()
-                if prompt is not None and ((k + 1) % max(evaluate_every, 1) == 0 or last):
-                    yield Progress(f"Step {rec.index + 1} done; quick evaluation …", rec)
-                    ev, stopped = yield from self._evaluate_kept(prompt, rec)
-                yield Progress(f"Step {rec.index + 1} done: {rec.params_total / 1e6:.2f} M parameters "
-                               f"({rec.fraction_of_original:.1%})", rec, ev)
-                if work.cancelled or stopped:
-                    when = f"after step {rec.index + 1}" + (" during its quick evaluation" if stopped else "")
-                    yield Progress(self.kept_message(when, start), rec, ev, done=True)
+            start, recorded = work.steps_taken, False
+            try:
+                for u in self._run_steps(start, prompt, evaluate_every):
+                    if u.done:  # recorded before the last word, so that the page's history has it with that word
+                        record_steps(work, work.settings, work.pruner.record.steps[start:], "run to target")
+                        recorded = True
+                    yield u
+            finally:  # one experiment for the steps this run kept, whatever ended it
+                if not recorded:
+                    record_steps(work, work.settings, work.pruner.record.steps[start:], "run to target")
+
+    def _run_steps(self, start: int, prompt: str | None, evaluate_every: int) -> Iterator[Progress]:
+        work = self.work
+        for k in range(work.pruner.config.max_steps):
+            if work.pruner.reached():
+                break
+            sec, _ = self.costs.importance_seconds(work.settings)
+            yield Progress(f"Step {work.steps_taken + 1}: measuring importance on "
+                           f"{self.costs.calibration_tokens(work.settings):,} tokens (≈ {sec:.0f} s) …")
+            try:
+                rec = self._step()
+            except SessionError:
+                if work.cancelled:
+                    when = f"while measuring and cutting step {work.steps_taken + 1} (it was not cut)"
+                    yield Progress(self.kept_message(when, start), done=True)
                     return
-            yield Progress(f"Target reached: {work.params() / 1e6:.2f} M parameters.", done=True)
+                raise
+            ev, stopped = None, False
+            last = work.pruner.reached()
+            if prompt is not None and ((k + 1) % max(evaluate_every, 1) == 0 or last):
+                yield Progress(f"Step {rec.index + 1} done; quick evaluation …", rec)
+                ev, stopped = yield from self._evaluate_kept(prompt, rec)
+            yield Progress(f"Step {rec.index + 1} done: {rec.params_total / 1e6:.2f} M parameters "
+                           f"({rec.fraction_of_original:.1%})", rec, ev)
+            if work.cancelled or stopped:
+                when = f"after step {rec.index + 1}" + (" during its quick evaluation" if stopped else "")
+                yield Progress(self.kept_message(when, start), rec, ev, done=True)
+                return
+        yield Progress(f"Target reached: {work.params() / 1e6:.2f} M parameters.", done=True)
 
     def _evaluate_kept(self, prompt: str, rec: StepRecord):
         """The quick evaluation after a step of a run. A cancel during it keeps the step (it is cut) and still

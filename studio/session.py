@@ -26,7 +26,7 @@ from torch import nn
 
 from pruner import load_model
 
-from . import export
+from . import export, sessionfile
 from .compare import Comparison
 from .costs import PERPLEXITY, Costs
 from .explore import Exploration
@@ -135,3 +135,17 @@ class StudioSession:
 
     def export_zip(self, out_dir: str | Path | None = None, dtype: str = export.DEFAULT_DTYPE) -> Path:
         return export.export_zip(self, out_dir, dtype)
+
+    # ------------------------------------------------------------------ the history and session files
+    @property
+    def history(self):
+        """Every real run of this session (:mod:`studio.history`)."""
+        return self.work.history
+
+    def save_session(self, out_dir: str | Path | None = None, with_model: bool = False) -> Path:
+        """Settings and history (and optionally the working model) in one zip (:mod:`studio.sessionfile`)."""
+        return sessionfile.save_session(self, out_dir, with_model)
+
+    def load_file(self, path: str | Path) -> str:
+        """Continue from a session file or an exported model zip; nothing changes when it cannot be used."""
+        return sessionfile.load(self, path)

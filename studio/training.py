@@ -7,6 +7,7 @@ completed (the optimiser steps of a round, the stages of a run); an error puts t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -16,6 +17,7 @@ from pruner import Cancelled, PrunerError
 from pruner.config import BASELINES
 
 from .events import Progress
+from .history import of_working_model
 from .quality import EvaluationCancelled, Quality, TrajectoryPoint
 from .schedule import ScheduleControl
 from .settings import StudioSettings
@@ -82,7 +84,7 @@ class Training:
         self.work, self.quality, self.schedule, self.costs = work, quality, schedule, costs
         self._packed = None  # training data, tokenized once per session
         self.clear()
-        work.on_change(lambda change: self.clear() if change == "reset" else None)
+        work.on_change(lambda change: self.clear() if change in ("reset", "load") else None)
         quality.on_new_yardstick(self._forget_points)
 
     def clear(self) -> None:
@@ -129,6 +131,7 @@ class Training:
             work.configure(s)
             cfg, data, teacher = self._setup(s)
             work.ensure_private()  # training changes the weights: this session's own copy from here on
+            t0 = time.perf_counter()
             try:
                 yield Progress(f"Training: measuring the perplexity before ({s.quick_ppl.describe()}) …")
                 before = self.quality.ppl(work.model)["perplexity"]
@@ -141,7 +144,11 @@ class Training:
                 work.clear_cancel()  # a cancel ended the training; the short evaluation after it still runs
                 yield Progress(f"Trained {done.steps} step(s) on {done.tokens:,} tokens "
                                f"({done.tokens_per_s:.0f} tokens/s); measuring the perplexity after …")
-                after = self.quality.ppl(work.model)["perplexity"]
+                measured = self.quality.ppl(work.model)
+                after = measured["perplexity"]
+                work.record(of_working_model(work, "train", s, time.perf_counter() - t0, measured=measured,
+                                             notes=f"{done.steps} optimiser step(s) on {done.tokens:,} tokens"
+                                                   + (" (cancelled)" if done.cancelled else "")))
                 self.recovery.append(RecoveryPoint(self.log.labels[-1], work.params(), before, after, done.tokens))
                 ev = self.quality.evaluate_now(prompt, track=False) if prompt else None
                 yield from self._measure_for_heatmaps()
@@ -208,7 +215,8 @@ class Training:
             mark = self._mark()  # the end of the last completed stage (rolled back to on cancel or error)
             events = accel.iter_accel(work.model, work.tokenizer, cfg, teacher=teacher, data=data,
                                       should_stop=work.should_stop, calibration_text=s.upload)
-            state = {"pruned_ppl": {}, "mark": mark, "finished": False}
+            state = {"pruned_ppl": {}, "mark": mark, "finished": False, "stages": 0, "ppl": None,
+                     "t0": time.perf_counter(), "settings": s}
             try:
                 for ev in events:
                     update = self._on_accel_event(ev, state, tokens)
@@ -224,6 +232,7 @@ class Training:
                 raise
             if state["finished"]:
                 work.adopt(work.pruner.sparsity)
+                self._record_accel(state, f"{state['stages']} stage(s), {tokens:,} training tokens")
                 ev = self.quality.evaluate_now(prompt, track=False) if prompt else None
                 yield from self._measure_for_heatmaps()
                 last = self.recovery[-1] if self.recovery else None
@@ -269,16 +278,23 @@ class Training:
             self.recovery.append(RecoveryPoint(f"stage {k}", work.params(), state["pruned_ppl"][k], after,
                                                ev.tokens, stage=k))
             state["mark"] = self._mark()
+            state["stages"], state["ppl"] = state["stages"] + 1, ev.perplexity
             return Progress(f"Stage {k} trained on {ev.tokens:,} tokens ({ev.tokens_per_s:.0f} tokens/s): "
                             f"perplexity {state['pruned_ppl'][k]:.2f} → {after:.2f}",
                             record.steps[-1] if record.steps else None)
         if isinstance(ev, accel.AccelCancelled):
             self._rollback(*state["mark"])
+            if state["stages"]:  # the model keeps the completed stages: a run of its own
+                self._record_accel(state, f"cancelled after {state['stages']} stage(s)")
             return Progress(f"Adapt-Accel cancelled: {ev.message}.", done=True)
         if isinstance(ev, accel.AccelDone):
             self.accel_report = ev.report
             state["finished"] = True
         return None
+
+    def _record_accel(self, state: dict, notes: str) -> None:
+        self.work.record(of_working_model(self.work, "accel", state["settings"], time.perf_counter() - state["t0"],
+                                          notes=notes, measured=state["ppl"]))
 
     def _mark(self) -> tuple[int, int, int, int, list[float]]:
         """What the session holds now, for :meth:`_rollback`: record steps, losses, training rounds, recovery

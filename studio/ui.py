@@ -15,7 +15,7 @@ import gradio as gr
 from pruner.config import CRITERIA, METHODS
 from pruner.data import CORPORA, CORPUS_DESCRIPTIONS
 
-from . import text
+from . import history_tab, text
 from .compare import DEFAULT_METHODS
 from .explore import DEFAULT_METHODS as EXPLORE_METHODS
 from .explore import SweepRequest
@@ -212,6 +212,8 @@ def _tabs(page) -> None:
             _compare_tab(page)
         with gr.Tab("Explore", elem_id="explore-tab") as page.explore_tab:
             _explore_tab(page)
+        with gr.Tab("History", elem_id="history-tab") as page.hist_tab:
+            history_tab.layout(page)
         with gr.Tab("Export"):
             gr.Markdown(text.EXPLAIN_EXPORT)
             page.export_dtype = gr.Radio(list(DTYPES), value=DEFAULT_DTYPE, label="weights", elem_id="export-dtype",
@@ -343,9 +345,10 @@ def _wire(demo: gr.Blocks, p, h: Handlers) -> None:
                     [p.status, *compared], **HEAVY)
     p.cmp_cancel.click(h.cancel, [p.state], [p.status], concurrency_limit=None)
     p.fill_custom.click(h.custom_table, [p.state, *controls], [p.custom], **LIGHT)
-    _wire_schedule(p, h, controls)
+    redraw = _wire_schedule(p, h, controls)
     _wire_explore(p, h, ExploreHandlers(p), controls, everything)
     changed.append(_wire_tour(p, TourHandlers(p), everything, controls))
+    history_tab.wire(demo, p, controls, train_controls, everything, compared, redraw, LIGHT, HEAVY)
     p.cmp_methods.change(h.compare_cost, [p.state, p.cmp_methods, *controls], [p.cmp_cost], **LIGHT)
     for c in (p.target, p.step, p.n_windows, p.window, p.ppl_tokens, p.method, p.criterion):
         c.change(h.compare_cost, [p.state, p.cmp_methods, *controls], [p.cmp_cost], **LIGHT)
@@ -367,9 +370,10 @@ def _wire_tour(p, t: TourHandlers, everything: list, controls: list):
                             [*everything, p.tour_fig, p.tour_note], **HEAVY)
 
 
-def _wire_schedule(p, h: Handlers, controls: list) -> None:
+def _wire_schedule(p, h: Handlers, controls: list):
     """The schedule panel: every edit is checked and marks the plot as recomputing (at once, outside the queue),
-    then the plan for exactly the settings on screen is drawn unless a newer edit superseded it."""
+    then the plan for exactly the settings on screen is drawn unless a newer edit superseded it. Returns
+    ``redraw(event)``, which chains the same check and preview after another event that moved the controls."""
     edit_out = [p.target, p.amplitude, p.step, p.n_windows, p.window, p.input_note, p.alloc_md, p.alloc_fig]
     preview_out = [p.alloc_fig, p.alloc_md, p.cost, p.n_steps]
     quick = dict(queue=False, show_progress="hidden")
@@ -381,6 +385,12 @@ def _wire_schedule(p, h: Handlers, controls: list) -> None:
             h.preview, [p.state, *controls], preview_out, show_progress="hidden", **LIGHT)
     p.n_steps.release(h.steps_to_budget, [p.state, p.n_steps, *controls], [*edit_out, p.n_steps], **quick).then(
         h.preview, [p.state, *controls], preview_out, show_progress="hidden", **LIGHT)
+
+    def redraw(event):
+        return event.then(h.edited, [p.state, *controls], edit_out, **quick).then(
+            h.preview, [p.state, *controls], preview_out, show_progress="hidden", **LIGHT)
+
+    return redraw
 
 
 def _wire_explore(p, main: Handlers, h: ExploreHandlers, controls: list, everything: list) -> None:

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from pruner import PrunerError, adapter_for, count_parameters, describe, layer_widths
-from pruner.pruning.pruner import Pruner, StepRecord
+from pruner.explore import Experiment, History
+from pruner.pruning.pruner import Pruner, PruneRecord, StepRecord
 
 from .settings import StudioSettings
 
@@ -27,8 +28,9 @@ class SessionError(PrunerError):
 
 
 #: What happened to the working model, as told to a session's parts: a step was cut, undone, the weights were
-#: trained (or Adapt-Accel changed shape and weights), or the model was reset to the original.
-CHANGES = ("step", "undo", "train", "reset")
+#: trained (or Adapt-Accel changed shape and weights), the model was reset to the original, or another model
+#: took its place (a session file or an exported zip loaded: like a reset, nothing said of the old one holds).
+CHANGES = ("step", "undo", "train", "reset", "load")
 
 
 class Workspace:
@@ -64,6 +66,9 @@ class Workspace:
         self.surgery = threading.Lock()  # held while the model's structure changes (short)
         self._stop = threading.Event()
         self.pruner = self._new_pruner()
+        self.history = History()  # every real run of the session (studio.history builds the experiments)
+        self._evaluated: tuple[int, dict] | None = None  # (version, quick perplexity) of the last evaluation
+        self._recorded: tuple[int, Experiment] | None = None  # the last experiment of the working model
 
     def _new_pruner(self, record=None) -> Pruner:
         p = Pruner(self.model, self.tokenizer, self.settings.prune, keep_history=self.keep_history,
@@ -197,6 +202,22 @@ class Workspace:
         self.closed = reason
         self.model = self.original = self.pruner = None
 
+    # ------------------------------------------------------------------ the history of runs
+    def record(self, experiment: Experiment, of_working_model: bool = True) -> Experiment:
+        """Add a run to the history. A run that left the working model as it is now takes the quick perplexity
+        measured on it since (or later, see :meth:`evaluated`) unless it brings its own."""
+        if of_working_model:
+            if experiment.measured is None and self._evaluated is not None and self._evaluated[0] == self.version:
+                experiment.measured = dict(self._evaluated[1])
+            self._recorded = (self.version, experiment)
+        return self.history.add(experiment)
+
+    def evaluated(self, perplexity: dict) -> None:
+        """The working model's quick perplexity was measured: it completes the last run of this model that has none."""
+        self._evaluated = (self.version, perplexity)
+        if self._recorded is not None and self._recorded[0] == self.version and self._recorded[1].measured is None:
+            self._recorded[1].measured = dict(perplexity)
+
     # ------------------------------------------------------------------ changes of the working model
     def on_change(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(change)`` (one of :data:`CHANGES`) after every change of the working model."""
@@ -230,6 +251,25 @@ class Workspace:
                 raise SessionError(f"Nothing to undo (the history keeps the last {self.keep_history} steps)")
             self.changed("undo")
             return rec
+
+    def replace_model(self, model: nn.Module, record: PruneRecord | None = None) -> None:
+        """Another model takes the working model's place (a loaded session file or exported zip): it must descend
+        from this session's original (the same architecture and original widths; checked by the caller), becomes
+        this session's own copy (the visitor pool is asked first) and keeps ``record`` as its pruning record."""
+        self.check_open()
+        if not self.private and self.before_private is not None:
+            self.before_private(self)  # may refuse: the studio is full
+        with self.surgery:
+            old = (self.model, self.pruner)
+            self.model = model.eval()
+            try:
+                self.pruner = self._new_pruner(record)
+                if record is not None:
+                    self.pruner.adopt()  # the record's final sizes are the model's
+            except BaseException:
+                self.model, self.pruner = old
+                raise
+        self.changed("load")
 
     def reset(self) -> None:
         """Back to the original model: the shared one again (the private copy is freed), or a fresh copy when

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 
 @dataclass
@@ -61,6 +61,16 @@ class PruneRecord:
         d = asdict(self)
         d["steps"] = [s.to_dict() if isinstance(s, StepRecord) else s for s in self.steps]
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PruneRecord:
+        """The record of :meth:`to_dict` (a saved ``pruning_record.json``) back; fields this version does not know
+        are left out."""
+        known = {f.name for f in fields(cls)}
+        step_fields = {f.name for f in fields(StepRecord)}
+        out = cls(**{k: v for k, v in d.items() if k in known and k != "steps"})
+        out.steps = [StepRecord(**{k: v for k, v in s.items() if k in step_fields}) for s in d.get("steps") or []]
+        return out
 
     def save(self, path) -> None:
         with open(path, "w") as f:
