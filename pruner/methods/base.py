@@ -20,7 +20,7 @@ import torch
 
 from pruner.errors import AllocationError, ConfigError
 from pruner.importance.sensitivity import Sensitivity
-from pruner.methods.allocation import Allocation, ascending, plan_widths, plan_widths_by_score
+from pruner.methods.allocation import Allocation, plan_widths, plan_widths_by_score
 from pruner.model.masking import LayerMask
 from pruner.model.structure import Geometry, LayerWidths, group_rows
 
