@@ -111,3 +111,23 @@ def test_one_tolerance_and_ties_to_the_lower_index():
 
     assert top_units(torch.tensor([1.0, 3.0, 3.0, 0.5]), 2) == [1, 2]
     assert top_units(torch.tensor([2.0, 2.0, 2.0]), 1) == [0]
+
+
+def test_a_last_step_that_would_remove_nothing_overshoots_instead_of_failing(tiny_tokenizer):
+    """Uniform at the studio's defaults on the tiny model: near the target the bisection's closer plan was the one
+    that removes nothing, and the run failed with "This step would remove nothing" (found by the history helper)."""
+    cfg = pruner.PruneConfig(target=0.8, method="uniform", n_windows=4, window=32, step=0.02)
+    p = pruner.Pruner(tiny_model(), tiny_tokenizer, cfg, keep_history=0)
+    p.run()
+    assert p.reached()
+    sizes = [p.record.start_params["total"]] + [st.params_total for st in p.record.steps]
+    assert all(b < a for a, b in zip(sizes, sizes[1:])), sizes  # every step removed something
+
+
+def test_a_budget_below_one_unit_per_layer_grows_until_a_unit_goes(tiny_tokenizer):
+    cfg = pruner.PruneConfig(target=0.95, method="uniform", n_windows=4, window=32, step=0.001)
+    p = pruner.Pruner(tiny_model(), tiny_tokenizer, cfg, keep_history=0)
+    plan = p.preview()
+    assert plan.reached and any(st.decision.get("budget_multiple", 1) > 1 for st in plan.steps)
+    sizes = [p.params_total()] + [st.params for st in plan.steps]
+    assert all(b < a for a, b in zip(sizes, sizes[1:])), sizes  # every planned step removes a unit

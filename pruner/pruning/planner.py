@@ -29,6 +29,7 @@ __all__ = ["BISECTION_STEPS", "PlannedStep", "Planner", "Schedule", "UnitScores"
            "target_tolerance", "top_units"]
 
 BISECTION_STEPS = 40  # halvings of the budget fraction when the last sub-step is shortened
+GROW_LIMIT = 64  # at most this many per-step budgets in one sub-step, when one budget removes no unit anywhere
 
 
 def target_tolerance(original_total: int) -> int:
@@ -123,10 +124,16 @@ class Planner:
                 if step.params <= target + self.tolerance:
                     return step
             return self.plan(sparsity, widths, scores, 1.0, index)
-        full = self.plan(sparsity, widths, scores, 1.0, index)
+        full, lo, hi = self.plan(sparsity, widths, scores, 1.0, index), 0.0, 1.0
+        if self.method.incremental and full.widths == list(widths) and not full.changes_structure:
+            # Δ is below one unit in every layer (a small model): the smallest doubling of the budget that removes one
+            while hi < GROW_LIMIT and full.widths == list(widths):
+                lo, hi = hi, 2 * hi
+                full = self.plan(sparsity, widths, scores, hi, index)
+            full.decision["budget_multiple"] = hi
         if full.params >= target:
             return full
-        lo, hi = 0.0, 1.0  # params(lo) > target >= params(hi)
+        # params(lo) > target >= params(hi)
         for _ in range(BISECTION_STEPS):
             mid = (lo + hi) / 2
             if self.plan(sparsity, widths, scores, mid, index, units=False).params > target:
@@ -135,6 +142,7 @@ class Planner:
                 hi = mid
         p_lo, p_hi = self.plan(sparsity, widths, scores, lo, index), self.plan(sparsity, widths, scores, hi, index)
         closer = (p_lo.params - target) < (target - p_hi.params) and lo > 0
+        closer = closer and p_lo.widths != list(widths)  # a step that removes nothing is no step: overshoot instead
         if not self.method.incremental:
             closer = closer and p_lo.params <= target + self.tolerance
         return p_lo if closer else p_hi
