@@ -165,10 +165,15 @@ def correlation(args) -> int:
         write(args.out, done)
     del model
     configs = [c for c in configs if key_of(c) in done["predicted"]]
+    new_runs = 0
     for cfg in configs:
         k = key_of(cfg)
         if k in results:
             continue
+        if args.max_new_runs is not None and new_runs >= args.max_new_runs:
+            log(f"not run (--max-new-runs {args.max_new_runs}): {k}")
+            continue
+        new_runs += 1
         model, tok = pruner.load_model(args.model, device=args.device)
         p = pruner.Pruner(model, tok, cfg)
         t0 = time.perf_counter()
@@ -214,6 +219,8 @@ def main(argv=None) -> int:
             p.add_argument("--repeats", type=int, default=3)
         else:
             p.add_argument("--resume", action="store_true")
+            p.add_argument("--max-new-runs", type=int, default=None,
+                           help="prune at most this many runs here (the rest: --resume later)")
             p.add_argument("--measured-from", default=None,
                            help="a compare_methods.py result: its runs count as measured (not re-run)")
         p.set_defaults(func=fn)
