@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks.studio_screenshots import ARGS, CHROMIUM, type_into, wait_status
+from benchmarks.studio_screenshots import tiny_studio_browser, type_into, wait_status
 
 
 def walk(page, out: Path, name: str) -> None:
@@ -22,8 +22,7 @@ def walk(page, out: Path, name: str) -> None:
     wait_status(page, "Target reached")
     type_into(page, "target", "80")
     page.get_by_role("tab", name="Compare methods").click()
-    # the default ticks are adaptive, uniform and shortgpt: keep two (uniform at 80 % on the tiny model stops with
-    # "This step would remove nothing", a library matter seen on main too)
+    # the default ticks are adaptive, uniform and shortgpt: keep two, for a short run
     page.locator("#cmp-methods label").filter(has_text="uniform").click()
     page.click("#cmp-btn")
     wait_status(page, "Comparison done")
@@ -43,27 +42,11 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-
-    from playwright.sync_api import sync_playwright
-
-    from studio.ui import CSS, build_demo
-    from tests.test_app_e2e import free_port
-    from tests.test_session import tiny_model, tiny_tokenizer
-
-    demo = build_demo(tiny_model(), tiny_tokenizer(), source="tiny")
-    port = free_port()
-    demo.queue(default_concurrency_limit=1)
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, css=CSS)
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-            page = browser.new_page(viewport={"width": 1500, "height": 1300})
-            page.goto(f"http://127.0.0.1:{port}/?__theme=light")
-            walk(page, out, "studio_history.png")
-            print("saved", out / "studio_history.png")
-            browser.close()
-    finally:
-        demo.close()
+    with tiny_studio_browser() as (browser, url):
+        page = browser.new_page(viewport={"width": 1500, "height": 1300})
+        page.goto(url + "?__theme=light")
+        walk(page, out, "studio_history.png")
+        print("saved", out / "studio_history.png")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ explanation), sets the target to 70 %, takes one step and saves ``studio_light.p
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 from pathlib import Path
 
 CHROMIUM = "/usr/bin/chromium"
@@ -45,13 +46,10 @@ def walk(page, out: Path, name: str) -> None:
     page.screenshot(path=str(out / name), full_page=False)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="assets/screenshots")
-    args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
+@contextmanager
+def tiny_studio_browser():
+    """The studio on the tests' tiny model served on a free local port, and headless Chromium: ``(browser, url)``;
+    both are closed on the way out."""
     from playwright.sync_api import sync_playwright
 
     from studio.ui import CSS, build_demo
@@ -62,21 +60,32 @@ def main() -> None:
     port = free_port()
     demo.queue(default_concurrency_limit=1)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, css=CSS)
-    url = f"http://127.0.0.1:{port}/"
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-            for name, query, size in (("studio_light.png", "?__theme=light", (1500, 1250)),
-                                      ("studio_dark.png", "?__theme=dark", (1500, 1250)),
-                                      ("studio_narrow.png", "?__theme=light", (420, 1400))):
-                page = browser.new_page(viewport={"width": size[0], "height": size[1]})
-                page.goto(url + query)
-                walk(page, out, name)
-                page.close()
-                print("saved", out / name)
-            browser.close()
+            try:
+                yield browser, f"http://127.0.0.1:{port}/"
+            finally:
+                browser.close()
     finally:
         demo.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="assets/screenshots")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tiny_studio_browser() as (browser, url):
+        for name, query, size in (("studio_light.png", "?__theme=light", (1500, 1250)),
+                                  ("studio_dark.png", "?__theme=dark", (1500, 1250)),
+                                  ("studio_narrow.png", "?__theme=light", (420, 1400))):
+            page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+            page.goto(url + query)
+            walk(page, out, name)
+            page.close()
+            print("saved", out / name)
 
 
 if __name__ == "__main__":
