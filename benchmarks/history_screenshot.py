@@ -9,10 +9,9 @@ at the end.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from benchmarks.studio_screenshots import tiny_studio_browser, type_into, wait_status
+from benchmarks.studio_screenshots import out_dir, tiny_studio_browser, type_into, wait_status
 
 
 def walk(page, out: Path, name: str) -> None:
@@ -37,11 +36,7 @@ def walk(page, out: Path, name: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="assets/screenshots")
-    args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = out_dir(__doc__)
     with tiny_studio_browser() as (browser, url):
         page = browser.new_page(viewport={"width": 1500, "height": 1300})
         page.goto(url + "?__theme=light")

@@ -71,12 +71,17 @@ def tiny_studio_browser():
         demo.close()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def out_dir(doc: str) -> Path:
+    """``--out`` of a screenshot script (created)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--out", default="assets/screenshots")
-    args = ap.parse_args()
-    out = Path(args.out)
+    out = Path(ap.parse_args().out)
     out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def main() -> None:
+    out = out_dir(__doc__)
     with tiny_studio_browser() as (browser, url):
         for name, query, size in (("studio_light.png", "?__theme=light", (1500, 1250)),
                                   ("studio_dark.png", "?__theme=dark", (1500, 1250)),
