@@ -32,7 +32,7 @@ from pruner.explore import (
     sweep_grid,
 )
 from pruner.importance.measure import criterion_for
-from pruner.importance.sensitivity import LEVELS
+from pruner.importance.sensitivity import LEVELS, scan_forwards, scan_tokens
 from pruner.methods import method_class
 
 from . import text
@@ -201,10 +201,9 @@ class Exploration:
             b = ex.baseline()
             per_token = b["seconds"] / max(b["tokens_scored"], 1)
             c = self.work.pruner.config
-            passes = len(LEVELS) * len(self.work.widths()) + 1
+            total += scan_forwards(self.work.pruner.model, LEVELS) * scan_tokens(c.n_windows, c.window) * per_token
             if not ex.has_measurement(c.criterion) and c.criterion is not None:
-                passes += 3 if criterion_for(c.criterion).needs_grad else 1
-            total += passes * c.n_windows * c.window * per_token
+                total += (3 if criterion_for(c.criterion).needs_grad else 1) * c.n_windows * c.window * per_token
         return total
 
     def estimate(self, settings: StudioSettings, request: SweepRequest) -> tuple[float, int, str]:

@@ -24,12 +24,19 @@ from pruner.explore import (
     run_sweep,
     sweep_grid,
 )
-from pruner.importance.sensitivity import Sensitivity, lowest_units, mean_loss, spearman
+from pruner.importance.sensitivity import (
+    Sensitivity,
+    lowest_units,
+    mean_loss,
+    measure_sensitivity,
+    scan_tokens,
+    spearman,
+)
 from pruner.methods.sensitivity import allocate_by_sensitivity, interpolate, lower_hull
 from pruner.model.depth import build_layer_removal
 from pruner.model.masking import LayerMask, compose, masked
 from pruner.model.structure import LayerCut, apply_patch, build_cut, geometry, layer_widths
-from pruner.testing import NEW_ARCHITECTURES, tiny_model
+from pruner.testing import NEW_ARCHITECTURES, random_windows, tiny_model
 
 SAMPLE = EvalSample(max_tokens=384, window=64)
 CUSTOM = [0.3, 0.6, 0.4, 0.55]
@@ -180,6 +187,49 @@ def test_sensitivity_equals_the_loss_of_the_layer_really_cut(tiny_tokenizer):
     assert report.table.increase == table.increase and report.table.removed == table.removed
     assert report.correlation == {k: spearman(imp.layer_importance, [r[i] for r in table.increase])
                                   for i, k in enumerate(["0.25", "0.5", "0.75", "1"])}
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", *NEW_ARCHITECTURES])
+def test_the_scan_from_the_pruned_layer_on_equals_whole_masked_forwards(arch):
+    """The scan replays the layers before the pruned one from the dense forward; every architecture's table must
+    equal whole forwards of the masked model, batch by batch (a last batch shorter than the others too), and the
+    layers' forwards are their own again afterwards."""
+    model = tiny_model(arch)
+    windows = random_windows(10, 20, seed=3)
+    geo, n = geometry(model), model.config.num_hidden_layers
+    gen = torch.Generator().manual_seed(1)
+    groups = [torch.rand(model.config.num_key_value_heads, generator=gen, dtype=torch.float64) for _ in range(n)]
+    channels = [torch.rand(model.config.intermediate_size, generator=gen, dtype=torch.float64) for _ in range(n)]
+    before = copy.deepcopy(model.state_dict())
+    table = measure_sensitivity(model, windows, groups, channels, (0.5, 1.0), batch_size=4)
+    base = mean_loss(model, windows, 4)
+    assert math.isclose(table.base_loss, base, rel_tol=1e-6)
+    for li in range(n):
+        g, c, _ = lowest_units(geo, groups[li], channels[li], 0.5)
+        for k, mask in enumerate((LayerMask(g, c), LayerMask(skip=True))):
+            with masked(model, {li: mask}):
+                want = mean_loss(model, windows, 4) - base
+            assert math.isclose(table.increase[li][k], want, rel_tol=1e-5, abs_tol=1e-6), (li, k)
+    assert all("forward" not in layer.__dict__ for layer in model.model.layers)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    if arch == "llama":  # a token budget reads the first whole windows only: the same as those windows alone
+        few = measure_sensitivity(model, windows, groups, channels, (0.5, 1.0), batch_size=4, max_tokens=50)
+        alone = measure_sensitivity(model, windows[:2], groups, channels, (0.5, 1.0), batch_size=4)
+        assert few.tokens == 40 and few.increase == alone.increase and scan_tokens(10, 20, 50) == 40
+
+
+def test_a_scan_cancelled_midway_leaves_the_layers_as_they_were():
+    model = tiny_model("qwen2")
+    before = copy.deepcopy(model.state_dict())
+    n = model.config.num_hidden_layers
+    groups = [torch.arange(model.config.num_key_value_heads, dtype=torch.float64) for _ in range(n)]
+    channels = [torch.arange(model.config.intermediate_size, dtype=torch.float64) for _ in range(n)]
+    calls = itertools.count()
+    with pytest.raises(Cancelled):
+        measure_sensitivity(model, random_windows(8, 20), groups, channels, batch_size=4,
+                            should_stop=lambda: next(calls) > 9)  # inside the replay of a later layer
+    assert all("forward" not in layer.__dict__ and not layer._forward_hooks for layer in model.model.layers)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_spearman_and_the_lowest_units():

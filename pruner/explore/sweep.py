@@ -23,6 +23,7 @@ from pruner.config import PruneConfig
 from pruner.errors import Cancelled, PrunerError, ResourceError
 from pruner.explore.whatif import Explorer, settings_of
 from pruner.importance.measure import criterion_for
+from pruner.importance.sensitivity import scan_forwards, scan_tokens
 from pruner.methods import method_class
 from pruner.methods.allocation import plan_widths
 
@@ -156,8 +157,9 @@ def estimate_seconds(explorer: Explorer, grid: Sequence[PruneConfig]) -> float:
             continue
         grad = criterion is not None and criterion_for(criterion).needs_grad
         passes = 3 if grad else 1  # forward + backward (checkpointed): about 3 forwards
-        passes += 0 if levels is None else len(levels) * len(widths) + 1
         total += passes * calib_tokens * per_token
+        if levels is not None:
+            total += scan_forwards(p.model, levels) * scan_tokens(p.config.n_windows, p.config.window) * per_token
     return total
 
 
