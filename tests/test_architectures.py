@@ -175,10 +175,11 @@ def _hand_scores(model, arch, li, g, c):
     return group + o, channel + e(m.down_proj.weight)[:, c].sum()
 
 
-def test_taylor_scores_equal_a_hand_computation(new_arch):
+@pytest.mark.parametrize("batch_size", [2, 4])
+def test_taylor_scores_equal_a_hand_computation(new_arch, batch_size):
     model = tiny_model(new_arch)
     win = random_windows(4, 16)
-    imp = measure_importance(model, win, "taylor", batch_size=2)
+    imp = measure_importance(model, win, "taylor", batch_size=batch_size)
     model.zero_grad()
     model(input_ids=win, labels=win).loss.backward()
     group, channel = _hand_scores(model, new_arch, 1, 2, 7)

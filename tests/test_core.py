@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -116,10 +117,11 @@ def test_build_cut_rejects_bad_indices_and_changes_nothing():
 # ---------------------------------------------------------------- importance
 
 
-def test_taylor_scores_are_blocked_sums_of_weight_times_gradient():
+@pytest.mark.parametrize("batch_size", [2, 4])  # two batches; one (every layer reduced during the backward)
+def test_taylor_scores_are_blocked_sums_of_weight_times_gradient(batch_size):
     model = tiny_model("qwen2")
     win = random_windows(4, 16)
-    imp = measure_importance(model, win, "taylor", batch_size=2)
+    imp = measure_importance(model, win, "taylor", batch_size=batch_size)
     # reference computation by hand
     for p in model.parameters():
         p.grad = None
@@ -141,6 +143,37 @@ def test_taylor_scores_are_blocked_sums_of_weight_times_gradient():
     c = 7
     manual_c = e(m.gate_proj)[c].sum() + e(m.up_proj)[c].sum() + e(m.down_proj)[:, c].sum()
     torch.testing.assert_close(imp.channel_scores[1][c].float(), manual_c.float(), rtol=2e-3, atol=1e-7)
+
+
+def test_one_batch_never_holds_every_layers_gradients(monkeypatch):
+    """With one calibration batch each layer's scores are summed as soon as its gradients are complete, and the
+    gradients freed: at any moment far fewer than all the scored matrices hold a gradient."""
+    from pruner.importance import streamed
+
+    model = tiny_model("llama", num_hidden_layers=6)
+    held, real = [], streamed.StreamedUnits.arm
+
+    def arm(self):
+        real(self)
+        reduce = self.reduce
+
+        def counting(li):
+            held.append(sum(p.grad is not None for ps in self.params for p in ps))
+            return reduce(li)
+
+        self.reduce = counting
+
+    monkeypatch.setattr(streamed.StreamedUnits, "arm", arm)
+    win = random_windows(4, 16)
+    one = measure_importance(model, win, "taylor", batch_size=4)
+    per_layer = len(held) and max(held)
+    assert len(held) == 6 and per_layer <= 2 * 7  # at most two layers' 7 matrices, not all 42
+    held.clear()
+    two = measure_importance(model, win, "taylor", batch_size=2)  # the first batch accumulates as before
+    assert len(held) == 6 and max(held) == 42
+    for a, b in zip(one.group_scores + one.channel_scores, two.group_scores + two.channel_scores, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-9)
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_measurement_leaves_model_flags_and_grads_untouched():
@@ -429,6 +462,39 @@ def test_reloaded_model_can_be_pruned_further(tiny_tokenizer, tmp_path):
 
 
 # ---------------------------------------------------------------- perplexity
+
+
+def _manual_perplexity(model, ids, window):
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for s in range(0, ids.numel(), window):
+            chunk = ids[s : s + window][None]
+            if chunk.shape[1] < 2:
+                continue
+            lp = torch.log_softmax(model(input_ids=chunk).logits[0, :-1].double(), -1)
+            nll -= lp.gather(-1, chunk[0, 1:, None]).sum().item()
+            n += chunk.shape[1] - 1
+    return math.exp(nll / n)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma2", "gemma3_text", "phi3", "olmo2", "slicegpt"])
+def test_perplexity_from_the_heads_input_in_chunks_is_the_models_own(arch, tiny_tokenizer, monkeypatch):
+    """Perplexity computes the LM head a few tokens at a time from what the model hands its head: the same as the
+    model's own logits (soft-capping, a SliceGPT-rotated stream), however small the chunks."""
+    model = tiny_model("llama" if arch == "slicegpt" else arch)
+    if arch == "slicegpt":
+        pruner.Pruner(model, tiny_tokenizer, pruner.PruneConfig(target=0.85, method="slicegpt", n_windows=4,
+                                                               window=24)).run()
+    text = pruner.load_text("wikitext2", "valid")[:2000]
+    ids = torch.tensor(tiny_tokenizer(text, add_special_tokens=False)["input_ids"])
+    monkeypatch.setattr("pruner.evaluation.perplexity.CHUNK_LOGITS", 7 * model.config.vocab_size)  # 7 tokens a chunk
+    grad_on = []
+    probe = model.model.layers[0].register_forward_hook(lambda *_: grad_on.append(torch.is_grad_enabled()))
+    r = pruner.perplexity(model, tiny_tokenizer, text=text, window=48, batch_size=2)
+    probe.remove()
+    assert grad_on and not any(grad_on)  # no autograd graph is built (it held 0.5 GB per 512 tokens)
+    assert r["perplexity"] == pytest.approx(_manual_perplexity(model, ids, 48), rel=1e-5)
+    assert not model.get_output_embeddings()._forward_pre_hooks
 
 
 def test_perplexity_matches_a_manual_computation(tiny_tokenizer):

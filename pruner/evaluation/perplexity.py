@@ -7,16 +7,19 @@ put in front of each window is explicit (``bos``, default False as in LLM-Pruner
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pruner.data import DataError, tokenize_corpus
 from pruner.errors import ConfigError
+from pruner.importance.lean import CHUNK_LOGITS, lm_logits
 from pruner.importance.measure import Cancelled
 
 
@@ -63,6 +66,26 @@ class PerplexityConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@contextlib.contextmanager
+def head_inputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Inside the block, the model's LM head keeps what it is handed (appended to the list yielded) and computes
+    its logits for the first position only: the caller computes the rest a few hundred tokens at a time
+    (:func:`pruner.importance.lean.lm_logits`, soft-capping included), so ``batch × window × vocabulary`` logits
+    and their log-softmax (0.8 GB for 4 × 512 tokens of a 49k vocabulary, 2.5 GB for Qwen's 152k, in float32)
+    are never held. Whatever the model does before its head (a rotation, a final norm) stays the model's own."""
+    seen: list[torch.Tensor] = []
+
+    def hook(module, args):
+        seen.append(args[0])
+        return (args[0][..., :1, :], *args[1:])
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 @torch.no_grad()
@@ -114,6 +137,7 @@ def perplexity(
             break
     nll, count = 0.0, 0
     bos_id = tokenizer.bos_token_id
+    rows = max(1, CHUNK_LOGITS // model.get_output_embeddings().weight.shape[0])  # tokens per logits chunk
     try:
         for bi in range(0, len(spans), batch_size):
             if should_stop is not None and should_stop():
@@ -132,12 +156,15 @@ def perplexity(
                 mask[r, : seq.numel()] = 1
                 # position p is predicted from p-1: score targets at positions max(first,1)..len-1
                 score[r, max(first, 1) : seq.numel()] = True
-            logits = model(input_ids=inp.to(device), attention_mask=mask.to(device), use_cache=False).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)
-            tgt = inp[:, 1:].to(device)
-            tok_lp = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+            with head_inputs(model) as seen:
+                model(input_ids=inp.to(device), attention_mask=mask.to(device), use_cache=False)
             sel = score[:, 1:].to(device)
-            nll -= tok_lp[sel].double().sum().item()
+            hidden = seen[-1][:, :-1][sel]  # the scored positions' final hidden states
+            tgt = inp[:, 1:].to(device)[sel]
+            seen.clear()
+            for s in range(0, tgt.numel(), rows):
+                logits = lm_logits(model, hidden[s : s + rows])
+                nll += F.cross_entropy(logits, tgt[s : s + rows], reduction="none").double().sum().item()
             count += int(sel.sum())
     finally:
         model.train(was_training)

@@ -35,9 +35,10 @@ from torch import nn
 from pruner.errors import Cancelled, ConfigError, ResourceError
 from pruner.importance.lean import causal_lm_loss, checkpointed
 from pruner.importance.sensitivity import Sensitivity, measure_sensitivity
+from pruner.importance.streamed import StreamedUnits
 from pruner.model.adapters import GROUP_ROLES, Adapter, adapter_for, role_sizes
 from pruner.model.structure import Geometry, LayerWidths, geometry, layer_widths_of
-from pruner.runtime.memory import MemoryWatch, tame_allocator, touch_weights
+from pruner.runtime.memory import MemoryWatch, release_free_memory, tame_allocator, touch_weights
 
 
 @dataclass
@@ -345,8 +346,11 @@ def measure_importance(
     cosines = _LayerCosines(layers)
     handles = cosines.handles + (crit.attach(layers, adapter) if crit is not None else [])
     needs_grad = crit is not None and crit.needs_grad
-    prunable = [p for layer in layers for part in adapter.parts(layer).values()
-                for p in (part.parameters() if isinstance(part, nn.Module) else [part])]
+    per_layer = [[p for part in adapter.parts(layer).values()
+                  for p in (part.parameters() if isinstance(part, nn.Module) else [part])] for layer in layers]
+    prunable = [p for ps in per_layer for p in ps]
+    # the last backward reduces each layer's scores as soon as its gradients are complete, and frees them
+    streamed = StreamedUnits(per_layer, lambda li: _layer_units(model, adapter, crit, li)) if needs_grad else None
     tame_allocator()
     touch_weights(model)
     watch = MemoryWatch(next(model.parameters()).device)
@@ -354,14 +358,20 @@ def measure_importance(
         with _gradients_only_for(model, prunable if needs_grad else []), watch:
             try:
                 with checkpointed(layers) if needs_grad and checkpoint else contextlib.nullcontext():
-                    n_tok, loss = _forward_backward(model, windows, batch_size, needs_grad, should_stop, progress)
+                    n_tok, loss = _forward_backward(model, windows, batch_size, needs_grad, should_stop, progress,
+                                                    before_last=streamed.arm if streamed is not None else None)
             except (torch.OutOfMemoryError, MemoryError) as exc:
                 raise ResourceError(out_of_memory("measuring importance", windows, batch_size, model)) from exc
-            units = _unit_scores(model, adapter, crit) if crit is not None else (None, None, None)
+            finally:
+                if streamed is not None:
+                    streamed.remove()
+            units = (_unit_scores(model, adapter, crit, streamed.results if streamed is not None else None)
+                     if crit is not None else (None, None, None))
     finally:
         for h in handles:
             h.remove()
     memory = _memory_report(model, watch, prunable if needs_grad else [], windows, batch_size)
+    release_free_memory()
     table = None
     if sensitivity_levels is not None:
         if units[0] is None:
@@ -377,18 +387,23 @@ def measure_importance(
 
 
 @torch.no_grad()
-def _unit_scores(model, adapter, crit: Criterion) -> tuple[list, list, list | None]:
-    """Per layer: KV-group scores, channel scores and the criterion's statistics (None when it keeps none)."""
+def _layer_units(model, adapter, crit: Criterion, li: int) -> tuple:
+    """One layer's KV-group scores, channel scores and the criterion's statistics."""
     geo = geometry(model, adapter)
-    groups, channels, stats = [], [], []
-    for li, layer in enumerate(adapter.layers(model)):
-        parts = adapter.parts(layer)
-        e, eb = crit.elementwise(li, parts)
-        g, c = _unit_scores_from_elementwise(geo, adapter, layer_widths_of(layer, adapter, geo), e, eb)
-        groups.append(g)
-        channels.append(c)
-        stats.append(crit.layer_stats(li, parts))
-    return groups, channels, (stats if any(st is not None for st in stats) else None)
+    layer = adapter.layers(model)[li]
+    parts = adapter.parts(layer)
+    e, eb = crit.elementwise(li, parts)
+    g, c = _unit_scores_from_elementwise(geo, adapter, layer_widths_of(layer, adapter, geo), e, eb)
+    return g, c, crit.layer_stats(li, parts)
+
+
+def _unit_scores(model, adapter, crit: Criterion, streamed: dict | None = None) -> tuple[list, list, list | None]:
+    """Per layer: KV-group scores, channel scores and the criterion's statistics (None when it keeps none); a
+    layer already reduced during the backward (``streamed``) is taken from there."""
+    rows = [(streamed or {}).get(li) or _layer_units(model, adapter, crit, li)
+            for li in range(len(adapter.layers(model)))]
+    stats = [r[2] for r in rows]
+    return [r[0] for r in rows], [r[1] for r in rows], (stats if any(st is not None for st in stats) else None)
 
 
 def _memory_report(model: nn.Module, watch: MemoryWatch, scored: list, windows: torch.Tensor, batch: int) -> dict:
@@ -416,9 +431,10 @@ def out_of_memory(what: str, windows: torch.Tensor, batch_size: int, model: nn.M
             f"the number or length of windows (--n-windows, --window), use {lower}, or a device with more memory")
 
 
-def _forward_backward(model, windows, batch_size, use_grad, should_stop, progress) -> tuple[int, float | None]:
-    """Run the calibration batches (with a backward of the mean loss when ``use_grad``); returns the tokens seen
-    and the mean loss."""
+def _forward_backward(model, windows, batch_size, use_grad, should_stop, progress,
+                      before_last: Callable[[], None] | None = None) -> tuple[int, float | None]:
+    """Run the calibration batches (with a backward of the mean loss when ``use_grad``; ``before_last`` is called
+    before the last batch's backward); returns the tokens seen and the mean loss."""
     device = next(model.parameters()).device
     n_batches = (windows.shape[0] + batch_size - 1) // batch_size
     n_tok, loss_sum = 0, 0.0
@@ -428,6 +444,8 @@ def _forward_backward(model, windows, batch_size, use_grad, should_stop, progres
         batch = windows[bi * batch_size : (bi + 1) * batch_size].to(device)
         if use_grad:
             loss = causal_lm_loss(model, batch)  # lean: chunked over the vocabulary (see pruner.lean)
+            if bi == n_batches - 1 and before_last is not None:
+                before_last()
             # weight each batch by its share of the windows, so the sum is the mean loss
             (loss * batch.shape[0] / windows.shape[0]).backward()
             loss_sum += loss.item() * batch.shape[0]

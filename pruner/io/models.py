@@ -60,6 +60,7 @@ from pruner.model.structure import (
     sync_config,
 )
 from pruner.runtime.devices import _resolve_dtype, dispatch, pick_device
+from pruner.runtime.memory import own_mapped_weights
 
 
 def _finish_tokenizer(tok):
@@ -117,8 +118,11 @@ def load_model(source: str | os.PathLike = "default", device=None, dtype=None, p
     """
     if device_map is not None:
         model, tok = _load(source, "cpu", _resolve_dtype(dtype, pick_device(device)), progress)
+        own_mapped_weights(model)
         return dispatch(model, device_map), tok
-    return _load(source, device, dtype, progress)
+    model, tok = _load(source, device, dtype, progress)
+    own_mapped_weights(model)  # the weights in memory of their own, not in the file's pages (no double count)
+    return model, tok
 
 
 def _load(source, device, dtype, progress):

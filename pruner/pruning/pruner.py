@@ -45,7 +45,7 @@ from pruner.model.structure import (
 from pruner.model.undo import WidthUndo
 from pruner.pruning.planner import PlannedStep, Planner, Schedule, UnitScores, target_params
 from pruner.pruning.records import PruneRecord, StepRecord
-from pruner.runtime.memory import peak_memory
+from pruner.runtime.memory import peak_memory, release_free_memory
 
 __all__ = ["PruneConfig", "PruneRecord", "Pruner", "StepRecord", "prune_to_target"]
 
@@ -259,6 +259,8 @@ class Pruner:
         self._history.append((inverse, old[0], old_origin, rec, old[1]))
         if len(self._history) > self.keep_history:
             self._history.pop(0)
+        del patch, inverse
+        release_free_memory()  # the replaced weights' heap pages, back to the system
         self._finish_record()
         return rec
 

@@ -100,3 +100,80 @@ def touch_weights(model) -> None:
         if p.device.type == "cpu":
             flat = p.detach().reshape(-1)
             flat[:: max(1, 4096 // flat.element_size())].sum()
+
+
+def _file_mappings() -> list[tuple[int, int]]:
+    """The address ranges of this process's private mappings of ``.safetensors`` files (Linux; [] elsewhere)."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 6 and parts[1].endswith("p") and parts[5].endswith(".safetensors"):
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            out.append((lo, hi))
+    return out
+
+
+@torch.no_grad()
+def own_mapped_weights(model) -> int:
+    """Give every CPU parameter and buffer that still lies in a mapped ``.safetensors`` file memory of its own,
+    and hand the file's pages back (``madvise(MADV_DONTNEED)``, one tensor at a time). Returns the bytes moved.
+
+    Why: a model loaded from safetensors reads its weights from a private file mapping that stays mapped for the
+    whole process. Surgery gives every cut matrix new memory, but the old pages, resident since the first
+    forward pass, were still counted in the process's memory: on the default model 0.6 GB of them after the first
+    sub-step, beside the new weights. Only file-backed pages are handed back (never anonymous memory, whose
+    contents would be lost), and only after the copy; a page shared with a neighbour stays until that one moves.
+    """
+    ranges = _file_mappings()
+    if not ranges:
+        return 0
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        libc = None
+    page = resource.getpagesize()
+
+    def mapped(t: torch.Tensor) -> bool:
+        ptr = t.data_ptr()
+        return t.device.type == "cpu" and t.numel() > 0 and any(lo <= ptr < hi for lo, hi in ranges)
+
+    moved, done = 0, {}
+    for module in model.modules():
+        for table in (module._parameters, module._buffers):
+            for name, t in list(table.items()):
+                if t is None:
+                    continue
+                key = (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+                if key in done:  # a tied weight (or two views of one): the same new tensor
+                    table[name] = done[key]
+                    continue
+                if not mapped(t):
+                    continue
+                ptr, nbytes = t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()
+                copy = t.detach().clone(memory_format=torch.contiguous_format)
+                new = torch.nn.Parameter(copy, requires_grad=t.requires_grad) if isinstance(t, torch.nn.Parameter) \
+                    else copy
+                table[name] = done[key] = new
+                moved += copy.nbytes
+                lo, hi = -(-ptr // page) * page, (ptr + nbytes) // page * page
+                if libc is not None and hi > lo:
+                    libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # MADV_DONTNEED
+    return moved
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc ``malloc_trim``; a no-op elsewhere). Surgery frees
+    many tensors below the mmap threshold, whose pages glibc otherwise keeps: measured on the default model,
+    0.3 GB of the process's memory after the first sub-step, until the next one."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -14,7 +14,8 @@ The phases (bytes on the device; on a CPU the whole process's resident set):
   while the tensors are converted (measured on the default model, 2-core CPU: bf16 from the fp32 cache peaks at
   1.14 GB RSS, fp32 at 0.93 GB, the bare runtime 0.25 GB).
 * **importance** (Taylor, the lean pass of :mod:`pruner.importance.lean`): weights, the gradients of the scored
-  projections (in the weights' dtype), the checkpointed layer inputs, one layer's recomputed activations, the
+  projections (in the weights' dtype; with one calibration batch only about one layer's at a time, summed into
+  unit scores and freed during the backward, :mod:`pruner.importance.streamed`), the checkpointed layer inputs, one layer's recomputed activations, the
   attention probabilities of one batch (CPU: the math kernel keeps them; CUDA's fused kernels do not) and three
   32 MB float32 chunks of the vocabulary loss.
 * **surgery**: weights, the new parts of the cut layers and the slices the undo keeps (together about the
@@ -78,7 +79,7 @@ NAMED_SHAPES: dict[str, dict] = {
     # from part 1: qwen2, 28 layers, 1536 / 8960, 12 / 2 heads, an untied output tensor: 1,777,088,000 parameters)
     "qwen2.5-coder-1.5b": dict(title="Qwen2.5-Coder-1.5B-Instruct (GGUF, untied head)", model_type="qwen2",
                                hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                               num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=False, stored="float32"),
+                               num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=False, stored="cached"),
     "llama-3.1-8b": dict(title="Llama-3.1-8B", model_type="llama", hidden_size=4096, intermediate_size=14336,
                          num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
                          tie_word_embeddings=False, stored="bfloat16"),
@@ -280,8 +281,12 @@ def _importance(shape: ModelShape, dt: torch.dtype, dev: torch.device, cfg: Prun
     b, rows = dt.itemsize, min(cfg.batch_size, cfg.n_windows)
     tokens = rows * cfg.window
     layer = tokens * (4 * shape.hidden_size + 3 * shape.intermediate_size) * b
-    parts = {**_baseline(shape, dev, working=True), "weights": shape.params_total * b,
-             "scored gradients": shape.params_prunable * b}
+    parts = {**_baseline(shape, dev, working=True), "weights": shape.params_total * b}
+    if cfg.n_windows <= cfg.batch_size:  # one batch: each layer's scores summed and its gradients freed at once
+        per_layer = -(-shape.params_prunable // shape.layers)
+        parts["one layer's gradients and float32 scores"] = per_layer * (b + 4)
+    else:  # the earlier batches' gradients accumulate: every scored projection's, at once
+        parts["scored gradients"] = shape.params_prunable * b
     if cfg.checkpoint:
         parts["checkpointed layer inputs"] = shape.layers * tokens * shape.hidden_size * b
         parts["one layer's activations"] = layer
