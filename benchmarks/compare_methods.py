@@ -75,6 +75,7 @@ def prune_method(source: str, method: str, targets: list[float], args):
     cumulative); a one-shot baseline starts from the dense model every time."""
     model = tok = p = None
     total = 0.0
+    dense: dict = {}  # a one-shot method's first measurement of the dense model: the same at every target
     for target in sorted(targets, reverse=True):
         cfg = pruner.PruneConfig(target=target, method=method, n_windows=args.n_windows, window=args.window,
                                  step=args.step, checkpoint=args.checkpoint)
@@ -84,10 +85,32 @@ def prune_method(source: str, method: str, targets: list[float], args):
             p.record.source = source
         else:
             p.configure(cfg)
+        reused = method not in ITERATIVE and "importance" in dense
+        if method not in ITERATIVE:
+            p.measure = _first_measurement_kept(p.measure, dense)
         t = time.perf_counter()
         p.run()
         total += time.perf_counter() - t
-        yield _finish(model, tok, p, method, target, total, args)
+        if reused:  # its time counts as if measured again
+            total += dense["importance"].seconds
+        run = _finish(model, tok, p, method, target, total, args)
+        run["dense_measurement_reused"] = reused
+        yield run
+
+
+def _first_measurement_kept(measure, dense: dict):
+    """``Pruner.measure`` that keeps the dense model's measurement (step 0) and hands it back at the next target of
+    a one-shot method (same model, same calibration windows: the same numbers; the sensitivity scan is long)."""
+
+    def wrapped(step_index=None, should_stop=None):
+        if step_index == 0 and "importance" in dense:
+            return dense["importance"]
+        imp = measure(step_index, should_stop)
+        if step_index == 0:
+            dense["importance"] = imp
+        return imp
+
+    return wrapped
 
 
 def cmd_prune(args) -> int:

@@ -121,7 +121,7 @@ def test_a_last_step_that_would_remove_nothing_overshoots_instead_of_failing(tin
     p.run()
     assert p.reached()
     sizes = [p.record.start_params["total"]] + [st.params_total for st in p.record.steps]
-    assert all(b < a for a, b in zip(sizes, sizes[1:])), sizes  # every step removed something
+    assert all(b < a for a, b in zip(sizes, sizes[1:], strict=False)), sizes  # every step removed something
 
 
 def test_a_budget_below_one_unit_per_layer_grows_until_a_unit_goes(tiny_tokenizer):
@@ -130,4 +130,4 @@ def test_a_budget_below_one_unit_per_layer_grows_until_a_unit_goes(tiny_tokenize
     plan = p.preview()
     assert plan.reached and any(st.decision.get("budget_multiple", 1) > 1 for st in plan.steps)
     sizes = [p.params_total()] + [st.params for st in plan.steps]
-    assert all(b < a for a, b in zip(sizes, sizes[1:])), sizes  # every planned step removes a unit
+    assert all(b < a for a, b in zip(sizes, sizes[1:], strict=False)), sizes  # every planned step removes a unit
