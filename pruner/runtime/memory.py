@@ -12,14 +12,20 @@ from pathlib import Path
 import torch
 
 
+#: The process's peak RSS before the last reset of the kernel's counter (a :class:`MemoryWatch` resets it to
+#: measure one stretch on its own, which also lowers what ``getrusage`` and ``/usr/bin/time`` report afterwards).
+_EARLIER_PEAK = 0
+
+
 def peak_memory(device: torch.device) -> tuple[int, str]:
-    """``(bytes, what was measured)``: the peak so far in this process (since the last :class:`MemoryWatch`)."""
+    """``(bytes, what was measured)``: the peak so far in this process — on a CPU over the whole process, the
+    stretches before a :class:`MemoryWatch` reset the kernel's counter included; on CUDA since the last watch."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "cuda max_memory_allocated"
     hwm = _status_bytes("VmHWM")
-    if hwm is not None:
-        return hwm, "process peak RSS"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
+    if hwm is None:
+        hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return max(hwm, _EARLIER_PEAK), "process peak RSS"
 
 
 def _status_bytes(field: str) -> int | None:
@@ -39,9 +45,11 @@ def current_memory(device: torch.device) -> int | None:
 
 
 def _reset_peak(device: torch.device) -> bool:
+    global _EARLIER_PEAK
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return True
+    _EARLIER_PEAK = max(_EARLIER_PEAK, _status_bytes("VmHWM") or 0)  # kept: the whole run's peak stays known
     try:
         Path("/proc/self/clear_refs").write_text("5")  # Linux: reset VmHWM to the current RSS
         return True
@@ -65,7 +73,8 @@ class MemoryWatch:
 
     def __exit__(self, *exc) -> None:
         if self._isolated:
-            self.peak = peak_memory(self.device)[0]
+            self.peak = (peak_memory(self.device)[0] if self.device.type == "cuda"
+                         else _status_bytes("VmHWM"))  # this stretch's own peak
 
 
 _TAMED = False
