@@ -1,0 +1,49 @@
+"""Memory measurement on the CPU: a watch measures its own stretch, and the whole process's peak stays known
+after it (the kernel's counter it resets is also what /usr/bin/time reads); weights left in a mapped
+safetensors file get memory of their own."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from pruner.runtime.memory import MemoryWatch, _status_bytes, own_mapped_weights, peak_memory
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self")
+CPU = torch.device("cpu")
+
+
+@linux
+def test_a_watch_measures_its_stretch_and_the_process_peak_survives():
+    big = torch.ones(96 * 2**20 // 4)  # 96 MiB, touched
+    high = peak_memory(CPU)[0]
+    del big
+    with MemoryWatch(CPU) as w:
+        small = torch.ones(2**20)
+    del small
+    assert w.peak is not None and w.peak < high - 64 * 2**20  # the watch saw only its own stretch
+    assert peak_memory(CPU)[0] >= high - 2**20  # the peak before the watch is not forgotten (RSS counts lag a little)
+    assert _status_bytes("VmHWM") < high  # ... though the kernel's counter was reset
+
+
+@linux
+def test_weights_in_a_mapped_file_get_memory_of_their_own(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from pruner.testing import tiny_model
+
+    model = tiny_model()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
+    mapped = load_file(tmp_path / "w.safetensors")
+    model.load_state_dict(mapped, assign=True)  # the parameters now live in the file mapping
+    model.lm_head.weight = model.model.embed_tokens.weight  # tied: must stay one tensor
+    ids = torch.randint(0, 300, (1, 12))
+    with torch.no_grad():
+        want = model(ids).logits
+    moved = own_mapped_weights(model)
+    assert moved > 0 and own_mapped_weights(model) == 0  # nothing left in the mapping
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, want, rtol=0, atol=0)
