@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-
 #: The process's peak RSS before the last reset of the kernel's counter (a :class:`MemoryWatch` resets it to
 #: measure one stretch on its own, which also lowers what ``getrusage`` and ``/usr/bin/time`` report afterwards).
 _EARLIER_PEAK = 0
