@@ -161,6 +161,12 @@ def bench(name: str, args) -> dict:
     log(f"{name}: importance {imp.seconds:.1f} s vs plain fwd+bwd {plain:.1f} s; pass "
         f"{imp.memory.get('ratio_to_weights', float('nan')):.2f}× weights")
     del imp
+    prompt = "The capital of France is"  # what the weights say, beside the perplexity (a content check)
+    ids = tok(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
+    with torch.no_grad():
+        gen = model.generate(ids, max_new_tokens=12, do_sample=False)
+    out["greedy"] = {"prompt": prompt, "completion": tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)}
+    log(f"{name}: greedy {prompt!r} → {out['greedy']['completion']!r}")
     out["dense_perplexity"] = ppl(model, tok, name, args.ppl_tokens)
     log(f"{name}: dense ppl {out['dense_perplexity']['perplexity']:.2f}")
     if not args.prune:  # the prune measured from outside instead (benchmarks/memory_run.py)
