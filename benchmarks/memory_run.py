@@ -105,20 +105,24 @@ def report(path: str) -> str:
     data = json.loads(Path(path).read_text())
     gb, rt = 1e9, data["runtime"]["peak_rss_bytes"]
     rows = [f"Bare runtime ({data['runtime']['command']}): {rt / gb:.2f} GB peak RSS.", "",
-            "| model | dtype | whole-run peak RSS | above runtime / fp32 weights (goal) | plan: importance / load "
-            "| per-pass peak RSS (GB) | WikiText-2 ppl after | wall |", "|---|---|---|---|---|---|---|---|"]
+            "| model | dtype | whole-run peak RSS | above runtime / fp32 weights (goal) | memory plan: the prune's "
+            "peak phase (vs measured) | per-pass peak RSS (GB) | WikiText-2 ppl after | wall |",
+            "|---|---|---|---|---|---|---|---|"]
     for name, by_dtype in data["models"].items():
+        fp32_ppl = ((by_dtype.get("float32") or {}).get("perplexity") or [{}])[0].get("perplexity")
         for dtype, r in by_dtype.items():
             if "ratio_to_fp32_weights" not in r:
                 rows.append(f"| {name} | {dtype} | failed (exit {r.get('returncode')}) | | | | | |")
                 continue
             passes = ", ".join(f"{p['peak_bytes'] / gb:.2f}" for p in r["passes"] if p.get("peak_bytes"))
             ppl = r["perplexity"][0]["perplexity"] if r.get("perplexity") else None
-            pl = r["plan"]
+            ppl_s = "—" if ppl is None else f"{ppl:.2f}"
+            if ppl is not None and fp32_ppl and dtype != "float32":
+                ppl_s += f" ({ppl / fp32_ppl - 1:+.1%} vs fp32)"
+            phase, pred = max(((k, v["bytes"]) for k, v in r["plan"].items() if k != "training"), key=lambda kv: kv[1])
             rows.append(f"| {name} | {dtype} | {r['peak_rss_bytes'] / gb:.2f} GB | {r['ratio_to_fp32_weights']:.2f}× "
-                        f"({r['goal']}×, {'met' if r['meets_goal'] else 'not met'}) | "
-                        f"{pl['importance']['bytes'] / gb:.2f} / {pl['load']['bytes'] / gb:.2f} GB | {passes} | "
-                        f"{'—' if ppl is None else f'{ppl:.2f}'} | {r['seconds']:.0f} s |")
+                        f"({r['goal']}×, {'met' if r['meets_goal'] else 'not met'}) | {phase} {pred / gb:.2f} GB "
+                        f"({pred / r['peak_rss_bytes'] - 1:+.0%}) | {passes} | {ppl_s} | {r['seconds']:.0f} s |")
     return "\n".join(rows)
 
 
