@@ -47,3 +47,30 @@ def test_weights_in_a_mapped_file_get_memory_of_their_own(tmp_path):
     assert model.lm_head.weight is model.model.embed_tokens.weight
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, want, rtol=0, atol=0)
+
+
+def test_a_half_dtype_on_a_cpu_without_its_instructions_is_said(monkeypatch):
+    import builtins
+
+    from pruner.runtime.devices import slow_half_note
+    from pruner.testing import tiny_model
+
+    real_open = builtins.open
+
+    def cpuinfo(flags):
+        def fake(path, *a, **k):
+            if path == "/proc/cpuinfo":
+                import io
+
+                return io.StringIO(f"processor : 0\nflags : fpu {flags}\n")
+            return real_open(path, *a, **k)
+
+        return fake
+
+    model = tiny_model()
+    assert slow_half_note(model) is None  # float32
+    model = model.to(torch.bfloat16)
+    monkeypatch.setattr(builtins, "open", cpuinfo("avx avx2 fma"))
+    assert "no bfloat16 matrix instructions" in slow_half_note(model)
+    monkeypatch.setattr(builtins, "open", cpuinfo("avx2 avx512f avx512_bf16"))
+    assert slow_half_note(model) is None

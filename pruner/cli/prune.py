@@ -30,6 +30,7 @@ from pruner.data import CORPORA
 from pruner.errors import AllocationError, ConfigError
 from pruner.io.outputs import check_no_alias, check_output_file, check_output_folder
 from pruner.methods import method_class
+from pruner.runtime.devices import slow_half_note
 
 D = PruneConfig  # the defaults live on the config's fields
 
@@ -152,6 +153,8 @@ def run(args) -> int:
         log(f"note: {cfg.method} splits each layer's budget its own way; --attention ignored")
     t = time.perf_counter()
     model, tok = load_model(args.model, device=args.device, dtype=args.dtype, progress=log, device_map=args.device_map)
+    if (note := slow_half_note(model)) is not None:
+        log(note)
     log(f"loaded {args.model} in {time.perf_counter() - t:.1f} s: {describe(model)['params']['total']:,} parameters")
     check_finite(model, args.model)
     check_windows(model, **{"--window": cfg.window},
