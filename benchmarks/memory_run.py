@@ -141,15 +141,22 @@ def main() -> None:
     a.add_argument("--no-ppl", action="store_true")
     a.add_argument("--python", default=sys.executable)
     a.add_argument("--out", required=True)
+    a.add_argument("--resume", action="store_true", help="keep the runs already in --out that finished")
     args = a.parse_args()
     if not Path("/usr/bin/time").is_file():
         sys.exit("memory_run: needs GNU time at /usr/bin/time (apt-get install time)")
     result = {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "machine": {
         "cpu_count": os.cpu_count(), "loadavg_1m_at_start": os.getloadavg()[0]}, "models": {}}
+    old = json.loads(Path(args.out).read_text()) if args.resume and Path(args.out).is_file() else {}
+    result["models"] = {name: {d: r for d, r in by.items() if r.get("returncode") == 0}
+                        for name, by in old.get("models", {}).items()}
     result["runtime"] = bare_runtime(args.python)
     log(f"bare runtime: {result['runtime']['peak_rss_bytes'] / 1e9:.2f} GB")
     for name in [m for m in args.models.split(",") if m]:
         for dtype in [d for d in args.dtypes.split(",") if d]:
+            if dtype in result["models"].get(name, {}):
+                log(f"{name} {dtype}: kept from {args.out}")
+                continue
             r = prune_run(name, dtype, args)
             r["plan"] = plan(name, dtype, args)
             summarise(r, result["runtime"]["peak_rss_bytes"], dtype)

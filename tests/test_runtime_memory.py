@@ -74,3 +74,28 @@ def test_a_half_dtype_on_a_cpu_without_its_instructions_is_said(monkeypatch):
     assert "no bfloat16 matrix instructions" in slow_half_note(model)
     monkeypatch.setattr(builtins, "open", cpuinfo("avx2 avx512f avx512_bf16"))
     assert slow_half_note(model) is None
+
+
+def test_half_weights_multiply_in_float32_on_request_and_keep_their_dtype():
+    from pruner.importance.measure import measure_importance
+    from pruner.runtime.devices import Float32Matmuls
+    from pruner.testing import random_windows, tiny_model
+
+    model = tiny_model().to(torch.bfloat16)
+    win = random_windows(2, 12)
+    with torch.no_grad():
+        half = model(win).logits
+        with Float32Matmuls():
+            mixed = model(win).logits
+        full = tiny_model()(win).logits  # the same weights before rounding to bf16: mixed is at least as close
+    assert mixed.dtype == torch.bfloat16
+    assert (mixed.float() - full).abs().mean() <= (half.float() - full).abs().mean() * 1.05
+    with Float32Matmuls():  # autograd passes through: Taylor scores in bf16 weights
+        imp = measure_importance(model, win, "taylor", batch_size=2)
+    assert all(torch.isfinite(s).all() and s.sum() > 0 for s in imp.group_scores)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert torch.nn.Linear.forward is not None and Float32Matmuls._depth == 0
+    assert torch.nn.Linear.forward.__name__ == "forward"  # nn.Linear's own again
+    plain = measure_importance(model, win, "taylor", batch_size=2)
+    for a, b in zip(imp.channel_scores, plain.channel_scores, strict=True):  # the same ranking, near enough
+        assert torch.corrcoef(torch.stack([a.float(), b.float()]))[0, 1] > 0.95

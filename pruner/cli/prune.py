@@ -30,7 +30,7 @@ from pruner.data import CORPORA
 from pruner.errors import AllocationError, ConfigError
 from pruner.io.outputs import check_no_alias, check_output_file, check_output_folder
 from pruner.methods import method_class
-from pruner.runtime.devices import slow_half_note
+from pruner.runtime.devices import float32_matmuls_for, slow_half_note
 
 D = PruneConfig  # the defaults live on the config's fields
 
@@ -165,8 +165,9 @@ def run(args) -> int:
     target = pruner.target_params()  # an unreachable target is refused before the first measurement
     log(f"target {target:,} parameters ({target / pruner.origin.params['total']:.1%} of the original); "
         f"calibration {cfg.n_windows} × {cfg.window} tokens of '{cfg.calibration}' per sub-step")
-    record, interrupted = _prune(pruner)
-    return _finish(args, model, tok, record, interrupted)
+    with float32_matmuls_for(model):  # a half dtype on a CPU without its matrix instructions: products in fp32
+        record, interrupted = _prune(pruner)
+        return _finish(args, model, tok, record, interrupted)
 
 
 def _prune(pruner):

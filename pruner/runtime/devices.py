@@ -5,6 +5,7 @@ placement of a model over several devices (``device_map``)."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pruner.errors import ConfigError
@@ -85,5 +86,49 @@ def slow_half_note(model: nn.Module) -> str | None:
     if flags & set(want):
         return None
     name = str(p.dtype).replace("torch.", "")
-    return (f"note: this CPU has no {name} matrix instructions ({' / '.join(want)}): {name} halves the memory, "
-            "but its matrix products run in torch's portable loops, many times slower than float32 here")
+    return (f"note: this CPU has no {name} matrix instructions ({' / '.join(want)}), where torch's own {name} "
+            f"matrix products run many times slower than float32: the weights stay {name} (half the memory) and "
+            "each product is computed in float32")
+
+
+def _linear_in_float32(self, x):
+    w = self.weight
+    if w.device.type == "cpu" and w.dtype in (torch.bfloat16, torch.float16):
+        b = self.bias
+        return F.linear(x.float(), w.float(), None if b is None else b.float()).to(x.dtype)
+    return _PLAIN_LINEAR(self, x)
+
+
+_PLAIN_LINEAR = nn.Linear.forward
+
+
+class Float32Matmuls:
+    """Inside ``with Float32Matmuls():``, a linear layer whose weight is bfloat16 / float16 on a CPU multiplies in
+    float32 (the weight, input and bias converted for the product, the result rounded back to the input's
+    dtype) — what a CPU with bf16 matrix instructions does in hardware (half inputs, float32 accumulation), here
+    at float32 speed instead of torch's portable half loops. The weights stay in their dtype (the memory of a half
+    model); one layer's weight is converted at a time. Autograd passes through (the weight's gradient comes back
+    in its dtype), recomputation of checkpointed layers included: the block sets ``nn.Linear.forward`` for the
+    process and puts it back on the way out, so use it around a whole command (the CLI does), not in a library
+    that shares the process with other work. Everything else runs as it would."""
+
+    _depth = 0
+
+    def __enter__(self) -> Float32Matmuls:
+        if Float32Matmuls._depth == 0:
+            nn.Linear.forward = _linear_in_float32
+        Float32Matmuls._depth += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        Float32Matmuls._depth -= 1
+        if Float32Matmuls._depth == 0:
+            nn.Linear.forward = _PLAIN_LINEAR
+
+
+def float32_matmuls_for(model: nn.Module):
+    """:class:`Float32Matmuls` where :func:`slow_half_note` has something to say, else a context that does
+    nothing."""
+    import contextlib
+
+    return Float32Matmuls() if slow_half_note(model) is not None else contextlib.nullcontext()
