@@ -99,3 +99,23 @@ def test_half_weights_multiply_in_float32_on_request_and_keep_their_dtype():
     plain = measure_importance(model, win, "taylor", batch_size=2)
     for a, b in zip(imp.channel_scores, plain.channel_scores, strict=True):  # the same ranking, near enough
         assert torch.corrcoef(torch.stack([a.float(), b.float()]))[0, 1] > 0.95
+
+
+def test_the_half_linear_is_float32_arithmetic_in_blocks_with_its_gradients(monkeypatch):
+    from pruner.runtime import devices
+
+    monkeypatch.setattr(devices, "BLOCK_ELEMENTS", 3 * 16)  # 3 weight rows a block: 11 rows → 4 blocks
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(11, 16, generator=gen).bfloat16().requires_grad_()
+    b = torch.randn(11, generator=gen).bfloat16().requires_grad_()
+    x = torch.randn(2, 5, 16, generator=gen).bfloat16().requires_grad_()
+    out = devices._HalfLinear.apply(x, w, b)
+    ref_x, ref_w, ref_b = (t.detach().float().requires_grad_() for t in (x, w, b))
+    ref = torch.nn.functional.linear(ref_x, ref_w, ref_b)
+    torch.testing.assert_close(out, ref.bfloat16(), rtol=0, atol=0)  # float32 products, rounded once
+    g = torch.randn(2, 5, 11, generator=gen).bfloat16()
+    out.backward(g)
+    ref.backward(g.float())
+    for mine, want in ((x, ref_x), (w, ref_w), (b, ref_b)):
+        assert mine.grad.dtype == torch.bfloat16
+        torch.testing.assert_close(mine.grad, want.grad.bfloat16(), rtol=1e-2, atol=1e-2)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-CHUNK_LOGITS = 8_000_000  # logits (in float32 elements) per loss chunk: 32 MB
+CHUNK_LOGITS = 4_000_000  # logits (in float32 elements) per loss chunk: 16 MB
 
 
 @contextlib.contextmanager

@@ -5,7 +5,6 @@ placement of a model over several devices (``device_map``)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pruner.errors import ConfigError
@@ -91,11 +90,52 @@ def slow_half_note(model: nn.Module) -> str | None:
             "each product is computed in float32")
 
 
+#: Weight rows converted to float32 at a time by :class:`_HalfLinear` (8 M elements: 32 MB).
+BLOCK_ELEMENTS = 8_000_000
+
+
+def _blocks(w: torch.Tensor):
+    rows = max(1, BLOCK_ELEMENTS // max(1, w.shape[1]))
+    for r in range(0, w.shape[0], rows):
+        yield r, w[r : r + rows].float()
+
+
+class _HalfLinear(torch.autograd.Function):
+    """``x @ w.T + b`` for half ``w`` on a CPU, computed in float32 a block of weight rows at a time; only the
+    half tensors are saved for the backward (no float32 copy of a weight, of the LM head above all, is held)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        x32 = x.float()
+        out = torch.empty(*x.shape[:-1], w.shape[0], dtype=torch.float32, device=x.device)
+        for r, block in _blocks(w):
+            out[..., r : r + block.shape[0]] = x32 @ block.T
+        if b is not None:
+            out += b.float()
+        ctx.save_for_backward(x, w, b)
+        return out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w, b = ctx.saved_tensors
+        g32 = grad.float()
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx32 = torch.zeros(*x.shape, dtype=torch.float32, device=x.device)
+            for r, block in _blocks(w):
+                gx32 += g32[..., r : r + block.shape[0]] @ block
+            gx = gx32.to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            gw = (g32.reshape(-1, g32.shape[-1]).T @ x.float().reshape(-1, x.shape[-1])).to(w.dtype)
+        if b is not None and ctx.needs_input_grad[2]:
+            gb = g32.reshape(-1, g32.shape[-1]).sum(0).to(b.dtype)
+        return gx, gw, gb
+
+
 def _linear_in_float32(self, x):
     w = self.weight
-    if w.device.type == "cpu" and w.dtype in (torch.bfloat16, torch.float16):
-        b = self.bias
-        return F.linear(x.float(), w.float(), None if b is None else b.float()).to(x.dtype)
+    if w.device.type == "cpu" and w.dtype in (torch.bfloat16, torch.float16) and x.dtype == w.dtype:
+        return _HalfLinear.apply(x, w, self.bias)
     return _PLAIN_LINEAR(self, x)
 
 
@@ -107,7 +147,8 @@ class Float32Matmuls:
     float32 (the weight, input and bias converted for the product, the result rounded back to the input's
     dtype) — what a CPU with bf16 matrix instructions does in hardware (half inputs, float32 accumulation), here
     at float32 speed instead of torch's portable half loops. The weights stay in their dtype (the memory of a half
-    model); one layer's weight is converted at a time. Autograd passes through (the weight's gradient comes back
+    model); a block of one weight's rows is converted at a time, and the backward converts again rather than keep
+    float32 copies (:class:`_HalfLinear`). Autograd passes through (the weight's gradient comes back
     in its dtype), recomputation of checkpointed layers included: the block sets ``nn.Linear.forward`` for the
     process and puts it back on the way out, so use it around a whole command (the CLI does), not in a library
     that shares the process with other work. Everything else runs as it would."""
