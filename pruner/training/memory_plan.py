@@ -15,9 +15,9 @@ The phases (bytes on the device; on a CPU the whole process's resident set):
   1.14 GB RSS, fp32 at 0.93 GB, the bare runtime 0.25 GB).
 * **importance** (Taylor, the lean pass of :mod:`pruner.importance.lean`): weights, the gradients of the scored
   projections (in the weights' dtype; with one calibration batch only about one layer's at a time, summed into
-  unit scores and freed during the backward, :mod:`pruner.importance.streamed`), the checkpointed layer inputs, one layer's recomputed activations, the
-  attention probabilities of one batch (CPU: the math kernel keeps them; CUDA's fused kernels do not) and three
-  16 MB float32 chunks of the vocabulary loss.
+  unit scores and freed during the backward, :mod:`pruner.importance.streamed`), the checkpointed layer inputs,
+  one layer's recomputed activations, the attention probabilities of one batch (CPU: the math kernel keeps them;
+  CUDA's fused kernels do not) and three 16 MB float32 chunks of the vocabulary loss.
 * **surgery**: weights, the new parts of the cut layers and the slices the undo keeps (together about the
   prunable parts once), plus the undo history (``keep_history`` × step × prunable parts).
 * **training** (recovery, AdamW, no activation checkpointing): weights, gradients and two AdamW moments in the
