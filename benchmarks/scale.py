@@ -40,6 +40,7 @@ import pruner
 from pruner.data import calibration_windows
 from pruner.importance.measure import measure_importance
 from pruner.io.shipped import SHIPPED, is_fetched, model_dir
+from pruner.runtime.devices import float32_matmuls_for, slow_half_note
 from pruner.runtime.memory import tame_allocator, touch_weights
 
 #: Per model: calibration windows and per-step budget (the bigger models take fewer, larger sub-steps on a CPU).
@@ -146,6 +147,12 @@ def bench(name: str, args) -> dict:
     t = time.perf_counter()
     model, tok = pruner.load_model(name, device=args.device, dtype=args.dtype, progress=None)
     out["cached_load_seconds"] = time.perf_counter() - t
+    out["half_note"] = slow_half_note(model)  # bf16 on a CPU without bf16 instructions: products in float32
+    with float32_matmuls_for(model):
+        return _bench(name, args, s, out, model, tok)
+
+
+def _bench(name: str, args, s: dict, out: dict, model, tok) -> dict:
     info = pruner.describe(model)
     out["architecture"] = {k: info[k] for k in ("model_type", "layers", "hidden_size", "head_dim", "vocab_size",
                                                  "params", "dtype", "device")}
