@@ -26,21 +26,27 @@ CHUNK_LOGITS = 4_000_000  # logits (in float32 elements) per loss chunk: 16 MB
 
 
 @contextlib.contextmanager
-def checkpointed(layers: nn.ModuleList):
-    """Run every decoder layer under activation checkpointing (restored afterwards)."""
+def instance_forwards(modules, make):
+    """Give each module an instance ``forward`` of ``make(index, module)`` for the ``with`` block; each one's own
+    (an accelerate dispatch wrapper, say) is put back afterwards, whatever happens inside."""
     saved = []
     try:
-        for layer in layers:
-            forward = layer.forward
-            saved.append((layer, "forward" in vars(layer), forward))
-            layer.forward = functools.partial(checkpoint, forward, use_reentrant=False)
+        for i, module in enumerate(modules):
+            saved.append((module, "forward" in vars(module), vars(module).get("forward")))
+            module.forward = make(i, module)
         yield
     finally:
-        for layer, had_own, forward in saved:
+        for module, had_own, forward in saved:
             if had_own:
-                layer.forward = forward
+                module.forward = forward
             else:
-                del layer.forward
+                del module.forward
+
+
+def checkpointed(layers: nn.ModuleList):
+    """Run every decoder layer under activation checkpointing (restored afterwards)."""
+    return instance_forwards(layers, lambda _i, layer: functools.partial(checkpoint, layer.forward,
+                                                                         use_reentrant=False))
 
 
 def lm_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:

@@ -18,13 +18,14 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from pruner.errors import Cancelled, ConfigError
+from pruner.importance.lean import instance_forwards
 from pruner.model.adapters import adapter_for
 from pruner.model.masking import LayerMask, masked
 from pruner.model.structure import Geometry, geometry, layer_widths_of
@@ -173,21 +174,8 @@ class _Prefix:
             stack.callback(layer.register_forward_hook(keep(i)).remove)
         return stack
 
-    @contextlib.contextmanager
-    def replayed(self, upto: int) -> Iterator[None]:
-        saved = []
-        try:
-            for i in range(upto):
-                layer = self.layers[i]
-                saved.append((layer, "forward" in layer.__dict__, layer.__dict__.get("forward")))
-                layer.forward = (lambda out: (lambda *a, **k: out))(self.outputs[i])
-            yield
-        finally:
-            for layer, had, fwd in saved:
-                if had:
-                    layer.forward = fwd
-                else:
-                    del layer.forward
+    def replayed(self, upto: int) -> contextlib.AbstractContextManager:
+        return instance_forwards(self.layers[:upto], lambda i, _layer: (lambda *a, **k: self.outputs[i]))
 
 
 def scan_tokens(n_windows: int, window: int, max_tokens: int | None = SCAN_TOKENS) -> int:
