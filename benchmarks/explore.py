@@ -33,6 +33,7 @@ import torch
 
 import pruner
 from pruner.explore import EvalSample, Explorer, run_sweep, sweep_grid
+from pruner.importance import sensitivity
 from pruner.importance.sensitivity import spearman
 
 PPL_TOKENS = 32_768
@@ -63,10 +64,13 @@ def thirty_points(base: pruner.PruneConfig) -> list[pruner.PruneConfig]:
 
 
 def cost(args) -> int:
+    if args.scan_tokens:
+        sensitivity.SCAN_TOKENS = args.scan_tokens
     model, tok = pruner.load_model(args.model, device=args.device)
     base = pruner.PruneConfig(target=0.8)
     sample = EvalSample(max_tokens=args.eval_tokens, window=args.eval_window)
-    out = {"model": args.model, "sample": sample.to_dict(), "machine_before": machine()}
+    out = {"model": args.model, "sample": sample.to_dict(), "scan_tokens": sensitivity.SCAN_TOKENS,
+           "machine_before": machine()}
     ex = Explorer(pruner.Pruner(model, tok, base), sample)
     t0 = time.perf_counter()
     ex.measurement(base)
@@ -81,14 +85,20 @@ def cost(args) -> int:
     out["what_if_over_forward"] = min(whatifs) / min(forwards)
     log(f"what-if / plain forward: {out['what_if_over_forward']:.3f} (best of {args.repeats})")
 
-    fresh = Explorer(pruner.Pruner(model, tok, base), sample)  # the sweep's own measurements included
+    fresh = Explorer(pruner.Pruner(model, tok, base), sample)
     grid = thirty_points(base)
+    t0 = time.perf_counter()
+    for cfg in grid:  # the sweep's importance measurements (one per criterion), timed on their own
+        fresh.measurement(cfg)
+    measured = time.perf_counter() - t0
     t0 = time.perf_counter()
     sweep = run_sweep(fresh, grid, progress=lambda p, i, n: log(f"  sweep {i}/{n}: {p.settings['method']} "
                                                                   f"{p.settings['target']} ppl {p.perplexity}"))
-    out["sweep"] = {"points": len(grid), "seconds": time.perf_counter() - t0,
-                    "estimated_seconds": sweep.estimated_seconds, "result": sweep.to_dict()}
-    log(f"sweep of {len(grid)} points: {out['sweep']['seconds']:.0f} s (estimated {sweep.estimated_seconds:.0f} s)")
+    points = time.perf_counter() - t0
+    out["sweep"] = {"points": len(grid), "seconds": measured + points, "seconds_points": points,
+                    "seconds_measurements": measured, "estimated_seconds": sweep.estimated_seconds,
+                    "result": sweep.to_dict()}
+    log(f"sweep of {len(grid)} points: {points:.0f} s, its measurements {measured:.0f} s")
 
     t0 = time.perf_counter()
     report = fresh.sensitivity()
@@ -98,8 +108,35 @@ def cost(args) -> int:
     log(f"sensitivity scan: {report.table.seconds:.0f} s ({len(report.table.increase)} layers × "
         f"{len(report.table.levels)} levels); Spearman ρ per level {report.correlation}")
     out["machine_after"] = machine()
+    if args.reference:
+        out["agreement"] = agreement(json.loads(Path(args.reference).read_text()), out)
+        out["agreement"]["reference"] = args.reference
+        log(f"against {args.reference}: {out['agreement']}")
     write(args.out, out)
     return 0
+
+
+def agreement(ref: dict, new: dict) -> dict:
+    """How a cheaper setting ranks against a reference run of ``cost`` (say 1,024 tokens against 4,096): Spearman's
+    ρ between the sweeps' predicted perplexities (points matched by their settings), between the scans' cells (all
+    layers × levels, and per level), and the scans' correlations with the layer importance side by side."""
+    def by_settings(run):
+        return {json.dumps(p["settings"], sort_keys=True): p["perplexity"] for p in run["sweep"]["result"]["points"]
+                if p.get("perplexity") is not None}
+    a, b = by_settings(ref), by_settings(new)
+    keys = sorted(set(a) & set(b))
+    out = {"sweep_points": len(keys), "sweep_spearman": spearman([a[k] for k in keys], [b[k] for k in keys])}
+    ta, tb = ref["sensitivity"]["report"]["table"], new["sensitivity"]["report"]["table"]
+    if ta["levels"] == tb["levels"] and len(ta["increase"]) == len(tb["increase"]):
+        flat = lambda t: [v for row in t["increase"] for v in row]  # noqa: E731
+        out["scan_tokens"] = [ta.get("tokens"), tb.get("tokens")]
+        out["scan_cells_spearman"] = spearman(flat(ta), flat(tb))
+        out["scan_per_level_spearman"] = {
+            f"{lv:g}": spearman([r[k] for r in ta["increase"]], [r[k] for r in tb["increase"]])
+            for k, lv in enumerate(ta["levels"])}
+        out["layer_importance_spearman"] = [ref["sensitivity"]["report"]["spearman"],
+                                            new["sensitivity"]["report"]["spearman"]]
+    return out
 
 
 def runs(base: pruner.PruneConfig) -> list[pruner.PruneConfig]:
@@ -217,6 +254,10 @@ def main(argv=None) -> int:
         p.add_argument("--out", required=True)
         if name == "cost":
             p.add_argument("--repeats", type=int, default=3)
+            p.add_argument("--scan-tokens", type=int, default=None,
+                           help="the sensitivity scan's token budget (default: SCAN_TOKENS)")
+            p.add_argument("--reference", default=None,
+                           help="an earlier cost JSON: how this run's sweep and scan rank against it")
         else:
             p.add_argument("--resume", action="store_true")
             p.add_argument("--max-new-runs", type=int, default=None,

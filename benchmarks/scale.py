@@ -180,10 +180,10 @@ def _bench(name: str, args, s: dict, out: dict, model, tok) -> dict:
         return out
     out["prune_90"] = prune_to(model, tok, args.target, "adaptive", s, name, args.ppl_tokens)
     if name in args.compare80:
-        out["adaptive_80"] = prune_to(model, tok, 0.8, "adaptive", s, name)  # continues from 90 %
+        out["adaptive_80"] = prune_to(model, tok, 0.8, "adaptive", s, name, args.ppl_tokens)  # continues
         del model
         model, tok = pruner.load_model(name, device=args.device, dtype=args.dtype, progress=None)
-        out["uniform_80"] = prune_to(model, tok, 0.8, "uniform", s, name)
+        out["uniform_80"] = prune_to(model, tok, 0.8, "uniform", s, name, args.ppl_tokens)
     return out
 
 
@@ -239,6 +239,9 @@ def main() -> None:
     a.add_argument("--out", required=True)
     args = a.parse_args()
     args.compare80 = [m for m in args.compare80.split(",") if m]
+    if args.compare80 and args.target <= 0.8:
+        a.error(f"--compare80 continues from --target to 80 %: --target {args.target} is not above it "
+                "(pass --compare80 \"\")")
     tame_allocator()
     result = {"machine": machine(), "device": args.device, "dtype": args.dtype, "models": {}, "skipped": {}}
     for name in [m for m in args.models.split(",") if m]:

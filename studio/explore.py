@@ -197,12 +197,17 @@ class Exploration:
     def _seconds(self, ex: Explorer, grid: list, scan: bool) -> float:
         """The sweep's estimate (:func:`pruner.explore.estimate_seconds`) and the scan's forward passes."""
         total = estimate_seconds(ex, grid) if grid else 0.0
-        if scan and not ex.has_measurement(self.work.pruner.config.criterion, LEVELS):
+        c, p = self.work.pruner.config, self.work.pruner
+        counted = set()  # what the sweep's estimate already includes (a sensitivity point measures the table)
+        for cfg in grid:
+            m = p.planner_for(cfg).method
+            counted.add((m.measured_criterion, m.sensitivity_levels))
+        if scan and (c.criterion, LEVELS) not in counted and not ex.has_measurement(c.criterion, LEVELS):
             b = ex.baseline()
             per_token = b["seconds"] / max(b["tokens_scored"], 1)
-            c = self.work.pruner.config
-            total += scan_forwards(self.work.pruner.model, LEVELS) * scan_tokens(c.n_windows, c.window) * per_token
-            if not ex.has_measurement(c.criterion) and c.criterion is not None:
+            total += scan_forwards(p.model, LEVELS) * scan_tokens(c.n_windows, c.window) * per_token
+            if (c.criterion is not None and not ex.has_measurement(c.criterion)
+                    and all(crit != c.criterion for crit, _ in counted)):
                 total += (3 if criterion_for(c.criterion).needs_grad else 1) * c.n_windows * c.window * per_token
         return total
 
@@ -261,7 +266,9 @@ class Exploration:
                     yield text.EXPLORE_POINT.format(k=len(self.points), n=len(grid), label=point_label(point.settings),
                                                     result=self.result_words(point))
                 if request.scan:
-                    yield text.SCAN_STARTED.format(layers=len(work.widths()), levels=len(LEVELS))
+                    c = work.pruner.config
+                    yield text.SCAN_STARTED.format(layers=len(work.widths()), levels=len(LEVELS),
+                                                   tokens=scan_tokens(c.n_windows, c.window))
                     self.report = ex.sensitivity(should_stop=work.should_stop)
                     self.report_on = on
             except Cancelled:

@@ -274,7 +274,8 @@ EXPLORE_PICK = "Pick a sweep point (one with a result) first."
 EXPLORE_USED = ("Sent **{label}** to the schedule panel: the sliders moved and the allocation preview redraws for "
                 "these settings.")
 PREDICTED_ON = "predicted perplexity: {sample}"
-SCAN_STARTED = "Sensitivity scan: {layers} layers × {levels} levels (a forward pass each) …"
+SCAN_STARTED = ("Sensitivity scan: {layers} layers × {levels} levels (a forward from the pruned layer on, over the "
+                "first {tokens:,} calibration tokens) …")
 SCAN_CANCELLED = "Sensitivity scan cancelled: no table was kept. The model is unchanged."
 SCAN_NONE = "No sensitivity scan yet: tick “sensitivity scan” and run."
 SCAN_CAPTION = ("Measured on the model with {model}: units ranked by {criterion}; calibration {corpus}, {tokens:,} "

@@ -477,7 +477,8 @@ def _manual_perplexity(model, ids, window):
     return math.exp(nll / n)
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "gemma2", "gemma3_text", "phi3", "olmo2", "slicegpt"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "olmo2",
+                                  "slicegpt"])
 def test_perplexity_from_the_heads_input_in_chunks_is_the_models_own(arch, tiny_tokenizer, monkeypatch):
     """Perplexity computes the LM head a few tokens at a time from what the model hands its head: the same as the
     model's own logits (soft-capping, a SliceGPT-rotated stream), however small the chunks."""

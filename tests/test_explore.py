@@ -24,6 +24,7 @@ from pruner.explore import (
     run_sweep,
     sweep_grid,
 )
+from pruner.importance import sensitivity as sensitivity_module
 from pruner.importance.sensitivity import (
     Sensitivity,
     lowest_units,
@@ -189,7 +190,7 @@ def test_sensitivity_equals_the_loss_of_the_layer_really_cut(tiny_tokenizer):
                                   for i, k in enumerate(["0.25", "0.5", "0.75", "1"])}
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral", *NEW_ARCHITECTURES])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", *NEW_ARCHITECTURES])
 def test_the_scan_from_the_pruned_layer_on_equals_whole_masked_forwards(arch):
     """The scan replays the layers before the pruned one from the dense forward; every architecture's table must
     equal whole forwards of the masked model, batch by batch (a last batch shorter than the others too), and the
@@ -201,6 +202,13 @@ def test_the_scan_from_the_pruned_layer_on_equals_whole_masked_forwards(arch):
     groups = [torch.rand(model.config.num_key_value_heads, generator=gen, dtype=torch.float64) for _ in range(n)]
     channels = [torch.rand(model.config.intermediate_size, generator=gen, dtype=torch.float64) for _ in range(n)]
     before = copy.deepcopy(model.state_dict())
+    with pytest.MonkeyPatch.context() as mp:  # the loss a few tokens of logits at a time: the model's own logits'
+        mp.setattr("pruner.importance.lean.CHUNK_LOGITS", 7 * model.config.vocab_size)
+        with torch.no_grad():
+            logits = model(input_ids=windows, use_cache=False).logits.float()
+        whole = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                  windows[:, 1:].reshape(-1))
+        assert math.isclose(mean_loss(model, windows, 10), float(whole), rel_tol=1e-5)
     table = measure_sensitivity(model, windows, groups, channels, (0.5, 1.0), batch_size=4)
     base = mean_loss(model, windows, 4)
     assert math.isclose(table.base_loss, base, rel_tol=1e-6)
@@ -216,6 +224,10 @@ def test_the_scan_from_the_pruned_layer_on_equals_whole_masked_forwards(arch):
         few = measure_sensitivity(model, windows, groups, channels, (0.5, 1.0), batch_size=4, max_tokens=50)
         alone = measure_sensitivity(model, windows[:2], groups, channels, (0.5, 1.0), batch_size=4)
         assert few.tokens == 40 and few.increase == alone.increase and scan_tokens(10, 20, 50) == 40
+        with pytest.MonkeyPatch.context() as mp:  # the default budget is read when called (a benchmark sets it)
+            mp.setattr(sensitivity_module, "SCAN_TOKENS", 50)
+            by_default = measure_sensitivity(model, windows, groups, channels, (0.5, 1.0), batch_size=4)
+            assert by_default.tokens == 40 and scan_tokens(10, 20) == 40 and scan_tokens(10, 20, None) == 200
 
 
 def test_a_scan_cancelled_midway_leaves_the_layers_as_they_were():
@@ -339,3 +351,24 @@ def test_a_history_round_trips_through_json_and_csv(tiny_tokenizer, tmp_path):
     assert len(more) == 2
     with pytest.raises(pruner.DataError):
         History.from_csv("a,b\n1,2\n")
+
+
+def test_instance_forwards_put_back_what_was_there_when_a_forward_cannot_be_made():
+    from torch import nn
+
+    from pruner.importance.lean import instance_forwards
+
+    mods = [nn.Linear(2, 2) for _ in range(3)]
+    own = mods[1].forward = lambda x: x  # an instance forward of its own (a dispatch wrapper, say)
+
+    def make(i, _module):
+        if i == 2:
+            raise RuntimeError("cannot make this one")
+        return lambda x: x * 0
+
+    with pytest.raises(RuntimeError, match="cannot make this one"), instance_forwards(mods, make):
+        pass
+    assert "forward" not in vars(mods[0]) and mods[1].forward is own and "forward" not in vars(mods[2])
+    with instance_forwards([mods[0], mods[0]], lambda i, _m: (lambda x: x + i)):  # listed twice
+        assert mods[0].forward(1) == 2
+    assert "forward" not in vars(mods[0])

@@ -16,9 +16,15 @@ CPU = torch.device("cpu")
 
 
 @linux
-def test_a_watch_measures_its_stretch_and_the_process_peak_survives():
+def test_a_watch_measures_its_stretch_and_the_process_peak_survives(monkeypatch):
+    from pruner.runtime import memory
+
+    monkeypatch.setattr(memory, "_EARLIER_PEAK", 0)  # earlier tests' peaks are not this test's
+    with MemoryWatch(CPU):  # the kernel's counter starts from the current RSS
+        pass
+    monkeypatch.setattr(memory, "_EARLIER_PEAK", 0)
     big = torch.ones(96 * 2**20 // 4)  # 96 MiB, touched
-    high = peak_memory(CPU)[0]
+    high = _status_bytes("VmHWM")
     del big
     with MemoryWatch(CPU) as w:
         small = torch.ones(2**20)
@@ -29,14 +35,16 @@ def test_a_watch_measures_its_stretch_and_the_process_peak_survives():
 
 
 @linux
-def test_weights_in_a_mapped_file_get_memory_of_their_own(tmp_path):
+@pytest.mark.parametrize("name", ["w.safetensors", "hub cache/blobs/5f1d0c"])  # a hub cache's blob: no suffix
+def test_weights_in_a_mapped_file_get_memory_of_their_own(tmp_path, name):
     from safetensors.torch import load_file, save_file
 
     from pruner.testing import tiny_model
 
     model = tiny_model()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
-    mapped = load_file(tmp_path / "w.safetensors")
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / name)
+    mapped = load_file(tmp_path / name)
     model.load_state_dict(mapped, assign=True)  # the parameters now live in the file mapping
     model.lm_head.weight = model.model.embed_tokens.weight  # tied: must stay one tensor
     ids = torch.randint(0, 300, (1, 12))
@@ -78,15 +86,22 @@ def test_a_half_dtype_on_a_cpu_without_its_instructions_is_said(monkeypatch):
 
 def test_half_weights_multiply_in_float32_on_request_and_keep_their_dtype():
     from pruner.importance.measure import measure_importance
+    from pruner.runtime import devices
     from pruner.runtime.devices import Float32Matmuls
     from pruner.testing import random_windows, tiny_model
 
     model = tiny_model().to(torch.bfloat16)
     win = random_windows(2, 12)
+    calls = []
+    real_apply = devices._HalfLinear.apply
     with torch.no_grad():
         half = model(win).logits
-        with Float32Matmuls():
+        with Float32Matmuls(), pytest.MonkeyPatch.context() as mp:
+            mp.setattr(devices._HalfLinear, "apply", lambda *a: calls.append(1) or real_apply(*a))
             mixed = model(win).logits
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert len(calls) == n_linear  # every linear multiplied in float32 blocks, once
+    with torch.no_grad():
         full = tiny_model()(win).logits  # the same weights before rounding to bf16: mixed is at least as close
     assert mixed.dtype == torch.bfloat16
     assert (mixed.float() - full).abs().mean() <= (half.float() - full).abs().mean() * 1.05
@@ -94,8 +109,7 @@ def test_half_weights_multiply_in_float32_on_request_and_keep_their_dtype():
         imp = measure_importance(model, win, "taylor", batch_size=2)
     assert all(torch.isfinite(s).all() and s.sum() > 0 for s in imp.group_scores)
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
-    assert torch.nn.Linear.forward is not None and Float32Matmuls._depth == 0
-    assert torch.nn.Linear.forward.__name__ == "forward"  # nn.Linear's own again
+    assert torch.nn.Linear.forward is devices._PLAIN_LINEAR and Float32Matmuls._depth == 0  # nn.Linear's own again
     plain = measure_importance(model, win, "taylor", batch_size=2)
     for a, b in zip(imp.channel_scores, plain.channel_scores, strict=True):  # the same ranking, near enough
         assert torch.corrcoef(torch.stack([a.float(), b.float()]))[0, 1] > 0.95

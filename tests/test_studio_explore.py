@@ -85,6 +85,18 @@ def test_a_sweep_streams_its_points_reuses_the_panels_importance_and_never_chang
     assert "6 of 6 point(s)" in s.explore.caption() and "wikitext2 valid, 128-token windows" in s.explore.caption()
 
 
+def test_a_scan_the_sweep_makes_anyway_is_counted_once_in_the_estimate():
+    s = shared_session()
+    sens = SweepRequest(("sensitivity",), (0.8,), (0.0,))
+    plain = SweepRequest(("adaptive",), (0.8,), (0.0,))
+    a = s.explore.estimate(s.settings, sens)[0]  # the sensitivity point measures the table: the scan is in it
+    b = s.explore.estimate(s.settings, SweepRequest(("sensitivity",), (0.8,), (0.0,), scan=True))[0]
+    c = s.explore.estimate(s.settings, SweepRequest(("adaptive",), (0.8,), (0.0,), scan=True))[0]
+    d = s.explore.estimate(s.settings, plain)[0]
+    assert b < 1.3 * a  # not twice
+    assert c - d > 0.5 * (a - d) > 0  # a scan the sweep does not make is counted
+
+
 def test_cancel_keeps_the_finished_points_and_a_sweep_too_large_is_refused_before_it_starts():
     s = shared_session()
     messages = []

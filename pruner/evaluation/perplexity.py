@@ -7,19 +7,17 @@ put in front of each window is explicit (``bos``, default False as in LLM-Pruner
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pruner.data import DataError, tokenize_corpus
 from pruner.errors import ConfigError
-from pruner.importance.lean import CHUNK_LOGITS, lm_logits
+from pruner.importance.lean import CHUNK_LOGITS, head_inputs, nll_sum
 from pruner.importance.measure import Cancelled
 
 
@@ -66,26 +64,6 @@ class PerplexityConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@contextlib.contextmanager
-def head_inputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Inside the block, the model's LM head keeps what it is handed (appended to the list yielded) and computes
-    its logits for the first position only: the caller computes the rest a few hundred tokens at a time
-    (:func:`pruner.importance.lean.lm_logits`, soft-capping included), so ``batch × window × vocabulary`` logits
-    and their log-softmax (0.8 GB for 4 × 512 tokens of a 49k vocabulary, 2.5 GB for Qwen's 152k, in float32)
-    are never held. Whatever the model does before its head (a rotation, a final norm) stays the model's own."""
-    seen: list[torch.Tensor] = []
-
-    def hook(module, args):
-        seen.append(args[0])
-        return (args[0][..., :1, :], *args[1:])
-
-    handle = model.get_output_embeddings().register_forward_pre_hook(hook)
-    try:
-        yield seen
-    finally:
-        handle.remove()
 
 
 @torch.no_grad()
@@ -158,13 +136,12 @@ def perplexity(
                 score[r, max(first, 1) : seq.numel()] = True
             with head_inputs(model) as seen:
                 model(input_ids=inp.to(device), attention_mask=mask.to(device), use_cache=False)
-            sel = score[:, 1:].to(device)
-            hidden = seen[-1][:, :-1][sel]  # the scored positions' final hidden states
-            tgt = inp[:, 1:].to(device)[sel]
+            last = seen[-1]  # on the device of the last layer (several devices when the model is dispatched)
+            sel = score[:, 1:].to(last.device)
+            hidden = last[:, :-1][sel]  # the scored positions' final hidden states
+            tgt = inp[:, 1:][sel.cpu()]
             seen.clear()
-            for s in range(0, tgt.numel(), rows):
-                logits = lm_logits(model, hidden[s : s + rows])
-                nll += F.cross_entropy(logits, tgt[s : s + rows], reduction="none").double().sum().item()
+            nll += nll_sum(model, hidden, tgt, rows)
             count += int(sel.sum())
     finally:
         model.train(was_training)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -32,11 +33,12 @@ def instance_forwards(modules, make):
     saved = []
     try:
         for i, module in enumerate(modules):
+            forward = make(i, module)  # made before anything is replaced: a failing make leaves this one alone
             saved.append((module, "forward" in vars(module), vars(module).get("forward")))
-            module.forward = make(i, module)
+            module.forward = forward
         yield
     finally:
-        for module, had_own, forward in saved:
+        for module, had_own, forward in reversed(saved):  # a module listed twice gets its own back last
             if had_own:
                 module.forward = forward
             else:
@@ -56,6 +58,40 @@ def lm_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits
+
+
+@contextlib.contextmanager
+def head_inputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Inside the block, the model's LM head keeps what it is handed (appended to the list yielded) and computes
+    its logits for the first position only: the caller computes the rest a few hundred tokens at a time
+    (:func:`nll_sum`, soft-capping included), so ``batch × window × vocabulary`` logits and their log-softmax
+    (0.8 GB for 4 × 512 tokens of a 49k vocabulary, 2.5 GB for Qwen's 152k, in float32) are never held. Whatever
+    the model does before its head (a rotation, a final norm) stays the model's own."""
+    seen: list[torch.Tensor] = []
+
+    def hook(module, args):
+        seen.append(args[0])
+        return (args[0][..., :1, :], *args[1:])
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def nll_sum(model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, rows: int | None = None) -> float:
+    """The summed next-token loss (in float64) of final hidden states ``[N, H]`` against ``targets`` ``[N]``, the
+    logits made ``rows`` tokens at a time (default: :data:`CHUNK_LOGITS` logits a chunk)."""
+    if rows is None:
+        rows = max(1, CHUNK_LOGITS // model.get_output_embeddings().weight.shape[0])
+    total = 0.0
+    for s in range(0, targets.numel(), rows):
+        logits = lm_logits(model, hidden[s : s + rows])
+        total += F.cross_entropy(logits, targets[s : s + rows].to(logits.device),
+                                 reduction="none").double().sum().item()
+    return total
 
 
 def _ce_sum(model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from pruner.errors import Cancelled, ConfigError
-from pruner.importance.lean import instance_forwards
+from pruner.importance.lean import head_inputs, instance_forwards, nll_sum
 from pruner.model.adapters import adapter_for
 from pruner.model.masking import LayerMask, masked
 from pruner.model.structure import Geometry, geometry, layer_widths_of
@@ -143,9 +143,7 @@ def mean_loss(model: nn.Module, windows: torch.Tensor, batch_size: int = 8,
         if should_stop is not None and should_stop():
             raise Cancelled("sensitivity cancelled")
         batch = windows[i : i + batch_size].to(device)
-        logits = model(input_ids=batch, use_cache=False).logits.float()
-        loss = nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-        total += float(loss) * batch.shape[0]
+        total += _batch_loss(model, batch) * batch.shape[0]
     return total / windows.shape[0]
 
 
@@ -158,8 +156,6 @@ class _Prefix:
     def __init__(self, layers: Sequence[nn.Module]):
         self.layers = layers
         self.outputs: list = [None] * len(layers)
-        self.handles: list = []
-        self.upto = 0
 
     def record(self) -> contextlib.AbstractContextManager:
         """While active, every layer's output is kept (the dense forward of one batch)."""
@@ -178,8 +174,15 @@ class _Prefix:
         return instance_forwards(self.layers[:upto], lambda i, _layer: (lambda *a, **k: self.outputs[i]))
 
 
-def scan_tokens(n_windows: int, window: int, max_tokens: int | None = SCAN_TOKENS) -> int:
-    """The tokens a scan reads of a calibration sample of ``n_windows × window``."""
+def _budget(max_tokens):
+    """``...`` (the default of the functions below): :data:`SCAN_TOKENS` as it is at call time."""
+    return SCAN_TOKENS if max_tokens is ... else max_tokens
+
+
+def scan_tokens(n_windows: int, window: int, max_tokens=...) -> int:
+    """The tokens a scan reads of a calibration sample of ``n_windows × window`` (``max_tokens``: None reads all,
+    ``...`` the module's :data:`SCAN_TOKENS`)."""
+    max_tokens = _budget(max_tokens)
     n = n_windows if max_tokens is None else min(n_windows, max(1, max_tokens // window))
     return n * window
 
@@ -201,18 +204,23 @@ def scan_forwards(model: nn.Module, levels: Sequence[float] = LEVELS) -> float:
 
 
 def _batch_loss(model: nn.Module, batch: torch.Tensor) -> float:
-    logits = model(input_ids=batch, use_cache=False).logits.float()
-    return float(nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)))
+    """The mean next-token loss of a batch, the LM head run a chunk of tokens at a time (no full logits held)."""
+    with head_inputs(model) as seen:
+        model(input_ids=batch, use_cache=False)
+    hidden = seen[-1][:, :-1]
+    targets = batch[:, 1:].reshape(-1)
+    return nll_sum(model, hidden.reshape(-1, hidden.shape[-1]), targets) / targets.numel()
 
 
 def measure_sensitivity(model: nn.Module, windows: torch.Tensor, group_scores: Sequence[torch.Tensor],
                         channel_scores: Sequence[torch.Tensor], levels: Sequence[float] = LEVELS,
                         batch_size: int = 8, should_stop: Callable[[], bool] | None = None,
                         progress: Callable[[int, int], None] | None = None,
-                        max_tokens: int | None = SCAN_TOKENS) -> Sensitivity:
+                        max_tokens=...) -> Sensitivity:
     """Measure the :class:`Sensitivity` table on ``windows`` (the first whole windows up to ``max_tokens``; None:
-    all) with the given unit scores (one per current unit of every layer). A level of 1 skips the whole block.
-    The model is left exactly as it was."""
+    all; ``...``: :data:`SCAN_TOKENS`) with the given unit scores (one per current unit of every layer). A level of
+    1 skips the whole block. The model is left exactly as it was."""
+    max_tokens = _budget(max_tokens)
     if max_tokens is not None:
         windows = windows[: max(1, max_tokens // windows.shape[1])]
     levels = [float(v) for v in levels]

@@ -111,15 +111,16 @@ def touch_weights(model) -> None:
 
 
 def _file_mappings() -> list[tuple[int, int]]:
-    """The address ranges of this process's private mappings of ``.safetensors`` files (Linux; [] elsewhere)."""
+    """The address ranges of this process's private, non-executable file mappings (Linux; [] elsewhere): where a
+    parameter lies in one, it is a mapped weights file, whatever its name (a hub cache maps ``blobs/<sha256>``)."""
     try:
         lines = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
         return []
     out = []
     for line in lines:
-        parts = line.split()
-        if len(parts) >= 6 and parts[1].endswith("p") and parts[5].endswith(".safetensors"):
+        parts = line.split(maxsplit=5)  # the path may hold spaces
+        if len(parts) == 6 and parts[1][3] == "p" and parts[1][2] != "x" and parts[5].startswith("/"):
             lo, hi = (int(x, 16) for x in parts[0].split("-"))
             out.append((lo, hi))
     return out
@@ -127,7 +128,7 @@ def _file_mappings() -> list[tuple[int, int]]:
 
 @torch.no_grad()
 def own_mapped_weights(model) -> int:
-    """Give every CPU parameter and buffer that still lies in a mapped ``.safetensors`` file memory of its own,
+    """Give every CPU parameter and buffer that still lies in a mapped weights file memory of its own,
     and hand the file's pages back (``madvise(MADV_DONTNEED)``, one tensor at a time). Returns the bytes moved.
 
     Why: a model loaded from safetensors reads its weights from a private file mapping that stays mapped for the
