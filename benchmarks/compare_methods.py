@@ -33,6 +33,8 @@ import torch
 
 import pruner
 from pruner.evaluation import PAPER_TASKS, average
+from pruner.importance import sensitivity
+from pruner.importance.sensitivity import scan_budget, scan_tokens
 from pruner.model.rotation import residual_width
 
 METHODS = ("adaptive", "uniform", "llm-pruner", "flap", "shortgpt", "wanda-sp", "slicegpt")  # the default run
@@ -95,6 +97,8 @@ def prune_method(source: str, method: str, targets: list[float], args):
             total += dense["importance"].seconds
         run = _finish(model, tok, p, method, target, total, args)
         run["dense_measurement_reused"] = reused
+        if method == "sensitivity":
+            run["scan_tokens"] = scan_tokens(args.n_windows, args.window)
         yield run
 
 
@@ -259,6 +263,8 @@ def main(argv=None) -> int:
                    help="importance without checkpointed layers (faster; the same scores)")
     p.add_argument("--save-dir", default=None, help="default: next to --out, named after the model")
     p.add_argument("--resume", action="store_true", help="keep the runs already in --out")
+    p.add_argument("--scan-tokens", type=int, default=None,
+                   help="method sensitivity: calibration tokens its scan reads (default: SCAN_TOKENS, 1024)")
     p.add_argument("--out", required=True)
     r = sub.add_parser("report")
     r.add_argument("prune")
@@ -270,7 +276,8 @@ def main(argv=None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         args.save_dir = args.save_dir or str(Path(args.out).with_suffix(""))
-        return cmd_prune(args)
+        with scan_budget(args.scan_tokens or sensitivity.SCAN_TOKENS):
+            return cmd_prune(args)
     return cmd_report(args)
 
 

@@ -108,11 +108,12 @@ def cost(args) -> int:
     log(f"sensitivity scan: {report.table.seconds:.0f} s ({len(report.table.increase)} layers × "
         f"{len(report.table.levels)} levels); Spearman ρ per level {report.correlation}")
     out["machine_after"] = machine()
+    write(args.out, out)  # before anything else can fail
     if args.reference:
         out["agreement"] = agreement(json.loads(Path(args.reference).read_text()), out)
         out["agreement"]["reference"] = args.reference
         log(f"against {args.reference}: {out['agreement']}")
-    write(args.out, out)
+        write(args.out, out)
     return 0
 
 
@@ -121,8 +122,8 @@ def agreement(ref: dict, new: dict) -> dict:
     ρ between the sweeps' predicted perplexities (points matched by their settings), between the scans' cells (all
     layers × levels, and per level), and the scans' correlations with the layer importance side by side."""
     def by_settings(run):
-        return {json.dumps(p["settings"], sort_keys=True): p["perplexity"] for p in run["sweep"]["result"]["points"]
-                if p.get("perplexity") is not None}
+        return {json.dumps([p[k] for k in ("method", "target", "amplitude", "step", "attention", "criterion")]):
+                p["perplexity"] for p in run["sweep"]["result"]["points"] if p.get("perplexity") is not None}
     a, b = by_settings(ref), by_settings(new)
     keys = sorted(set(a) & set(b))
     out = {"sweep_points": len(keys), "sweep_spearman": spearman([a[k] for k in keys], [b[k] for k in keys])}

@@ -55,7 +55,8 @@ def plan(name: str, dtype: str, args) -> dict:
     from pruner.config import PruneConfig
     from pruner.training.memory_plan import model_shape, plan_memory
 
-    cfg = PruneConfig(n_windows=args.n_windows, window=args.window, batch_size=args.batch_size)
+    cfg = PruneConfig(n_windows=args.n_windows, window=args.window, batch_size=args.batch_size,
+                      **({"step": args.step} if args.step is not None else {}))
     p = plan_memory(model_shape(name), dtype, "cpu", "1TB", prune=cfg)
     return {ph.name: {"bytes": ph.bytes, "parts": ph.parts} for ph in p.phases}
 
@@ -66,6 +67,7 @@ def prune_run(name: str, dtype: str, args) -> dict:
     cmd = [args.python, "-m", "pruner", "prune", "--model", name, "--target", str(args.target), "--device", "cpu",
            "--dtype", dtype, "--n-windows", str(args.n_windows), "--window", str(args.window), "--batch-size",
            str(args.batch_size), "--out", str(out / "model"), "--report", str(report)]
+    cmd += ["--step", str(args.step)] if args.step is not None else []
     cmd += ["--no-ppl"] if args.no_ppl else ["--ppl-windows", "512", "--ppl-max-tokens", str(args.ppl_max_tokens)]
     log(f"{name} {dtype}: {' '.join(cmd[1:])}")
     run = timed(cmd, {**os.environ, "PYTHONPATH": str(ROOT)})
@@ -137,6 +139,7 @@ def main() -> None:
     a.add_argument("--n-windows", type=int, default=8)
     a.add_argument("--window", type=int, default=128)
     a.add_argument("--batch-size", type=int, default=8)
+    a.add_argument("--step", type=float, default=None, help="Δ per sub-step (default: the prune command's)")
     a.add_argument("--ppl-max-tokens", type=int, default=32_768)
     a.add_argument("--no-ppl", action="store_true")
     a.add_argument("--python", default=sys.executable)

@@ -228,6 +228,9 @@ def test_the_scan_from_the_pruned_layer_on_equals_whole_masked_forwards(arch):
             mp.setattr(sensitivity_module, "SCAN_TOKENS", 50)
             by_default = measure_sensitivity(model, windows, groups, channels, (0.5, 1.0), batch_size=4)
             assert by_default.tokens == 40 and scan_tokens(10, 20) == 40 and scan_tokens(10, 20, None) == 200
+        with sensitivity_module.scan_budget(60):  # for a block, then as it was
+            assert scan_tokens(10, 20) == 60
+        assert scan_tokens(10, 20) == min(200, sensitivity_module.SCAN_TOKENS // 20 * 20)
 
 
 def test_a_scan_cancelled_midway_leaves_the_layers_as_they_were():

@@ -17,7 +17,7 @@ def tiny_folder(tiny_llama_folder):
 def test_explore_prints_the_table_and_writes_the_report(tiny_folder, tmp_path):
     report = tmp_path / "explore.json"
     r = run_cli("explore", "--model", str(tiny_folder), "--methods", "adaptive,uniform,flap", "--targets", "0.9,0.7",
-                "--amplitudes", "0,0.05", "--sensitivity", "--n-windows", "4", "--window", "24",
+                "--amplitudes", "0,0.05", "--sensitivity", "--n-windows", "4", "--window", "24", "--scan-tokens", "50",
                 "--eval-tokens", "256", "--eval-window", "64", "--report", str(report))
     assert r.returncode == 0, r.stderr
     assert "pred. ppl" in r.stdout and "Spearman" in r.stdout and "no BOS" in r.stdout
@@ -29,6 +29,7 @@ def test_explore_prints_the_table_and_writes_the_report(tiny_folder, tmp_path):
     assert data["sweep"]["sample"]["split"] == "valid" and data["sweep"]["baseline"]["tokens_scored"] > 0
     assert len(data["sensitivity"]["table"]["increase"]) == 4 and set(data["sensitivity"]["spearman"]) == {
         "0.25", "0.5", "0.75", "1"}
+    assert data["sensitivity"]["table"]["tokens"] == 48  # --scan-tokens 50: the first two whole 24-token windows
 
 
 def test_explore_refuses_a_sweep_too_large_and_bad_methods(tiny_folder):

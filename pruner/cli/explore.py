@@ -50,6 +50,8 @@ def register(sub) -> None:
     p.add_argument("--custom", default=None, help="comma-separated final per-layer sparsities (method custom)")
     p.add_argument("--sensitivity", action="store_true",
                    help="also measure the per-layer sensitivity table and its Spearman ρ with the layer importance")
+    p.add_argument("--scan-tokens", type=positive_int, default=None,
+                   help="calibration tokens the sensitivity scan reads (default 1024: the first whole windows)")
     p.add_argument("--calibration", default=D.calibration, help=f"calibration corpus: {', '.join(CORPORA)} or a file")
     p.add_argument("--n-windows", type=positive_int, default=D.n_windows)
     p.add_argument("--window", type=positive_int, default=D.window)

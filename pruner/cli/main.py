@@ -32,6 +32,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     with signals.handled():
         try:
+            if getattr(args, "scan_tokens", None) is not None:  # the sensitivity scan's token budget
+                from pruner.importance.sensitivity import scan_budget
+
+                with scan_budget(args.scan_tokens):
+                    return args.func(args)
             return args.func(args)
         except (PrunerError, FileExistsError, ValueError) as exc:
             log(f"error: {exc}")

@@ -63,6 +63,8 @@ def register(sub) -> None:
     p.add_argument("--calibration", default=D.calibration,
                    help=f"calibration corpus: {', '.join(CORPORA)} or a text file")
     p.add_argument("--n-windows", type=positive_int, default=D.n_windows)
+    p.add_argument("--scan-tokens", type=positive_int, default=None,
+                   help="method sensitivity: calibration tokens its scan reads (default 1024, the first whole windows)")
     p.add_argument("--window", type=positive_int, default=D.window)
     p.add_argument("--batch-size", type=positive_int, default=D.batch_size)
     p.add_argument("--seed", type=int, default=D.seed)

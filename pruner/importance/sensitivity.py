@@ -32,10 +32,23 @@ from pruner.model.structure import Geometry, geometry, layer_widths_of
 
 #: The default levels: 25 / 50 / 75 % of a layer's prunable parameters, and the whole block.
 LEVELS = (0.25, 0.5, 0.75, 1.0)
-#: The scan reads the first windows of the calibration sample up to this many tokens (whole windows, at least one):
-#: ``layers × levels`` forwards over 4,096 tokens took about 10 minutes on the default model on 2 CPU cores; the
-#: losses are paired (the same tokens with and without the cut), so a smaller sample still ranks the layers.
-SCAN_TOKENS = 2048
+#: The scan reads the first windows of the calibration sample up to this many tokens (whole windows, at least one).
+#: The losses are paired (the same tokens with and without the cut), so a small sample still ranks the layers: on
+#: the default model (2 CPU cores) the scan took 433 s on 2,048 tokens and 246–267 s on 1,024, whose 120 cells rank
+#: as the 2,048-token table's at Spearman ρ = 0.99 (``benchmarks/results/explore_cost_1024.json``). Set it for a
+#: process (``--scan-tokens`` in the CLI) or for a block (:func:`scan_budget`).
+SCAN_TOKENS = 1024
+
+
+@contextlib.contextmanager
+def scan_budget(tokens: int | None):
+    """:data:`SCAN_TOKENS` set to ``tokens`` for the block (None: every calibration token), then put back."""
+    global SCAN_TOKENS
+    old, SCAN_TOKENS = SCAN_TOKENS, tokens
+    try:
+        yield
+    finally:
+        SCAN_TOKENS = old
 
 
 @dataclass
