@@ -38,7 +38,7 @@ from pruner.methods import method_class
 from . import text
 from .inputs import BOUNDS, InputProblem, check
 from .schedule import ScheduleControl
-from .settings import StudioSettings
+from .settings import StudioSettings, settings_label
 from .workspace import SessionError, Workspace
 
 #: The methods ticked at first: Adapt-Pruner and its own ablation (A = 0), a sweep of a minute or two on a CPU.
@@ -128,6 +128,7 @@ class Exploration:
         self.report: SensitivityReport | None = None
         self.report_on: tuple[int, str] | None = None
         self.notes: list[str] = []  # what the explorer adds about the sample (beyond what a prediction is)
+        self.whatif: tuple[WhatIf, object, StudioSettings, int] | None = None  # the last one, and the model version
 
     def close(self) -> None:
         """Let go of the explorer (it holds the session's pruner and model)."""
@@ -303,7 +304,18 @@ class Exploration:
                 raise SessionError(text.WHATIF_CANCELLED) from exc
             except PrunerError as exc:
                 raise SessionError(str(exc)) from exc
+        self.whatif = (w, base, settings, work.version)
         return w, base
+
+    def whatif_markdown(self) -> str:
+        """The last what-if in words, or — once the model has changed since (a step, a run, an undo, training, a
+        reset) — what it was and that it no longer holds."""
+        if self.whatif is None:
+            return text.WHATIF_NONE
+        w, base, settings, version = self.whatif
+        words = dict(label=settings_label(settings), ppl=format_perplexity(w.perplexity), fraction=w.fraction,
+                     steps=w.steps, base=format_perplexity(base), note=w.note)
+        return (text.WHATIF_RESULT if version == self.work.version else text.WHATIF_STALE).format(**words)
 
     # ------------------------------------------------------------------ what the tab shows
     def plot_points(self) -> list[dict]:

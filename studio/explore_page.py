@@ -7,7 +7,6 @@ from __future__ import annotations
 import gradio as gr
 
 import visualizations as viz
-from pruner.evaluation.perplexity import format_perplexity
 from visualizations.explore import level_label
 
 from . import text
@@ -146,7 +145,4 @@ class ExploreHandlers:
         except Exception as exc:  # noqa: BLE001 - said in the page's words, the traceback in the log
             yield {p.whatif_md: fail(exc)}
             return
-        yield {p.whatif_md: text.WHATIF_RESULT.format(label=label, ppl=format_perplexity(w.perplexity),
-                                                      fraction=w.fraction, steps=w.steps,
-                                                      base=format_perplexity(base), note=w.note),
-               **page_views(p, s, settings)}  # a what-if may have measured the importance the plan on screen needs
+        yield page_views(p, s, settings)  # the what-if's words, and the plan, whose importance it may have measured

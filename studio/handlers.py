@@ -235,6 +235,20 @@ class Handlers:
         return {**out, **note, p.alloc_md: page_text.PLAN_COMPUTING.format(label=settings_label(settings)),
                 p.alloc_fig: gr.update(elem_classes=["stale"])}
 
+    def nudged(self, s, *controls):
+        """A control moved without a release: a slider stepped by the arrow keys, dragged, or a keystroke in its
+        number box. Values that all pass are handled as an edit (the plan follows at once); a value that does not
+        pass yet (a half-typed "3" on the way to "39") is left alone, for the release or the box's blur to
+        explain — correcting it here would rewrite what the user is still typing."""
+        if s is None or s.work.closed:
+            return gr.skip()
+        for name, i in CHECKED.items():
+            try:
+                check(name, controls[i], s.panel.good[name])
+            except InputProblem:
+                return gr.skip()
+        return self.edited(s, *controls)
+
     def preview(self, s, *controls):
         """The plan for the settings on screen, drawn only while they are still the latest edit's."""
         p = self.page

@@ -76,6 +76,7 @@ class Quality:
         self.baseline: list[TrajectoryPoint] = []
         self.baseline_model: nn.Module | None = None  # the uniform baseline's pruned copy (for zero-shot)
         self.last_eval: Evaluation | None = None
+        self.by_step: dict[int, Evaluation] = {}  # the last evaluation of the model as it was after each step
         self.yardstick = self.work.settings.quick_ppl.describe()  # the settings every trajectory point was measured with
 
     def on_new_yardstick(self, fn) -> None:
@@ -85,13 +86,17 @@ class Quality:
     def _changed(self, change: str) -> None:
         if change in ("reset", "load"):  # nothing measured on the model before holds
             self.clear()
-        elif change == "undo":
-            self.trajectory = [p for p in self.trajectory if p.step <= self.work.steps_taken]
-            self.last_eval = None
+        elif change == "undo":  # back to the model of an earlier step: its evaluation, if it had one, holds again
+            n = self.work.steps_taken
+            self.trajectory = [p for p in self.trajectory if p.step <= n]
+            self.by_step = {k: ev for k, ev in self.by_step.items() if k <= n}
+            self.last_eval = self.by_step.get(n)
+        elif change == "train":  # the steps' models before the training are gone (its undo history is cleared)
+            self.by_step = {}
 
     def _check_yardstick(self, s: StudioSettings) -> None:
         if self.yardstick != s.quick_ppl.describe():  # a new yardstick: start over
-            self.trajectory, self.baseline = [], []
+            self.trajectory, self.baseline, self.by_step = [], [], {}
             self.yardstick = s.quick_ppl.describe()
             for fn in self._yardstick_listeners:
                 fn()
@@ -191,7 +196,7 @@ class Quality:
         ev = Evaluation(work.steps_taken, params, params / work.original_total, ppl, tps, prompt, gen, ref_gen, ref_ppl,
                         note)
         self._check_yardstick(work.settings)
-        self.last_eval = ev
+        self.last_eval = self.by_step[ev.step] = ev
         work.evaluated(ppl)  # the last run recorded on this model gets its quick perplexity
         if not track:
             return ev

@@ -101,3 +101,14 @@ class StudioSettings:
         out.update(prune=self.prune.to_dict(), train=self.train.to_dict(), quick_perplexity=self.quick_ppl.to_dict(),
                    calibration_upload=self.upload.describe() if self.upload is not None else None)
         return out
+
+
+def settings_label(s: StudioSettings) -> str:
+    """The settings a plan is for, in one line (what the plot and its note are labelled with)."""
+    p = s.prune
+    m = method_class(p.method)
+    own = [f"target {100 * p.target:g} %"]
+    if m.incremental and not m.baseline:
+        own += [f"A = {p.amplitude:g}", f"Δ = {100 * p.step:g} %"]
+    crit = p.criterion or "its own score"
+    return " · ".join([*own, p.method, crit, f"{s.calibration_label} {p.n_windows} × {p.window}, seed {p.seed}"])

@@ -112,6 +112,7 @@ PROMPT = "The capital of France is"
 READY = "Ready. Press **Measure importance** to begin."
 LOADING = "Loading the model …"
 NO_EVAL = "No evaluation yet: take a step or press “Evaluate now”."
+NO_EVAL_NOW = "No evaluation of the model as it is now (after step {step}): press “Evaluate now”."
 
 # ---------------------------------------------------------------------- the methods (docs/methods.md)
 
@@ -201,7 +202,7 @@ TARGET_FRACTION = ("{value} looks like a fraction: the target here is in % of th
                    "for {percent} %).")
 TARGET_NOTHING = ("A target of {value} would remove every parameter: the target is the size to keep, {low}–{high} of "
                   "the original.")
-TARGET_GROW = "A target of {value} is no pruning at all: the model can only shrink, to at most {high} of the original."
+TARGET_GROW = "A target of {value} would grow the model: pruning can only shrink it, to at most {high} of the original."
 INPUT_RANGE = "The {label} must lie between {low} and {high}; {value} is outside."
 INPUT_WHOLE = "The {label} must be a whole number, not {value}."
 STEPS_CLAMPED = ("{n} step(s) would need Δ = {want:.2f} %, outside the slider's {low:g}–{high:g} %: Δ is set to "
@@ -284,5 +285,7 @@ WHATIF_NONE = ("**What-if perplexity**: press the button for the predicted perpl
                "(nothing is cut).")
 WHATIF_RESULT = ("**What-if for {label}**: predicted perplexity **{ppl}** at {fraction:.1%} of the parameters "
                  "({steps} planned sub-step(s)); the model now: {base}. {note}.")
+WHATIF_STALE = ("**What-if for {label}** (predicted perplexity {ppl}) was for the model before its last change; "
+                "press the button again for the model as it is now.")
 WHATIF_CANCELLED = "Cancelled: nothing was predicted; the model is unchanged."
 WHATIF_RUNNING = "⏳ Predicting the perplexity of the plan for {label} (masked, nothing cut) …"

@@ -316,7 +316,8 @@ def _wire(demo: gr.Blocks, p, h: Handlers) -> None:
                 p.window, p.seed, p.ppl_tokens, p.new_tokens]
     train_controls = [p.train_tokens, p.lr, p.distill, p.stages, p.accel_tokens]
     everything = [p.state, p.status, p.summary, p.layer_fig, p.unit_fig, p.alloc_fig, p.alloc_md, p.arch_fig,
-                  p.traj_fig, p.metrics, p.gen_orig, p.gen_pruned, p.cost, p.loss_fig, p.train_cost, p.n_steps]
+                  p.traj_fig, p.metrics, p.gen_orig, p.gen_pruned, p.cost, p.loss_fig, p.train_cost, p.n_steps,
+                  p.whatif_md]
     compared = [p.cmp_traj, p.cmp_widths, p.cmp_diff, p.cmp_table, p.cmp_note, p.cmp_files]
     changed = [demo.load(h.start_session, None, everything + compared, **HEAVY)]  # what can change the model's size
     demo.unload(h.close_session)
@@ -380,6 +381,10 @@ def _wire_schedule(p, h: Handlers, controls: list):
     for c in (p.target, p.amplitude, p.step, p.n_windows, p.window):
         c.release(h.edited, [p.state, *controls], edit_out, **quick).then(
             h.preview, [p.state, *controls], preview_out, show_progress="hidden", **LIGHT)
+        # a slider stepped by the arrow keys sends "input" and never "release": the plan follows every move
+        # ("always_last": the last position is planned even when it arrives while an earlier one is computing)
+        c.input(h.nudged, [p.state, *controls], edit_out, trigger_mode="always_last", **quick).then(
+            h.preview, [p.state, *controls], preview_out, show_progress="hidden", **LIGHT)
     for c in (p.criterion, p.method, p.corpus, p.custom):
         c.change(h.edited, [p.state, *controls], edit_out, **quick).then(
             h.preview, [p.state, *controls], preview_out, show_progress="hidden", **LIGHT)
@@ -410,6 +415,7 @@ def _wire_explore(p, main: Handlers, h: ExploreHandlers, controls: list, everyth
         c.blur(h.estimate, request, estimate_out, **HEAVY)
         c.submit(h.estimate, request, estimate_out, **HEAVY)
     p.exp_tokens.release(h.estimate, request, estimate_out, **HEAVY)
+    p.exp_tokens.input(h.estimate, request, estimate_out, trigger_mode="always_last", **HEAVY)  # the arrow keys
     run_out = [*estimate_out, *shown, *everything]  # everything holds the status box
     p.exp_btn.click(gpu(h.run), request, run_out, **HEAVY)
     p.exp_cancel.click(main.cancel, [p.state], [p.status], concurrency_limit=None)
@@ -420,4 +426,4 @@ def _wire_explore(p, main: Handlers, h: ExploreHandlers, controls: list, everyth
         main.edited, [p.state, *controls], edit_out, queue=False, show_progress="hidden").then(
         main.preview, [p.state, *controls], [p.alloc_fig, p.alloc_md, p.cost, p.n_steps],
         show_progress="hidden", **LIGHT)
-    p.whatif_btn.click(gpu(h.what_if), [p.state, *controls], [*everything, p.whatif_md], **HEAVY)
+    p.whatif_btn.click(gpu(h.what_if), [p.state, *controls], everything, **HEAVY)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import visualizations as viz
-from pruner.methods import method_class
 
 from .session import StudioSession
-from .settings import StudioSettings
+from .settings import StudioSettings, settings_label
 from .text import (
     COMPARE_CAPTION,
     COMPARE_NO_RESULTS,
@@ -14,6 +13,7 @@ from .text import (
     COMPARE_ZERO_SHOT,
     LOADING,
     NO_EVAL,
+    NO_EVAL_NOW,
     PLAN_FOR,
 )
 from .workspace import SessionError
@@ -23,17 +23,6 @@ def loss_figure(s: StudioSession):
     log = s.training.log
     return viz.loss_curve(list(range(1, len(log.losses) + 1)), log.losses,
                           stage_starts=[i + 1 for i in log.starts], stage_labels=log.labels)
-
-
-def settings_label(s: StudioSettings) -> str:
-    """The settings a plan is for, in one line (what the plot and its note are labelled with)."""
-    p = s.prune
-    m = method_class(p.method)
-    own = [f"target {100 * p.target:g} %"]
-    if m.incremental and not m.baseline:
-        own += [f"A = {p.amplitude:g}", f"Δ = {100 * p.step:g} %"]
-    crit = p.criterion or "its own score"
-    return " · ".join([*own, p.method, crit, f"{s.calibration_label} {p.n_windows} × {p.window}, seed {p.seed}"])
 
 
 def allocation_figure(s: StudioSession, settings: StudioSettings | None):
@@ -112,10 +101,11 @@ def page_views(page, s: StudioSession | None, settings: StudioSettings | None = 
         page.arch_fig: architecture(s),
         page.traj_fig: trajectory_figure(s),
         page.loss_fig: loss_figure(s),
-        page.metrics: ev.summary() if ev else NO_EVAL,
+        page.metrics: ev.summary() if ev else NO_EVAL_NOW.format(step=s.steps_taken) if s.steps_taken else NO_EVAL,
         page.gen_orig: ev.original_generation if ev else "",
         page.gen_pruned: ev.generation if ev else "",
         page.cost: s.costs.prune_markdown(settings or s.settings),
+        page.whatif_md: s.explore.whatif_markdown(),  # marked as no longer holding once the model changed
     }
 
 

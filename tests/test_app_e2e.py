@@ -231,6 +231,14 @@ def test_fast_edits_end_with_the_preview_of_the_last_value(studio_url):
         assert "plan for target 45 %" in title
         steps = int(page.locator("#n-steps input[type=number]").input_value())
         assert f"+ {steps} more step(s)" in plan_note(page)  # the steps box follows the plan on screen
+        slider = page.locator("#target input[type=range]")  # the arrow keys: "input" events, never a release
+        slider.focus()
+        for _ in range(6):
+            slider.press("ArrowLeft")
+        wait_plan_for(page, "target 39 %")
+        assert "plan for target 39 %" in plot_data(page, "alloc-heatmap")["layout"]["title"]["text"]
+        steps = int(page.locator("#n-steps input[type=number]").input_value())
+        assert f"+ {steps} more step(s)" in plan_note(page)
         no_framework_error(page)
 
 
@@ -313,5 +321,7 @@ def test_dark_mode_narrow_screen_and_reset_asks_first(studio_url, tmp_path):
         phone.goto(studio_url)
         wait_status(phone, "Ready")
         plot_y = phone.locator("#layer-heatmap").bounding_box()["y"]
-        assert plot_y < phone.locator("#measure").bounding_box()["y"]  # the plots come first on a phone
+        # on a phone the controls come first, in the desktop's reading order: the status and the first button
+        # within reach, not below some 4,000 px of empty plots
+        assert phone.locator("#status").bounding_box()["y"] < phone.locator("#measure").bounding_box()["y"] < plot_y
         browser.close()

@@ -520,7 +520,7 @@ def test_perplexity_matches_a_manual_computation(tiny_tokenizer):
     with pytest.raises(pruner.DataError):
         pruner.perplexity(model, tiny_tokenizer, text="")
     s = pruner.format_perplexity(pruner.perplexity(model, tiny_tokenizer, "wikitext2", "test", window=32, max_tokens=256))
-    assert "wikitext2 test" in s and "32-token windows" in s
+    assert "wikitext2 test" in s and "32-token windows" in s and "248 tokens scored" in s  # 8 windows × 31
 
 
 def test_save_when_the_widest_layer_has_a_head_count_that_does_not_divide_hidden(tiny_tokenizer, tmp_path):

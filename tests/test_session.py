@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import zipfile
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -245,3 +246,27 @@ def test_export_in_bfloat16_is_half_the_size_and_loads_back(tmp_path):
     assert layer_widths(model) == layer_widths(s.model)
     ids = torch.tensor([[5, 6, 7, 8]])
     torch.testing.assert_close(model(ids).logits.float(), s.model(ids).logits, atol=0.05, rtol=0.05)
+
+
+def test_undo_brings_back_the_evaluation_of_the_step_it_returns_to():
+    from studio.views import page_views
+    from tests.test_studio_panel import NAMES
+
+    page = SimpleNamespace(**{n: n for n in NAMES})
+    s = tiny_session()
+    s.schedule.step()
+    first = s.quality.quick_eval("The history of")
+    s.schedule.step()
+    s.quality.quick_eval("The history of")
+    s.undo()
+    assert s.quality.last_eval is first and page_views(page, s)["metrics"].startswith("step 1 ·")
+    s.schedule.step()  # step 2 again, not evaluated: nothing of the undone step 2 comes back
+    s.undo()
+    s.undo()
+    assert s.quality.last_eval is None and s.steps_taken == 0
+    assert "No evaluation yet" in page_views(page, s)["metrics"]
+    s.schedule.step()
+    assert s.quality.last_eval is None  # the step's own evaluation has not run yet
+    s.schedule.step()
+    s.undo()
+    assert "No evaluation of the model as it is now (after step 1)" in page_views(page, s)["metrics"]

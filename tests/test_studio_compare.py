@@ -204,7 +204,7 @@ def test_unknown_or_no_methods_are_refused():
 
 def page_namespace():
     names = ("status summary layer_fig unit_fig alloc_fig alloc_md arch_fig traj_fig loss_fig train_cost metrics "
-             "gen_orig gen_pruned cost n_steps").split()
+             "gen_orig gen_pruned cost n_steps whatif_md").split()
     return SimpleNamespace(**{k: k for k in names})
 
 

@@ -15,6 +15,7 @@ from studio.explore_page import ExploreHandlers
 from studio.handlers import Handlers, settings_from
 from studio.inputs import InputProblem
 from studio.session import StudioSession
+from studio.views import page_views
 from studio.workspace import SessionError
 from tests.test_session import same_state, state, tiny_model, tiny_settings, tiny_tokenizer
 from tests.test_studio_panel import NAMES, controls
@@ -132,6 +133,12 @@ def test_the_what_if_is_the_plan_on_screen_and_is_labelled_with_its_sample():
     assert "What-if for target 75 % · A = 0.02" in md and "wikitext2 valid, 128-token windows" in md
     assert md.count("128-token windows") == 2  # the prediction and the model now, each with its sample
     assert "re-measures between sub-steps" in md  # what the number is not
+    assert page_views(page(), s)["whatif_md"] == md  # redrawing the page keeps it while the model is the same
+    s.schedule.step()
+    stale = page_views(page(), s)["whatif_md"]  # the model changed: the prediction is marked, not shown as current
+    assert "What-if for target 75 % · A = 0.02" in stale and "before its last change" in stale
+    s.undo()
+    assert "before its last change" in page_views(page(), s)["whatif_md"]  # an undone step is a change too
 
 
 def test_the_tab_handlers_estimate_sweep_and_send_a_point_to_the_schedule_panel():
@@ -147,7 +154,8 @@ def test_the_tab_handlers_estimate_sweep_and_send_a_point_to_the_schedule_panel(
     assert last["status"].startswith("Sweep done")
     assert "Plan for **target 85 %" in last["alloc_md"]  # the panel's plan, from the importance the sweep measured
     names = [t.name for t in last["exp_curves"].data]
-    assert names == ["adaptive · A 0 · Δ 5 %", "adaptive · A 0.05 · Δ 5 %", "flap"]
+    assert names[:3] == ["adaptive · A 0 · Δ 5 %", "adaptive · A 0.05 · Δ 5 %", "flap"]
+    assert names[3].startswith("the model now: ") and len(names) == 4  # the dense model's line
     assert "wikitext2 valid" in last["exp_curves"].layout.title.text
     assert last["exp_pareto"].data[-1].name == "Pareto front"
     amp = last["exp_by_a"].data  # A at each fixed target: adaptive only (FLAP ignores A)
@@ -206,9 +214,11 @@ def test_the_pareto_front_and_the_sweep_figures():
     assert list(front.x) == [60e-6, 80e-6, 100e-6] and list(front.y) == [20.0, 11.0, 10.0]
     assert [t.name for t in fig.data] == ["a", "b", "c", "Pareto front"]
     curves = viz.sweep_curves([{**p, "curve": p["method"] + " x"} for p in pts], baseline=9.0)
-    assert [t.name for t in curves.data] == ["a x", "b x", "c x"]
+    assert [t.name for t in curves.data] == ["a x", "b x", "c x", "the model now: 9.00"]
     assert list(curves.data[0].x) == [80e-6, 100e-6]  # sorted by size; the point without a result left out
-    assert curves.layout.yaxis.type == "log" and curves.layout.shapes  # the model now as a line
+    assert curves.layout.yaxis.type == "log" and list(curves.data[-1].y) == [9.0, 9.0]  # the model now, a line
+    # nothing placed in log units by mistake: no annotation or shape at 10**9 stretching the axis
+    assert not curves.layout.annotations and not curves.layout.shapes
     assert "Run a sweep" in viz.sweep_curves([]).layout.annotations[0].text
     assert "Sweep two or more amplitudes" in viz.sweep_amplitude(pts).layout.annotations[0].text  # no A anywhere
     assert "Tick “sensitivity scan”" in viz.sensitivity_figure(None).layout.annotations[0].text

@@ -15,7 +15,7 @@ from tests.test_session import tiny_session
 
 NAMES = ("target", "amplitude", "step", "n_steps", "n_windows", "window", "input_note", "alloc_md", "alloc_fig",
          "cost", "status", "summary", "layer_fig", "unit_fig", "arch_fig", "traj_fig", "metrics", "gen_orig",
-         "gen_pruned", "loss_fig", "train_cost")
+         "gen_pruned", "loss_fig", "train_cost", "whatif_md")
 
 
 def handlers() -> Handlers:
@@ -151,3 +151,26 @@ def test_a_light_handler_with_nothing_to_draw_skips_its_outputs():
     h.page.cmp_cost = "cmp_cost"
     assert h.compare_cost(s, ["adaptive"], *controls(s, target=0)) == gr.skip()
     assert "Estimate" in h.compare_cost(s, ["adaptive"], *controls(s))["cmp_cost"]
+
+
+def test_a_move_without_release_plans_a_good_value_and_leaves_a_half_typed_one_alone():
+    s, h = page_session(), handlers()
+    out = h.nudged(s, *controls(s, target=39))  # the slider stepped by the arrow keys
+    assert "target 39 %" in out["alloc_md"] and s.panel.good["target"] == 39
+    assert "target 39 %" in h.preview(s, *controls(s, target=39))["alloc_md"]
+    assert h.nudged(s, *controls(s, target=3)) == gr.skip()  # "3" on the way to "39": not rewritten while typed
+    assert s.panel.good["target"] == 39 and s.panel.wanted.prune.target == 0.39
+
+
+def test_every_schedule_slider_replans_on_input_as_well_as_on_release():
+    from studio.ui import build_demo
+    from tests.test_session import tiny_model, tiny_tokenizer
+
+    cfg = build_demo(tiny_model(), tiny_tokenizer(), source="tiny").config
+    by_elem = {c.get("props", {}).get("elem_id"): c["id"] for c in cfg["components"]}
+    plot = by_elem["alloc-heatmap"]
+    triggers = {(t[0], t[1], d.get("trigger_mode")) for d in cfg["dependencies"] if plot in d["outputs"]
+                for t in d["targets"]}
+    for elem in ("target", "amplitude", "step", "n-windows", "window"):
+        assert any(t[:2] == (by_elem[elem], "release") for t in triggers)
+        assert (by_elem[elem], "input", "always_last") in triggers  # arrow keys send no release

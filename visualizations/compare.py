@@ -26,7 +26,7 @@ from .style import (
 #: One colour per method (others cycle through the palette).
 METHOD_COLORS = {"adaptive": ADAPTIVE_COLOR, "uniform": UNIFORM_COLOR, "llm-pruner": ATTN_COLOR,
                  "flap": MLP_COLOR, "shortgpt": "#8e44ad", "wanda-sp": RECOVERY_COLOR, "custom": "#16a085",
-                 "slicegpt": "#b7950b", "sensitivity": "#2980b9"}
+                 "slicegpt": "#b7950b", "sensitivity": "#e84393"}
 PALETTE = ("#2c3e50", "#e67e22", "#1abc9c", "#9b59b6")
 UNITS = (("num_kv_heads", "attention: KV groups"), ("intermediate_size", "MLP: channels"))
 

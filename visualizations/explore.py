@@ -63,8 +63,13 @@ def sweep_curves(points: Sequence[Mapping], ppl_label: str = "", baseline: float
             text=[p.get("label", name) for p in pts],
             hovertemplate="%{text}<br>%{x:.3f} M parameters<br>predicted perplexity %{y:.2f}<extra></extra>"))
     if baseline is not None:
-        fig.add_hline(y=baseline, line=dict(color="#888", dash="dot", width=1),
-                      annotation_text=f"the model now: {baseline:.2f}", annotation_position="top left")
+        # a trace, not add_hline: on a log axis an hline's annotation is placed at 10**y and the autorange
+        # follows it (a baseline of 41 stretched the axis to 1e41)
+        xs = [p["params"] / 1e6 for p in done]
+        fig.add_trace(go.Scatter(
+            x=[min(xs), max(xs)], y=[baseline, baseline], name=f"the model now: {baseline:.2f}", mode="lines",
+            line=dict(color="#888", dash="dot", width=1),
+            hovertemplate=f"the model now: perplexity {baseline:.2f}<extra></extra>"))
     fig.update_xaxes(title_text="parameters (M)", autorange="reversed")
     fig.update_yaxes(title_text="predicted perplexity (log)", type="log")
     fig.update_layout(legend=dict(orientation="h", y=-0.2))

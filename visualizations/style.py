@@ -33,7 +33,10 @@ def wrap(text: str, width: int = 52, seps: tuple[str, ...] = (" · ", ", ")) -> 
 def base_layout(fig: go.Figure, title: str, height: int = HEIGHT, top: int = 60) -> go.Figure:
     """Apply the common title, font, margins and background."""
     fig.update_layout(
-        title=dict(text=title, x=0.01, xanchor="left", font=dict(size=14)),
+        # anchored at the top: a title with subtitle lines grows down into the margin kept for it (centred in the
+        # margin, a long one ran over the subplots' own titles)
+        title=dict(text=title, x=0.01, xanchor="left", y=1, yref="container", yanchor="top", pad=dict(t=20),
+                   font=dict(size=14)),
         font=FONT,
         height=height,
         margin=dict(l=60, r=20, t=top, b=50),
@@ -48,6 +51,9 @@ def base_layout(fig: go.Figure, title: str, height: int = HEIGHT, top: int = 60)
 def empty_figure(title: str, message: str, height: int = HEIGHT) -> go.Figure:
     """A blank figure with a centred hint (used before there is data)."""
     fig = go.Figure()
+    # broken at words: a centred hint of 60 characters was cut at both ends in a half-width plot
+    if len(message) > 44:  # at a colon first ("No training yet:" / "press …"), then at words
+        message = ":<br>".join(wrap(part, 44, seps=(" ",)) for part in message.split(": "))
     fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
                        font=dict(size=13, color="#666"))
     fig.update_xaxes(visible=False)

@@ -160,8 +160,9 @@ def perplexity(
 
 
 def format_perplexity(r: dict) -> str:
-    """``"18.3 (wikitext2 test, 512-token windows, no BOS, 32,768 tokens)"``."""
+    """``"18.3 (wikitext2 test, 512-token windows, no BOS, 32,704 tokens scored)"``: the tokens predicted, fewer than
+    the text's ``max_tokens`` (a window's first token has no context to be predicted from)."""
     where = r["dataset"] + (f" {r['split']}" if r.get("split") else "")
     stride = "" if r["stride"] == r["window"] else f", stride {r['stride']}"
     return (f"{r['perplexity']:.2f} ({where}, {r['window']}-token windows{stride}, "
-            f"{'BOS' if r['bos'] else 'no BOS'}, {r['tokens_scored']:,} tokens)")
+            f"{'BOS' if r['bos'] else 'no BOS'}, {r['tokens_scored']:,} tokens scored)")
