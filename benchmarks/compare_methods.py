@@ -219,20 +219,10 @@ def figure(prune: dict, zeroshot: dict | None, path: Path) -> None:
                                      line_color=method_color(method, i)), 1, 2)
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_xaxes(title_text="parameters (M)", autorange="reversed")
-    fig.update_layout(width=1200, height=480, template="plotly_white",
-                      title=f"{prune['model']}: pruning methods without training")
-    html = path.with_suffix(".html")
-    fig.write_html(html, include_plotlyjs=True, full_html=True)
-    from playwright.sync_api import sync_playwright
+    fig.update_layout(template="plotly_white", title=f"{prune['model']}: pruning methods without training")
+    from figures import write_png  # benchmarks/figures.py, beside this script
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"], headless=True)
-        page = browser.new_page(viewport={"width": 1220, "height": 500})
-        page.goto(html.absolute().as_uri())
-        page.wait_for_selector(".js-plotly-plot")
-        page.screenshot(path=str(path), full_page=True)
-        browser.close()
-    html.unlink()
+    write_png(fig, path, 1200, 480)
 
 
 def cmd_report(args) -> int:

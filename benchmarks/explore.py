@@ -11,6 +11,8 @@ Two steps, each writing JSON (run them one at a time on a quiet machine)::
     #    WikiText-2 test protocol) instead of re-running them; only the missing ones (A = 0, 0.05, 0.1) run here.
     .venv/bin/python benchmarks/explore.py correlation --model default \
         --measured-from benchmarks/results/compare_methods_default.json --out benchmarks/results/explore_corr.json
+    # 3. its scatter for the README (headless Chromium)
+    .venv/bin/python benchmarks/explore.py figure benchmarks/results/explore_corr.json --out assets/explore_correlation.png
 
 Predicted: the what-if on the explorer's sample (WikiText-2 validation, first 4,096 tokens, 128-token windows).
 Measured: the real run (importance re-measured before every sub-step, as the method does), WikiText-2 test at 128-
@@ -37,6 +39,7 @@ from pruner.importance import sensitivity
 from pruner.importance.sensitivity import spearman
 
 PPL_TOKENS = 32_768
+SYMBOLS = {0.9: "circle", 0.8: "square", 0.7: "diamond"}  # the figure's marker per target
 BASELINES_80 = ("uniform", "llm-pruner", "flap", "shortgpt", "wanda-sp", "sensitivity")
 
 
@@ -169,6 +172,8 @@ def measured_runs(path: str) -> dict:
 
 
 def correlation(args) -> int:
+    if args.scan_tokens:
+        sensitivity.SCAN_TOKENS = args.scan_tokens
     base = pruner.PruneConfig(target=0.8, method="adaptive", amplitude=0.02)
     sample = EvalSample(max_tokens=args.eval_tokens, window=args.eval_window)
     done = json.loads(Path(args.out).read_text()) if args.resume and Path(args.out).exists() else {}
@@ -200,6 +205,7 @@ def correlation(args) -> int:
             log(f"predicted {key_of(c)}: {done['predicted'][key_of(c)]['perplexity']['perplexity']:.2f}")
         done["baseline"] = ex.baseline()
         done["machine"] = machine()
+        done["sample"], done["scan_tokens"] = sample.to_dict(), sensitivity.SCAN_TOKENS
         write(args.out, done)
     del model
     configs = [c for c in configs if key_of(c) in done["predicted"]]
@@ -242,6 +248,42 @@ def correlation(args) -> int:
     return 0
 
 
+def figure(args) -> int:
+    """The scatter of a correlation result: predicted (the what-if) against measured WikiText-2 test perplexity at
+    128- and 512-token windows, one colour per method, log axes, Spearman's ρ in each panel's title."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from visualizations.compare import method_color
+
+    done = json.loads(Path(args.result).read_text())
+    keys = [k for k in done["predicted"] if k in done["runs"]]
+    rho = done["spearman"]
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1, subplot_titles=[
+        f"measured at {w}-token windows: Spearman ρ = {rho[w]:.3f} over {len(keys)} runs" for w in ("128", "512")])
+    methods = list(dict.fromkeys(done["predicted"][k]["settings"]["method"] for k in keys))
+    for col, w in enumerate(("128", "512"), start=1):
+        for i, m in enumerate(methods):
+            ks = [k for k in keys if done["predicted"][k]["settings"]["method"] == m]
+            fig.add_trace(go.Scatter(
+                x=[done["predicted"][k]["perplexity"]["perplexity"] for k in ks],
+                y=[done["runs"][k]["measured"][w]["perplexity"] for k in ks], mode="markers", name=m,
+                marker=dict(size=10, color=method_color(m, i), line=dict(width=1, color="white"),
+                            symbol=[SYMBOLS.get(done["predicted"][k]["settings"]["target"], "x") for k in ks]),
+                legendgroup=m, showlegend=col == 1), 1, col)
+        fig.update_xaxes(type="log", title_text="predicted (what-if, WikiText-2 validation, 128-token windows)",
+                         row=1, col=col)
+        fig.update_yaxes(type="log", title_text=f"measured (real run, WikiText-2 test, {w}-token windows)",
+                         row=1, col=col)
+    fig.update_layout(template="plotly_white", title="The explorer's estimate against real runs, default model "
+                      "(● 90 %, ■ 80 %, ◆ 70 %; adaptive at 80 %: A = 0, 0.02, 0.05, 0.1)")
+    from figures import write_png  # benchmarks/figures.py, beside this script
+
+    write_png(fig, Path(args.out), 1200, 520)
+    log(f"wrote {args.out}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -250,13 +292,14 @@ def main(argv=None) -> int:
         p.add_argument("--model", default="default")
         p.add_argument("--device", default="cpu")
         p.add_argument("--threads", type=int, default=None)
-        p.add_argument("--eval-tokens", type=int, default=4096)
+        p.add_argument("--eval-tokens", type=int, default=EvalSample.max_tokens)
         p.add_argument("--eval-window", type=int, default=128)
         p.add_argument("--out", required=True)
+        p.add_argument("--scan-tokens", type=int, default=None,
+                       help="the sensitivity scan's token budget (default: SCAN_TOKENS; for correlation: the one "
+                            "the measured sensitivity runs were planned with)")
         if name == "cost":
             p.add_argument("--repeats", type=int, default=3)
-            p.add_argument("--scan-tokens", type=int, default=None,
-                           help="the sensitivity scan's token budget (default: SCAN_TOKENS)")
             p.add_argument("--reference", default=None,
                            help="an earlier cost JSON: how this run's sweep and scan rank against it")
         else:
@@ -266,6 +309,11 @@ def main(argv=None) -> int:
             p.add_argument("--measured-from", default=None,
                            help="a compare_methods.py result: its runs count as measured (not re-run)")
         p.set_defaults(func=fn)
+    f = sub.add_parser("figure", help="the scatter of a correlation result, as a PNG")
+    f.add_argument("result")
+    f.add_argument("--out", required=True)
+    f.add_argument("--threads", type=int, default=None)
+    f.set_defaults(func=figure)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

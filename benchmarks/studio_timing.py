@@ -54,7 +54,7 @@ def session_timing(model: str, steps: int, prompt: str, device: str = "auto") ->
     viz.unit_importance_heatmap(imp.group_scores, imp.channel_scores, criterion=imp.criterion)
     t_heatmap = time.perf_counter()
     out = {
-        "settings": {k: v for k, v in vars(s.settings).items() if k != "calibration_text"},
+        "settings": s.settings.public(),
         "quick_perplexity": s.settings.quick_ppl.describe(),
         "seconds_imports": t_imports - T_START,
         "seconds_load_model": t_load - t_imports,

@@ -23,8 +23,9 @@ PERPLEXITY = "perplexity"
 #: What ShortGPT's measurement is called here: the layer cosines alone (one forward pass, no unit scores).
 LAYERS_ONLY = "layers"
 
-# Taylor with the lean (checkpointed) backward, the default: 4,096 tokens in 39 s on the default model in fp32
-# (the README's scale table, ≈ 105 tokens/s); a plain forward over 4,096 tokens 13.4 s (the explorer's cost
+# Taylor with the lean (checkpointed) backward, the default: 2,048 tokens in 22.7 s on the default model in fp32, a
+# fresh studio session's first measurement (benchmarks/results/studio_timing_session.json, ≈ 90 tokens/s; 4,096 in
+# 39 s in the README's scale table); a plain forward over 4,096 tokens 13.4 s (the explorer's cost
 # benchmark, ≈ 300 tokens/s), the rate of the forward-only criteria and of the quick perplexity. Training (forward
 # + backward + AdamW, no checkpointing) measured 250–295 tokens/s (benchmarks/results/accel_compare_cpu.json).
 # FLAP's fluctuation and Wanda-sp are forward-only with input statistics like activation, and ShortGPT's layers-only
@@ -32,7 +33,7 @@ LAYERS_ONLY = "layers"
 # measures its own.
 # No GPU rate has been measured (no GPU was lent to this project's sessions): NaN, shown as "?", until the session
 # measures its own.
-_CPU = {"taylor": 105.0, "magnitude": 300.0, "activation": 290.0}
+_CPU = {"taylor": 90.0, "magnitude": 300.0, "activation": 290.0}
 _GPU = dict.fromkeys(_CPU, math.nan)
 PRIOR_TOKENS_PER_S = {kind: {**r, "fluctuation": r["activation"], "wanda-sp": r["activation"],
                              LAYERS_ONLY: r["magnitude"]} for kind, r in (("cpu", _CPU), ("gpu", _GPU))}

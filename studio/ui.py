@@ -14,6 +14,7 @@ import gradio as gr
 
 from pruner.config import CRITERIA, METHODS
 from pruner.data import CORPORA, CORPUS_DESCRIPTIONS
+from pruner.explore.whatif import EvalSample
 
 from . import history_tab, text
 from .compare import DEFAULT_METHODS
@@ -284,7 +285,7 @@ def _explore_tab(page) -> None:
             page.exp_steps = gr.Textbox("", label="budgets per step Δ (%)", info=text.EXPLORE_STEPS_INFO,
                                         elem_id="exp-steps")
         with gr.Column(min_width=220):
-            page.exp_tokens = gr.Slider(512, 8192, 4096, step=512, label="evaluation tokens",
+            page.exp_tokens = gr.Slider(512, 8192, EvalSample.max_tokens, step=512, label="evaluation tokens",
                                         info="WikiText-2 validation (not the calibration text)", elem_id="exp-tokens")
             page.exp_window = gr.Radio([128, 256, 512], value=128, label="evaluation window (tokens)",
                                        elem_id="exp-window")

@@ -6,6 +6,7 @@ exactly like the undispatched model; the pass reports its memory against the wei
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -119,3 +120,18 @@ def test_load_model_with_a_device_map_prunes_and_reloads(tiny_tokenizer, tmp_pat
     plain = tiny_model("llama")
     explicit = dispatch(plain, {"": "cpu"})  # all on the CPU: the same model back, without accelerate's hooks
     assert explicit is plain and not any(hasattr(m, "_hf_hook") for m in plain.modules())
+
+
+def test_a_half_run_on_the_cpu_turns_off_onednns_primitive_cache_unless_told_otherwise(monkeypatch):
+    from pruner.runtime.devices import lean_onednn_cache
+    from pruner.testing import tiny_model
+
+    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY"):
+        monkeypatch.setenv(name, "")  # recorded as it was, so that the environment is put back after the test
+        monkeypatch.delenv(name)
+    assert lean_onednn_cache(tiny_model()) is None and "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ  # fp32
+    note = lean_onednn_cache(tiny_model().to(torch.bfloat16))
+    assert "primitive cache is off" in note and os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "0"
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")  # the user's choice stands
+    assert lean_onednn_cache(tiny_model().to(torch.bfloat16)) is None
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "256"

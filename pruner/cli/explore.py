@@ -38,6 +38,8 @@ def _list(kind, choices=None):
 
 
 def register(sub) -> None:
+    from pruner.explore.whatif import EvalSample  # its defaults are the command's
+
     p = sub.add_parser("explore", help="predicted perplexity of many plans (what-if), and per-layer sensitivity")
     add_model_args(p)
     p.add_argument("--methods", type=_list(str, METHODS), default=[D.method],
@@ -57,7 +59,7 @@ def register(sub) -> None:
     p.add_argument("--window", type=positive_int, default=D.window)
     p.add_argument("--batch-size", type=positive_int, default=D.batch_size)
     p.add_argument("--seed", type=int, default=D.seed)
-    p.add_argument("--eval-tokens", type=positive_int, default=4096,
+    p.add_argument("--eval-tokens", type=positive_int, default=EvalSample.max_tokens,
                    help="tokens of WikiText-2 validation every what-if is scored on")
     p.add_argument("--eval-window", type=positive_int, default=128, help="window length of that evaluation")
     p.add_argument("--max-seconds", type=float, default=None,

@@ -30,7 +30,7 @@ from pruner.data import CORPORA
 from pruner.errors import AllocationError, ConfigError
 from pruner.io.outputs import check_no_alias, check_output_file, check_output_folder
 from pruner.methods import method_class
-from pruner.runtime.devices import float32_matmuls_for, slow_half_note
+from pruner.runtime.devices import float32_matmuls_for, lean_onednn_cache, slow_half_note
 
 D = PruneConfig  # the defaults live on the config's fields
 
@@ -155,8 +155,9 @@ def run(args) -> int:
         log(f"note: {cfg.method} splits each layer's budget its own way; --attention ignored")
     t = time.perf_counter()
     model, tok = load_model(args.model, device=args.device, dtype=args.dtype, progress=log, device_map=args.device_map)
-    if (note := slow_half_note(model)) is not None:
-        log(note)
+    for note in (slow_half_note(model), lean_onednn_cache(model)):
+        if note is not None:
+            log(note)
     log(f"loaded {args.model} in {time.perf_counter() - t:.1f} s: {describe(model)['params']['total']:,} parameters")
     check_finite(model, args.model)
     check_windows(model, **{"--window": cfg.window},

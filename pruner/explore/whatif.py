@@ -47,7 +47,9 @@ class EvalSample:
     dataset: str = "wikitext2"
     split: str = "valid"
     window: int = 128
-    max_tokens: int = 4096
+    # 1,024 tokens: a what-if in about 4 s on the default model on a 2-core CPU; over 24 real runs its predictions
+    # rank as the 4,096-token ones do (Spearman ρ 0.994 / 0.983 against the measured test perplexity, README)
+    max_tokens: int = 1024
     bos: bool = False
     batch_size: int = 8
 

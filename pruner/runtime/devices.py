@@ -4,6 +4,8 @@ placement of a model over several devices (``device_map``)."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -165,6 +167,23 @@ class Float32Matmuls:
         Float32Matmuls._depth -= 1
         if Float32Matmuls._depth == 0:
             nn.Linear.forward = _PLAIN_LINEAR
+
+
+def lean_onednn_cache(model: nn.Module) -> str | None:
+    """For a half-dtype model on the CPU: turn off oneDNN's primitive cache (``ONEDNN_PRIMITIVE_CACHE_CAPACITY=0``,
+    unless the environment already sets it; oneDNN reads it when it creates its first primitive, so this must run
+    before the first forward). Each sub-step's new widths are new shapes, and the cache kept what it had built for
+    the old ones: measured on the default model pruned to 90 % in bf16 on a CPU with avx512_bf16, the whole command
+    peaked at 1.02 GB with the cache and 0.90 GB without it (24 % slower, the same perplexity). Returns the note
+    to print, or None when nothing was changed."""
+    p = next(model.parameters(), None)
+    if p is None or p.device.type != "cpu" or p.dtype not in (torch.bfloat16, torch.float16):
+        return None
+    if "ONEDNN_PRIMITIVE_CACHE_CAPACITY" in os.environ or "DNNL_PRIMITIVE_CACHE_CAPACITY" in os.environ:
+        return None
+    os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "0"
+    return ("note: oneDNN's primitive cache is off for this half-precision run on the CPU (it kept every "
+            "sub-step's old shapes; set ONEDNN_PRIMITIVE_CACHE_CAPACITY to choose otherwise)")
 
 
 def float32_matmuls_for(model: nn.Module):
