@@ -14,7 +14,8 @@ Two steps, each writing JSON (run them one at a time on a quiet machine)::
     # 3. its scatter for the README (headless Chromium)
     .venv/bin/python benchmarks/explore.py figure benchmarks/results/explore_corr.json --out assets/explore_correlation.png
 
-Predicted: the what-if on the explorer's sample (WikiText-2 validation, first 4,096 tokens, 128-token windows).
+Predicted: the what-if on the explorer's sample (WikiText-2 validation, the first ``--eval-tokens`` tokens — 1,024 by
+default, the README's runs name theirs —, 128-token windows).
 Measured: the real run (importance re-measured before every sub-step, as the method does), WikiText-2 test at 128-
 and 512-token windows (first 32,768 tokens, no BOS, as ``compare_methods.py``), and the explorer's own validation
 sample. Spearman's ρ between predicted and each measured perplexity is in the JSON.
@@ -36,7 +37,7 @@ import torch
 import pruner
 from pruner.explore import EvalSample, Explorer, run_sweep, sweep_grid
 from pruner.importance import sensitivity
-from pruner.importance.sensitivity import spearman
+from pruner.importance.sensitivity import scan_budget, spearman
 
 PPL_TOKENS = 32_768
 SYMBOLS = {0.9: "circle", 0.8: "square", 0.7: "diamond"}  # the figure's marker per target
@@ -67,8 +68,6 @@ def thirty_points(base: pruner.PruneConfig) -> list[pruner.PruneConfig]:
 
 
 def cost(args) -> int:
-    if args.scan_tokens:
-        sensitivity.SCAN_TOKENS = args.scan_tokens
     model, tok = pruner.load_model(args.model, device=args.device)
     base = pruner.PruneConfig(target=0.8)
     sample = EvalSample(max_tokens=args.eval_tokens, window=args.eval_window)
@@ -172,8 +171,6 @@ def measured_runs(path: str) -> dict:
 
 
 def correlation(args) -> int:
-    if args.scan_tokens:
-        sensitivity.SCAN_TOKENS = args.scan_tokens
     base = pruner.PruneConfig(target=0.8, method="adaptive", amplitude=0.02)
     sample = EvalSample(max_tokens=args.eval_tokens, window=args.eval_window)
     done = json.loads(Path(args.out).read_text()) if args.resume and Path(args.out).exists() else {}
@@ -317,7 +314,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    return args.func(args)
+    with scan_budget(getattr(args, "scan_tokens", None) or sensitivity.SCAN_TOKENS):
+        return args.func(args)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from pruner.model.structure import Geometry, geometry, layer_widths_of
 LEVELS = (0.25, 0.5, 0.75, 1.0)
 #: The scan reads the first windows of the calibration sample up to this many tokens (whole windows, at least one).
 #: The losses are paired (the same tokens with and without the cut), so a small sample still ranks the layers: on
-#: the default model (2 CPU cores) the scan took 433 s on 2,048 tokens and 246–267 s on 1,024, whose 120 cells rank
+#: the default model (2 CPU cores) the scan took 433 s on 2,048 tokens and 267 s on 1,024, whose 120 cells rank
 #: as the 2,048-token table's at Spearman ρ = 0.99 (``benchmarks/results/explore_cost_1024.json``). Set it for a
 #: process (``--scan-tokens`` in the CLI) or for a block (:func:`scan_budget`).
 SCAN_TOKENS = 1024

@@ -68,13 +68,21 @@ def dispatch(model: nn.Module, device_map="auto") -> nn.Module:
     return dispatch_model(model, device_map=device_map).eval()
 
 
+def _half_on_cpu(model: nn.Module) -> torch.dtype | None:
+    """The model's dtype when it computes in bfloat16 / float16 on the CPU, else None."""
+    p = next(model.parameters(), None)
+    if p is None or p.device.type != "cpu" or p.dtype not in (torch.bfloat16, torch.float16):
+        return None
+    return p.dtype
+
+
 def slow_half_note(model: nn.Module) -> str | None:
     """A sentence when the model computes in a half dtype on a CPU without matrix instructions for it (x86 without
     avx512_bf16 / amx_bf16 for bfloat16, or avx512_fp16 / amx_fp16 for float16): torch then multiplies matrices
     with its portable loops. Measured here (AVX2 only): pruning the default model to 90 % in bfloat16 took many
     times as long as in float32. None when the CPU has them, the model is not on a CPU, or in float32."""
-    p = next(model.parameters(), None)
-    if p is None or p.device.type != "cpu" or p.dtype not in (torch.bfloat16, torch.float16):
+    dtype = _half_on_cpu(model)
+    if dtype is None:
         return None
     try:
         text = open("/proc/cpuinfo").read()
@@ -83,10 +91,10 @@ def slow_half_note(model: nn.Module) -> str | None:
     flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
     if not flags:
         return None
-    want = ("avx512_bf16", "amx_bf16") if p.dtype == torch.bfloat16 else ("avx512_fp16", "amx_fp16")
+    want = ("avx512_bf16", "amx_bf16") if dtype == torch.bfloat16 else ("avx512_fp16", "amx_fp16")
     if flags & set(want):
         return None
-    name = str(p.dtype).replace("torch.", "")
+    name = str(dtype).replace("torch.", "")
     return (f"note: this CPU has no {name} matrix instructions ({' / '.join(want)}), where torch's own {name} "
             f"matrix products run many times slower than float32: the weights stay {name} (half the memory) and "
             "each product is computed in float32")
@@ -176,8 +184,7 @@ def lean_onednn_cache(model: nn.Module) -> str | None:
     the old ones: measured on the default model pruned to 90 % in bf16 on a CPU with avx512_bf16, the whole command
     peaked at 1.02 GB with the cache and 0.90 GB without it (24 % slower, the same perplexity). Returns the note
     to print, or None when nothing was changed."""
-    p = next(model.parameters(), None)
-    if p is None or p.device.type != "cpu" or p.dtype not in (torch.bfloat16, torch.float16):
+    if _half_on_cpu(model) is None:
         return None
     if "ONEDNN_PRIMITIVE_CACHE_CAPACITY" in os.environ or "DNNL_PRIMITIVE_CACHE_CAPACITY" in os.environ:
         return None
