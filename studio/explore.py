@@ -157,7 +157,10 @@ class Exploration:
 
     def _share(self, ex: Explorer) -> None:
         """The schedule panel's plan needs the importance its method measures: when the explorer has just that one
-        (same model, calibration sample and criterion), the panel uses it instead of asking to measure again."""
+        (same model, calibration sample and criterion), the panel uses it instead of asking to measure again. A
+        session closed meanwhile (its tab gone, its models freed) has no panel left to share with."""
+        if self.work.closed is not None:
+            return
         m = self.work.pruner.planner.method
         want = (m.measured_criterion, m.sensitivity_levels)
         if self.schedule.has_current_importance() or not ex.has_measurement(*want):

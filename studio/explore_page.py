@@ -145,4 +145,6 @@ class ExploreHandlers:
         except Exception as exc:  # noqa: BLE001 - said in the page's words, the traceback in the log
             yield {p.whatif_md: fail(exc)}
             return
+        if s.work.closed:  # the tab closed while it computed: nothing left to draw
+            return
         yield page_views(p, s, settings)  # the what-if's words, and the plan, whose importance it may have measured

@@ -112,6 +112,8 @@ PROMPT = "The capital of France is"
 READY = "Ready. Press **Measure importance** to begin."
 LOADING = "Loading the model …"
 NO_EVAL = "No evaluation yet: take a step or press “Evaluate now”."
+NO_EVAL_ORIGINAL = ("No evaluation yet of the original model as it is again, whose quick perplexity is {ppl:.2f} (the "
+                    "trajectory's first point): take a step or press “Evaluate now”.")
 NO_EVAL_NOW = "No evaluation of the model as it is now (after step {step}): press “Evaluate now”."
 
 # ---------------------------------------------------------------------- the methods (docs/methods.md)

@@ -14,6 +14,7 @@ from .text import (
     LOADING,
     NO_EVAL,
     NO_EVAL_NOW,
+    NO_EVAL_ORIGINAL,
     PLAN_FOR,
 )
 from .workspace import SessionError
@@ -82,6 +83,15 @@ def trajectory_figure(s: StudioSession):
                                  if t.accel_start else None)
 
 
+def no_evaluation(s: StudioSession) -> str:
+    """What the metrics say when the model as it is has no quick evaluation: after a step, or back at the original
+    (after an undo) whose reference perplexity the trajectory already shows, or before anything."""
+    if s.steps_taken:
+        return NO_EVAL_NOW.format(step=s.steps_taken)
+    start = [p for p in s.quality.trajectory if p.step == 0]
+    return NO_EVAL_ORIGINAL.format(ppl=start[0].perplexity) if start else NO_EVAL
+
+
 def page_views(page, s: StudioSession | None, settings: StudioSettings | None = None) -> dict:
     """Every figure and text of ``page`` from the session's state."""
     if s is None:
@@ -101,7 +111,7 @@ def page_views(page, s: StudioSession | None, settings: StudioSettings | None = 
         page.arch_fig: architecture(s),
         page.traj_fig: trajectory_figure(s),
         page.loss_fig: loss_figure(s),
-        page.metrics: ev.summary() if ev else NO_EVAL_NOW.format(step=s.steps_taken) if s.steps_taken else NO_EVAL,
+        page.metrics: ev.summary() if ev else no_evaluation(s),
         page.gen_orig: ev.original_generation if ev else "",
         page.gen_pruned: ev.generation if ev else "",
         page.cost: s.costs.prune_markdown(settings or s.settings),

@@ -265,6 +265,8 @@ def test_undo_brings_back_the_evaluation_of_the_step_it_returns_to():
     s.undo()
     assert s.quality.last_eval is None and s.steps_taken == 0
     assert "No evaluation yet" in page_views(page, s)["metrics"]
+    # back at the original: its reference perplexity, the trajectory's first point, is named
+    assert f"{s.quality.trajectory[0].perplexity:.2f}" in page_views(page, s)["metrics"]
     s.schedule.step()
     assert s.quality.last_eval is None  # the step's own evaluation has not run yet
     s.schedule.step()
