@@ -250,7 +250,7 @@ class Handlers:
         return self.edited(s, *controls)
 
     def preview(self, s, *controls):
-        """The plan for the settings on screen, drawn only while they are still the latest edit's."""
+        """The plan for the settings on screen, drawn only while no newer preview started meanwhile."""
         p = self.page
         if s is None or s.work.closed:
             return gr.skip()
@@ -258,8 +258,9 @@ class Handlers:
             settings = settings_from(*controls)
         except SessionError:
             return gr.skip()  # edited() has explained it next to the controls
-        if not s.panel.current(settings):
-            return gr.skip()  # a newer edit's preview draws instead
+        # the values on screen when this preview was sent: the newest (previews start in the order sent, while
+        # the edits run outside the queue and may arrive late, with older values)
+        s.panel.want(settings)
         try:
             fig, note, n_planned = allocation_figure(s, settings)
             cost = s.costs.prune_markdown(settings)

@@ -379,22 +379,25 @@ def _wire_schedule(p, h: Handlers, controls: list):
     edit_out = [p.target, p.amplitude, p.step, p.n_windows, p.window, p.input_note, p.alloc_md, p.alloc_fig]
     preview_out = [p.alloc_fig, p.alloc_md, p.cost, p.n_steps]
     quick = dict(queue=False, show_progress="hidden")
+    # a preview asked for while another is pending runs after it, on the values then on screen ("always_last";
+    # Gradio's default for a chained step drops it, and the plot would stay marked as recomputing)
+    drawn = dict(show_progress="hidden", trigger_mode="always_last", **LIGHT)
     for c in (p.target, p.amplitude, p.step, p.n_windows, p.window):
         c.release(h.edited, [p.state, *controls], edit_out, **quick).then(
-            h.preview, [p.state, *controls], preview_out, show_progress="hidden", **LIGHT)
+            h.preview, [p.state, *controls], preview_out, **drawn)
         # a slider stepped by the arrow keys sends "input" and never "release": the plan follows every move
         # ("always_last": the last position is planned even when it arrives while an earlier one is computing)
         c.input(h.nudged, [p.state, *controls], edit_out, trigger_mode="always_last", **quick).then(
-            h.preview, [p.state, *controls], preview_out, show_progress="hidden", **LIGHT)
+            h.preview, [p.state, *controls], preview_out, **drawn)
     for c in (p.criterion, p.method, p.corpus, p.custom):
         c.change(h.edited, [p.state, *controls], edit_out, **quick).then(
-            h.preview, [p.state, *controls], preview_out, show_progress="hidden", **LIGHT)
+            h.preview, [p.state, *controls], preview_out, **drawn)
     p.n_steps.release(h.steps_to_budget, [p.state, p.n_steps, *controls], [*edit_out, p.n_steps], **quick).then(
-        h.preview, [p.state, *controls], preview_out, show_progress="hidden", **LIGHT)
+        h.preview, [p.state, *controls], preview_out, **drawn)
 
     def redraw(event):
         return event.then(h.edited, [p.state, *controls], edit_out, **quick).then(
-            h.preview, [p.state, *controls], preview_out, show_progress="hidden", **LIGHT)
+            h.preview, [p.state, *controls], preview_out, **drawn)
 
     return redraw
 
@@ -426,5 +429,5 @@ def _wire_explore(p, main: Handlers, h: ExploreHandlers, controls: list, everyth
                     queue=False).then(
         main.edited, [p.state, *controls], edit_out, queue=False, show_progress="hidden").then(
         main.preview, [p.state, *controls], [p.alloc_fig, p.alloc_md, p.cost, p.n_steps],
-        show_progress="hidden", **LIGHT)
+        show_progress="hidden", trigger_mode="always_last", **LIGHT)
     p.whatif_btn.click(gpu(h.what_if), [p.state, *controls], everything, **HEAVY)

@@ -28,7 +28,8 @@ def loss_figure(s: StudioSession):
 
 def allocation_figure(s: StudioSession, settings: StudioSettings | None):
     """The allocated sparsity of the steps taken and of the plan to the target, a note about the plan (both
-    labelled with the settings they are for), and the number of planned steps (None: no plan)."""
+    labelled with the settings they are for), and the number of planned steps (None: no plan). Whoever puts the
+    figure on the page marks it drawn (:meth:`studio.panel.SchedulePanel.drawn`)."""
     settings = settings or s.settings
     label = settings_label(settings)
     alloc, attn, mlp = s.schedule.sparsity_history()
@@ -47,7 +48,6 @@ def allocation_figure(s: StudioSession, settings: StudioSettings | None):
     labels = [str(k + 1) for k in range(len(attn))]
     fig = viz.allocated_sparsity_heatmap(attn, mlp, labels, n_done=s.steps_taken, allocated=alloc,
                                          subtitle=label if n_planned else None)
-    s.panel.drawn(settings)
     return fig, note, n_planned
 
 
@@ -100,6 +100,7 @@ def page_views(page, s: StudioSession | None, settings: StudioSettings | None = 
         return {page.status: f"⚠️ This session was closed because {s.work.closed}; reload the page to start again."}
     labels, cols = s.schedule.importance_columns()
     planned, plan_note, n_planned = allocation_figure(s, settings)
+    s.panel.drawn(settings or s.settings)  # the page now shows this plan
     ev = s.quality.last_eval
     steps = {page.n_steps: n_planned} if n_planned else {}  # "number of steps" follows the plan on screen
     return {**steps,

@@ -207,10 +207,19 @@ def plan_note(page) -> str:
 
 def wait_plan_for(page, label: str, timeout: float = 60_000) -> None:
     """Until the plot is drawn (not marked as recomputing) and its note names ``label``."""
-    page.wait_for_function(
-        "l => { const n = document.querySelector('#alloc-note'); const f = document.querySelector('#alloc-heatmap');"
-        " return n && f && n.innerText.includes('Plan for ' + l) && !f.classList.contains('stale'); }",
-        arg=label, timeout=timeout)
+    try:
+        page.wait_for_function(
+            "l => { const n = document.querySelector('#alloc-note'); const f = document.querySelector('#alloc-heatmap');"
+            " return n && f && n.innerText.includes('Plan for ' + l) && !f.classList.contains('stale'); }",
+            arg=label, timeout=timeout)
+    except Exception as exc:  # what the page showed instead, to read in the failure
+        seen = page.evaluate(
+            "() => ({note: document.querySelector('#alloc-note')?.innerText,"
+            " stale: document.querySelector('#alloc-heatmap')?.className,"
+            " box: document.querySelector('#target input[type=number]')?.value,"
+            " range: document.querySelector('#target input[type=range]')?.value,"
+            " status: document.querySelector('#status')?.innerText})")
+        raise AssertionError(f"no plan for {label!r}; the page showed {seen}") from exc
 
 
 def no_framework_error(page) -> None:

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import gradio as gr
 import pytest
 
+import studio.handlers as handlers_module
 from studio.handlers import CHECKED, Handlers, settings_from
 from studio.inputs import BOUNDS, InputProblem, check
 from studio.views import settings_label
@@ -64,17 +65,37 @@ def test_the_edit_handler_keeps_the_last_good_value_and_marks_the_plot_stale():
     assert out["input_note"] == "" and "target" not in out and s.panel.good["target"] == 70
 
 
-def test_an_older_preview_is_not_drawn_over_a_newer_edit():
+def test_an_older_preview_is_not_drawn_over_a_newer_one(monkeypatch):
     s, h = page_session(), handlers()
     old, new = controls(s, target=80), controls(s, target=70)
+    real, inner = handlers_module.allocation_figure, {}
+
+    def figure(session, settings):  # while the older preview computes, the newer one starts and finishes
+        if settings.prune.target == 0.8 and not inner:
+            h.edited(s, *new)
+            inner["out"] = h.preview(s, *new)
+        return real(session, settings)
+
+    monkeypatch.setattr(handlers_module, "allocation_figure", figure)
     h.edited(s, *old)
-    h.edited(s, *new)  # a newer edit came in while the first preview was computing
-    assert h.preview(s, *old) == gr.skip()  # superseded: nothing drawn
-    out = h.preview(s, *new)
+    assert h.preview(s, *old) == gr.skip()  # superseded: nothing drawn over the newer plan
+    out = inner["out"]
     assert "target 70 %" in out["alloc_md"] and out["alloc_fig"]["elem_classes"] == []
     assert "plan for target 70 %" in out["alloc_fig"]["value"].layout.title.text
     assert s.panel.shown == s.panel.wanted and not s.panel.stale
     assert f"0 taken + {out['n_steps']['value']} more step(s)" in out["alloc_md"]
+
+
+def test_an_edit_that_arrives_after_the_newer_preview_started_does_not_leave_the_plot_recomputing():
+    """The edits run outside the queue: under load an older edit can reach the server after the preview sent
+    with the newer values on screen (seen in CI: the arrow keys' 40 % edit, then the 39 % preview)."""
+    s, h = page_session(), handlers()
+    older, newer = controls(s, target=40), controls(s, target=39)
+    h.edited(s, *newer)
+    h.edited(s, *older)  # late
+    out = h.preview(s, *newer)  # the values on screen when it was sent
+    assert "plan for target 39 %" in out["alloc_fig"]["value"].layout.title.text
+    assert not s.panel.stale and s.panel.shown.prune.target == 0.39
 
 
 def test_steps_set_delta_within_its_range_and_the_steps_box_follows_the_plan():

@@ -25,7 +25,6 @@ from pruner.explore.whatif import Explorer, settings_of
 from pruner.importance.measure import criterion_for
 from pruner.importance.sensitivity import scan_forwards, scan_tokens
 from pruner.methods import method_class
-from pruner.methods.allocation import plan_widths
 
 
 class SweepTooLarge(ResourceError):
@@ -143,10 +142,7 @@ def estimate_seconds(explorer: Explorer, grid: Sequence[PruneConfig]) -> float:
     eval_tokens = max(explorer.baseline()["tokens_scored"], 1)
     per_token = forward / eval_tokens
     calib_tokens = p.config.n_windows * p.config.window
-    t0 = time.perf_counter()
-    widths = p.widths()
-    plan_widths(p.geo, p.origin.widths, widths, [0.5] * len(widths))  # the core of every plan, no scores needed
-    per_plan = 3 * (time.perf_counter() - t0)  # the score policy ranks units: a few times the plain plan
+    per_plan = 3 * explorer.plan_seconds()  # the score policy ranks units: a few times the plain plan
     total, needed = 0.0, set()
     for cfg in grid:
         method = p.planner_for(cfg).method

@@ -29,6 +29,7 @@ from pruner.evaluation.perplexity import format_perplexity, perplexity
 from pruner.importance.measure import Importance, measure_importance
 from pruner.importance.sensitivity import LEVELS, Sensitivity, measure_sensitivity
 from pruner.methods import UnitScores
+from pruner.methods.allocation import plan_widths
 from pruner.model.masking import LayerMask, compose, masked
 from pruner.pruning.planner import Schedule
 from pruner.pruning.pruner import Pruner
@@ -115,6 +116,7 @@ class Explorer:
         self._measured: dict[tuple, Importance] = {}
         self._baseline: dict | None = None
         self.forward_seconds: float | None = None  # a plain forward over the evaluation sample, once measured
+        self._plan_seconds: float | None = None
 
     # ------------------------------------------------------------------ configurations and measurements
     def config_for(self, config: PruneConfig | None) -> PruneConfig:
@@ -185,6 +187,20 @@ class Explorer:
             self._baseline = self._perplexity(should_stop)
             self.forward_seconds = self._baseline["seconds"]
         return self._baseline
+
+    def plan_seconds(self) -> float:
+        """The core of one plan on this model (the widths of every layer halved, no scores needed), the fastest
+        of three, timed once: every estimate of a sweep is scaled from the same figure."""
+        if self._plan_seconds is None:
+            p = self.pruner
+            widths = p.widths()
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                plan_widths(p.geo, p.origin.widths, widths, [0.5] * len(widths))
+                times.append(time.perf_counter() - t0)
+            self._plan_seconds = min(times)
+        return self._plan_seconds
 
     def what_if(self, plan: Schedule | None = None, config: PruneConfig | None = None,
                 should_stop: Callable[[], bool] | None = None) -> WhatIf:
