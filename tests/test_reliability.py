@@ -139,7 +139,24 @@ def _failing_after(n: int):
     return setter
 
 
-@pytest.mark.parametrize("point", ["4th module swap", "config sync", "unit bookkeeping", "record"])
+def _building_fails_at(n: int):
+    """The n-th layer's new parts cannot be built (out of memory, simulated): layers before it are already cut."""
+    from pruner.model import structure
+
+    calls = {"n": 0}
+    real = structure._layer_patch
+
+    def build(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise torch.OutOfMemoryError("out of memory (simulated) building a layer's new parts")
+        return real(*a, **k)
+
+    return build
+
+
+@pytest.mark.parametrize("point", ["4th module swap", "11th module swap", "3rd layer's build", "config sync",
+                                   "unit bookkeeping", "record"])
 def test_a_failure_anywhere_in_a_step_leaves_the_model_as_it_was(tiny_tokenizer, monkeypatch, point):
     model = tiny_model("llama")
     p = pruner.Pruner(model, tiny_tokenizer, pruner.PruneConfig(target=0.6, n_windows=4, window=32, step=0.2,
@@ -149,15 +166,17 @@ def test_a_failure_anywhere_in_a_step_leaves_the_model_as_it_was(tiny_tokenizer,
     before_logits, before_params = model(ids).logits.detach(), count_parameters(model)
     boom = RuntimeError("failure (simulated)")
     with monkeypatch.context() as m:
-        if point == "4th module swap":
-            m.setattr(Adapter, "set_part", _failing_after(4))
+        if point.endswith("module swap"):
+            m.setattr(Adapter, "set_part", _failing_after(int(point.split("th")[0])))
+        elif point == "3rd layer's build":
+            m.setattr("pruner.model.structure._layer_patch", _building_fails_at(3))
         elif point == "config sync":
             m.setattr("pruner.model.structure.sync_config", lambda *a, **k: (_ for _ in ()).throw(boom))
         elif point == "unit bookkeeping":
             m.setattr("pruner.pruning.planner.UnitScores.restricted", lambda *a, **k: (_ for _ in ()).throw(boom))
         else:
             m.setattr(pruner.Pruner, "_step_record", lambda *a, **k: (_ for _ in ()).throw(boom))
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError):  # torch.OutOfMemoryError is one
             p.step(importance=imp)
     assert count_parameters(model) == before_params and p.record.steps == [] and p.undo() is None
     torch.testing.assert_close(model(ids).logits, before_logits, rtol=0, atol=0)

@@ -67,6 +67,42 @@ def test_a_cut_undone_and_redone_is_exact(arch):
     assert_same(model, before)
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3"])
+def test_a_lazy_cut_builds_a_layer_at_a_time_and_equals_the_eager_one(arch, monkeypatch):
+    from pruner.model import structure
+
+    eager, lazy = tiny_model(arch), tiny_model(arch)
+    before = snapshot(lazy)
+    undo_eager = apply_patch(eager, build_cut(eager, cuts_for(eager)))
+    pending = build_cut(lazy, cuts_for(lazy), lazy=True)
+    assert isinstance(pending, structure.PendingCut)
+    assert_same(lazy, before)  # checked, nothing built or changed yet
+    real, seen = structure._layer_patch, []
+
+    def build(adapter, layer, geo, cur, cut):  # when layer 2 is built, layer 0 is already cut and its old parts gone
+        seen.append(layer_widths(lazy)[0].intermediate_size)
+        return real(adapter, layer, geo, cur, cut)
+
+    monkeypatch.setattr(structure, "_layer_patch", build)
+    undo = apply_patch(lazy, pending)
+    full = layer_widths(eager)[0].intermediate_size
+    assert seen[0] > full and seen[1] == full  # layer 0: built before its cut; layer 2: after layer 0's
+    assert isinstance(undo, WidthUndo) and set(undo) == set(undo_eager) == {0, 2}
+    assert_same(lazy, snapshot(eager))
+    apply_patch(lazy, undo)
+    assert_same(lazy, before)
+
+
+def test_a_lazy_cut_checks_every_layer_before_it_changes_any():
+    model = tiny_model("llama")
+    before = snapshot(model)
+    w = layer_widths(model)
+    bad = {**cuts_for(model), 3: LayerCut([0], [w[3].intermediate_size])}  # an index out of range, in the last
+    with pytest.raises(IndexError):
+        build_cut(model, bad, lazy=True)
+    assert_same(model, before)
+
+
 def test_the_undo_holds_exactly_the_removed_parameters():
     model = tiny_model("qwen2")  # q/k/v biases: removed bias entries are part of the undo
     params = pruner.count_parameters(model)["total"]

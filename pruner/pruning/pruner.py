@@ -282,7 +282,7 @@ class Pruner:
                                  stats[li]["down_mean"]) for li in range(len(widths_now))}
         else:
             cuts = {li: LayerCut(planned.keep_groups[li], planned.keep_channels[li]) for li in changed}
-        patch = build_cut(self.model, cuts, self.adapter)
+        patch = build_cut(self.model, cuts, self.adapter, lazy=True)  # built a layer at a time as it is applied
         origin = self.origin.copy()
         for li in changed:
             origin.kept_groups[li] = [origin.kept_groups[li][i] for i in planned.keep_groups[li]]

@@ -113,7 +113,7 @@ def apply_kept_units(model: nn.Module, kept_groups: list[list[int]], kept_channe
         pos_c = {u: i for i, u in enumerate(c_now)}
         cuts[li] = LayerCut([pos_g[u] for u in g_new], [pos_c[u] for u in c_new])
     if cuts:
-        apply_patch(model, build_cut(model, cuts, adapter), adapter)
+        apply_patch(model, build_cut(model, cuts, adapter, lazy=True), adapter)
     origin.kept_groups = [list(g) for g in kept_groups]
     origin.kept_channels = [list(c) for c in kept_channels]
 

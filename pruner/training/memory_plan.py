@@ -18,8 +18,8 @@ The phases (bytes on the device; on a CPU the whole process's resident set):
   unit scores and freed during the backward, :mod:`pruner.importance.streamed`), the checkpointed layer inputs,
   one layer's recomputed activations, the attention probabilities of one batch (CPU: the math kernel keeps them;
   CUDA's fused kernels do not) and three 16 MB float32 chunks of the vocabulary loss.
-* **surgery**: weights, the new parts of the cut layers and the slices the undo keeps (together about the
-  prunable parts once), plus the undo history (``keep_history`` × step × prunable parts).
+* **surgery** (a layer at a time, :class:`pruner.model.structure.PendingCut`): weights, one layer's new parts, the
+  slices the step removes (its inverse, step × prunable parts), plus the undo history (``keep_history`` × that).
 * **training** (recovery, AdamW, no activation checkpointing): weights, gradients and two AdamW moments in the
   weights' dtype (under FSDP full shard: float32, as accelerate upcasts them for mixed precision, divided over the
   processes, plus one gathered layer), the activations of one micro-batch, the float32 logits and their loss;
@@ -301,7 +301,8 @@ def _importance(shape: ModelShape, dt: torch.dtype, dev: torch.device, cfg: Prun
 def _surgery(shape: ModelShape, dt: torch.dtype, dev: torch.device, cfg: PruneConfig, keep_history: int) -> Phase:
     b = dt.itemsize
     parts = {**_baseline(shape, dev, working=True), "weights": shape.params_total * b,
-             "new parts and undo": shape.params_prunable * b,
+             "one layer's new parts": -(-shape.params_prunable // max(shape.layers, 1)) * b,
+             "the step's removed slices": int(cfg.step * shape.params_prunable * b),
              "undo history": int(keep_history * cfg.step * shape.params_prunable * b)}
     return Phase("surgery", sum(parts.values()), parts)
 
