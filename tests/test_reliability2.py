@@ -489,3 +489,15 @@ def test_nan_weights_are_named_before_any_measurement(folder, tmp_path, capsys):
     save_file(state, str(d / "model.safetensors"), metadata={"format": "pt"})
     code, err = cli(capsys, "prune", "--model", d, "--target", "0.9", "--no-ppl", *PRUNE)
     assert code == 2 and "NaN" in one_error_line(err) and "up_proj" in err and "step   1" not in err
+
+
+def test_the_finite_check_reads_a_chunk_at_a_time_and_misses_nothing():
+    from pruner.cli.common import _all_finite
+
+    for dtype in (torch.float32, torch.bfloat16):
+        t = torch.zeros(3, 5, dtype=dtype)
+        assert _all_finite(t, chunk=4)
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            u = t.clone()
+            u[2, 4] = bad  # the last entry: in the last, partial chunk
+            assert not _all_finite(u, chunk=4) and not _all_finite(u)

@@ -100,15 +100,24 @@ def write_report(path, data: dict) -> None:
 def check_finite(model, source) -> None:
     """Refuse a model with NaN or infinite weights (a broken conversion or training run): importance scores and
     perplexities of it mean nothing, and pruning would only report that a step removes nothing."""
-    import torch
 
     from pruner.errors import ModelLoadError
 
-    bad = [name for name, p in model.named_parameters() if p.device.type != "meta" and not torch.isfinite(p).all()]
+    bad = [name for name, p in model.named_parameters() if p.device.type != "meta" and not _all_finite(p)]
     if bad:
         raise ModelLoadError(f"'{source}' has NaN or infinite weights ({', '.join(bad[:3])}"
                              f"{' …' if len(bad) > 3 else ''}); it cannot be measured or pruned: load a healthy "
                              "checkpoint")
+
+
+def _all_finite(p, chunk: int = 1 << 22) -> bool:
+    """Every entry finite, read ``chunk`` entries at a time: ``torch.isfinite`` of a whole half-precision
+    embedding works on a float32 copy of it (on Qwen2.5-0.5B in bf16 the check alone peaked 0.7 GB above the
+    loaded model, the whole prune command's peak)."""
+    import torch
+
+    flat = p.detach().reshape(-1)
+    return all(bool(torch.isfinite(flat[i : i + chunk]).all()) for i in range(0, flat.numel(), chunk))
 
 
 def check_windows(model, **windows: int) -> None:
