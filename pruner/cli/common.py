@@ -100,7 +100,6 @@ def write_report(path, data: dict) -> None:
 def check_finite(model, source) -> None:
     """Refuse a model with NaN or infinite weights (a broken conversion or training run): importance scores and
     perplexities of it mean nothing, and pruning would only report that a step removes nothing."""
-
     from pruner.errors import ModelLoadError
 
     bad = [name for name, p in model.named_parameters() if p.device.type != "meta" and not _all_finite(p)]

@@ -283,11 +283,10 @@ def _apply_pending(model: nn.Module, pending: PendingCut, adapter: Adapter) -> W
                     old[path] = adapter.part(layer, path)
                     adapter.set_part(layer, path, c.new)
             except BaseException:
-                for path, part in old.items():
-                    adapter.set_part(layer, path, part)
+                _swap_back(model, {li: old}, adapter)  # this layer's parts swapped so far
                 raise
             undo[li] = removed
-            del new, old
+            del new, old  # this layer's old parts, freed before the next layer's new ones are built
         sync_config(model, adapter)
     except BaseException:
         for li in reversed(list(undo)):
