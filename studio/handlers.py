@@ -166,6 +166,14 @@ def immediate(fn):
     return handler
 
 
+def _clamped(name: str, value: float, good: float) -> bool:
+    """A value at an end of its slider, far from the last good one: the number box's own clamp of a typed value
+    out of range (150 → 99, 0.5 → 30), sent as an input before the release carries what was typed; the arrow keys
+    move a step at a time, and a drag to an end ends with a release."""
+    b = BOUNDS[name]
+    return value in (b.low, b.high) and abs(value - good) > 0.1 * (b.high - b.low)
+
+
 class Handlers:
     """The handlers of one page; ``page`` holds its components (see :mod:`studio.ui`)."""
 
@@ -244,8 +252,10 @@ class Handlers:
             return gr.skip()
         for name, i in CHECKED.items():
             try:
-                check(name, controls[i], s.panel.good[name])
+                v = check(name, controls[i], s.panel.good[name])
             except InputProblem:
+                return gr.skip()
+            if _clamped(name, v, s.panel.good[name]):
                 return gr.skip()
         return self.edited(s, *controls)
 

@@ -183,6 +183,20 @@ def test_a_move_without_release_plans_a_good_value_and_leaves_a_half_typed_one_a
     assert s.panel.good["target"] == 39 and s.panel.wanted.prune.target == 0.39
 
 
+def test_the_number_boxs_own_clamp_of_a_typed_value_is_left_to_the_release():
+    """Typed 150 (or 0.5), the box clamps it to 99 (30) and sends that as an input before the release carries 150:
+    the input must neither plan 99 nor make it the last good value (seen in a browser walk)."""
+    s, h = page_session(), handlers()
+    assert s.panel.good["target"] == 85
+    assert h.nudged(s, *controls(s, target=99)) == gr.skip()
+    assert h.nudged(s, *controls(s, target=30)) == gr.skip()
+    assert s.panel.good["target"] == 85
+    out = h.edited(s, *controls(s, target=150))  # the release: explained, the last good value kept
+    assert "Kept 85 %" in out["input_note"] and out["target"]["value"] == 85
+    h.nudged(s, *controls(s, target=31))
+    assert "target 30 %" in h.nudged(s, *controls(s, target=30))["alloc_md"]  # the arrow keys reach the end
+
+
 def test_every_schedule_slider_replans_on_input_as_well_as_on_release():
     from studio.ui import build_demo
     from tests.test_session import tiny_model, tiny_tokenizer
